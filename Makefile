@@ -1,0 +1,69 @@
+# streampipe — every target is idempotent and fast when warm.
+# The two commands a newcomer needs: `make demo` and `make test`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := .cache/bin
+export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
+
+DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools
+PYTEST_ARGS ?=
+
+.PHONY: help setup debian tools controlplane lint test test-fast demo bench chaos crds clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install only when the dependency declaration changes.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[operator,dev]'
+	touch $@
+
+debian: ## Debian's redis-server, redis-sentinel and redis-tools (apt-get, only when missing)
+	@if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
+	    || ! command -v redis-cli >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing $(DEBIAN_PACKAGES) with apt-get"; \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+setup: $(VENV)/.installed debian tools ## venv + packages + Debian servers + tool binaries
+
+tools: $(VENV)/.installed debian ## helm, kubectl, hadolint, valkey-server and redis binaries into .cache/bin
+	@$(PY) hack/bootstrap_tools.py
+
+lint: $(VENV)/.installed ## ruff + mypy --strict on both packages
+	$(VENV)/bin/ruff check operator worker tests bench hack
+	$(VENV)/bin/ruff format --check operator worker tests bench hack
+	$(VENV)/bin/mypy
+
+test: setup ## lint, then the whole test suite on real servers
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup ## a pipeline on an embedded Valkey, with a live view and a summary
+	$(PY) hack/demo.py
+
+bench: setup ## benchmarks against same-run baselines; writes bench/results and docs/benchmarks.md
+	$(PY) bench/run.py
+
+chaos: setup ## the fault suite at full sizes
+	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
+crds: $(VENV)/.installed ## regenerate crds/ and the chart's copy from the API models
+	$(VENV)/bin/streampipe crd > crds/streampipeline.yaml
+	mkdir -p charts/streampipe/crds
+	cp crds/streampipeline.yaml charts/streampipe/crds/streampipeline.yaml
+
+clean: ## remove the venv and caches (the Go build cache is left alone)
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

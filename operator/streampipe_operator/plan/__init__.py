@@ -1,0 +1,1 @@
+"""Pure planning functions: observed state in, actions out. No I/O in this package."""

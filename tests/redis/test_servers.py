@@ -1,0 +1,54 @@
+"""The real test servers start, answer, and report what they can do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import redis
+from streampipe_worker.capabilities import detect_capabilities
+from tests.support.servers import ServerProcess
+
+
+def test_capabilities_are_read_from_the_server(
+    redis_server: ServerProcess, request: pytest.FixtureRequest
+) -> None:
+    caps = detect_capabilities(redis_server.client())
+    kind = request.node.callspec.params["shared_server"]
+    if kind == "valkey9":
+        assert caps.family == "valkey"
+        assert caps.version_tuple[:2] == (9, 1)
+    else:
+        assert caps.family == "redis"
+        assert caps.version_tuple[:2] == (7, 0)
+    # Both report entries-read / lag (7.0+) and have XAUTOCLAIM; neither has Redis 8.2's XTRIM ACKED.
+    assert caps.lag_in_xinfo
+    assert caps.xautoclaim
+    assert not caps.xtrim_acked
+    assert not caps.aof_enabled
+
+
+def test_capabilities_independent_of_reply_decoding(redis_server: ServerProcess) -> None:
+    as_text = detect_capabilities(redis_server.client(decode_responses=True))
+    as_bytes = detect_capabilities(redis_server.client(decode_responses=False))
+    as_resp3 = detect_capabilities(redis_server.client(protocol=3))
+    assert as_text == as_bytes == as_resp3
+
+
+def test_redis_client_starts_empty(redis_client: redis.Redis) -> None:
+    assert redis_client.dbsize() == 0
+    redis_client.xadd("probe", {"k": "v"})
+    assert redis_client.xlen("probe") == 1
+
+
+def test_server_factory_restart_keeps_aof_data(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("valkey9", "--appendonly", "yes", "--appendfsync", "always")
+    client = server.client()
+    ids = [client.xadd("s", {"n": str(i)}) for i in range(10)]
+    assert detect_capabilities(client).aof_enabled
+    server.kill()
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    server.restart()
+    assert [entry_id for entry_id, _ in server.client().xrange("s")] == ids
