@@ -1,0 +1,168 @@
+"""``streampipe-worker`` / ``python -m streampipe_worker``: run one consumer from the environment.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad settings or an unusable handler (one
+message, no traceback), 1 for anything unexpected. ``--check`` validates settings and imports the
+handler without consuming (``--check --ping`` also connects), for image smoke tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from streampipe_worker import __version__
+from streampipe_worker.settings import SettingsError, WorkerSettings, load_settings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streampipe-worker",
+        description="Consume a Redis/Valkey stream with a handler; configured by STREAMPIPE_* variables.",
+    )
+    parser.add_argument("--check", action="store_true", help="validate settings and the handler, then exit")
+    parser.add_argument("--ping", action="store_true", help="with --check: also connect and PING")
+    parser.add_argument("--version", action="version", version=f"streampipe-worker {__version__}")
+    return parser
+
+
+async def _ping(settings: WorkerSettings) -> str:
+    from streampipe_worker.connection import ConnectionSettings, create_async_client
+
+    client: Any = create_async_client(ConnectionSettings.from_worker(settings))
+    try:
+        await client.ping()
+        return "ok"
+    finally:
+        await client.aclose()
+
+
+def check(settings: WorkerSettings, ping: bool) -> int:
+    from streampipe_worker.router import HandlerLoadError, load_handler
+
+    try:
+        handler = load_handler(settings.handler)
+    except HandlerLoadError as exc:
+        print(f"streampipe-worker: {exc}", file=sys.stderr)
+        return 2
+    report = {
+        "ok": True,
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "handler": settings.handler,
+        "handler_kind": ("async " if handler.is_async else "") + ("batch" if handler.is_batch else "entry"),
+        "stream": settings.stream,
+        "group": settings.group,
+        "consumer": settings.consumer,
+        "dead_letter_stream": settings.dead_letter,
+        "redis_mode": settings.redis_mode,
+    }
+    if ping:
+        try:
+            report["ping"] = asyncio.run(_ping(settings))
+        except Exception as exc:
+            print(f"streampipe-worker: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(report))
+    return 0
+
+
+def run(settings: WorkerSettings) -> int:
+    from streampipe_worker.consumer import Consumer
+    from streampipe_worker.metrics import Health, MetricsServer, WorkerMetrics
+    from streampipe_worker.router import HandlerLoadError, load_handler
+
+    log = logging.getLogger("streampipe.worker")
+    try:
+        handler = load_handler(settings.handler)
+    except HandlerLoadError as exc:
+        print(f"streampipe-worker: {exc}", file=sys.stderr)
+        return 2
+    metrics = WorkerMetrics(settings.stream, settings.group)
+    health = Health()
+    server = None
+    if settings.metrics_port:
+        try:
+            server = MetricsServer(metrics, health, settings.metrics_port).start()
+        except OSError as exc:
+            print(
+                f"streampipe-worker: cannot serve metrics on port {settings.metrics_port}: {exc} "
+                f"({WorkerSettings.env_name('metrics_port')}=0 turns it off)",
+                file=sys.stderr,
+            )
+            return 2
+
+    async def main() -> int:
+        consumer = Consumer(settings, handler, metrics=metrics, health=health)
+        consumer.install_signal_handlers()
+        log.info(
+            "consuming %s as %s/%s with %s (batch %d, max deliveries %d)%s",
+            settings.stream,
+            settings.group,
+            settings.consumer,
+            settings.handler,
+            settings.batch_size,
+            settings.max_deliveries,
+            f", metrics on :{server.port}" if server else "",
+        )
+        await consumer.run()
+        return 0 if not consumer.abandoned else -1
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        if server is not None:
+            server.stop()
+    if code == -1:
+        # A handler thread is still running an entry we handed back; do not wait for it.
+        logging.shutdown()
+        os._exit(0)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"streampipe-worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
+    if args.check:
+        return check(settings, args.ping)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

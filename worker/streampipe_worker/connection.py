@@ -1,0 +1,222 @@
+"""The one Redis client factory: standalone, Sentinel or Cluster; TLS; ACL user and password.
+
+Clients are made with redis-py's own retries switched off. The consumer decides what is safe to
+repeat (an XACK is; a dead-letter XADD is only after checking the PEL), so a command is never re-sent
+behind its back.
+"""
+
+from __future__ import annotations
+
+import ssl
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
+
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.retry import Retry
+
+import redis
+
+if TYPE_CHECKING:
+    from streampipe_worker.settings import WorkerSettings
+
+# Both flavours the factory returns; the consumer uses only what they share (commands, pipelines).
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+
+
+class ConnectionSettings(BaseModel):
+    """What it takes to reach the data. Built from ``WorkerSettings`` or by a CLI from its options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str = "redis://127.0.0.1:6379/0"
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    sentinel_master: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca_file: Path | None = None
+    tls_insecure_skip_verify: bool = False
+    client_name: str | None = None
+    socket_timeout: float = Field(default=15.0, gt=0, description="Must exceed the XREADGROUP BLOCK time")
+
+    @classmethod
+    def from_worker(cls, settings: WorkerSettings) -> ConnectionSettings:
+        return cls(
+            url=settings.redis_url,
+            mode=settings.redis_mode,
+            sentinel_master=settings.sentinel_master,
+            username=settings.redis_username,
+            password=settings.redis_password,
+            tls_ca_file=settings.tls_ca_file,
+            tls_insecure_skip_verify=settings.tls_insecure_skip_verify,
+            client_name=settings.consumer,
+            socket_timeout=(settings.block + timedelta(seconds=10)).total_seconds(),
+        )
+
+
+class ParsedUrl(BaseModel):
+    tls: bool
+    hosts: list[tuple[str, int]]
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_url(url: str, default_port: int = 6379) -> ParsedUrl:
+    """``redis[s]://[user:pass@]host[:port][,host[:port]...][/db]``; several hosts for Sentinel."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError(f"{url!r}: expected redis://host:port/db or rediss://host:port/db")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        hostpart = rest
+    hostpart, _, path = hostpart.partition("/")
+    path = path.partition("?")[0]
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    hosts: list[tuple[str, int]] = []
+    for item in hostpart.split(","):
+        if item.startswith("["):  # [ipv6]:port
+            host, _, port = item[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        host = host or "127.0.0.1"
+        try:
+            hosts.append((host, int(port) if port else default_port))
+        except ValueError:
+            raise ValueError(f"{url!r}: port {port!r} is not a number") from None
+    try:
+        db = int(path) if path else 0
+    except ValueError:
+        raise ValueError(f"{url!r}: database {path!r} is not a number") from None
+    return ParsedUrl(tls=scheme == "rediss", hosts=hosts, db=db, username=username, password=password)
+
+
+def hash_tag(key: str) -> str | None:
+    """The ``{tag}`` part cluster hashing uses, or None when the whole key is hashed."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def cluster_key_problem(stream: str, dead_letter: str) -> str | None:
+    """Why these keys cannot work together in cluster mode (None when they can).
+
+    The dead-letter move is MULTI { XADD dlq ; XACK stream } and dedupe markers are written with the
+    XACK: all of it must live in one hash slot, which only a shared hash tag guarantees.
+    """
+    tag = hash_tag(stream)
+    if tag is None:
+        return (
+            f"stream {stream!r} has no hash tag; in cluster mode the stream, its dead-letter stream and "
+            f"the worker's bookkeeping keys must share one, e.g. '{{{stream}}}:events' with "
+            f"'{{{stream}}}:dlq'"
+        )
+    if key_slot(dead_letter.encode()) != key_slot(stream.encode()):
+        return (
+            f"dead-letter stream {dead_letter!r} is not in the same hash slot as {stream!r}; "
+            f"name it with the same hash tag, e.g. '{{{tag}}}:dlq'"
+        )
+    return None
+
+
+def _common_options(cs: ConnectionSettings, parsed: ParsedUrl) -> dict[str, Any]:
+    password = cs.password.get_secret_value() if cs.password is not None else parsed.password
+    options: dict[str, Any] = {
+        "username": cs.username or parsed.username,
+        "password": password,
+        "decode_responses": True,
+        # Entries are not required to be UTF-8: odd bytes survive the round trip to the DLQ.
+        "encoding_errors": "surrogateescape",
+        "socket_timeout": cs.socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,
+    }
+    if cs.client_name:
+        options["client_name"] = cs.client_name
+    if parsed.tls:
+        options.update(_tls_options(cs))
+    return options
+
+
+def _tls_options(cs: ConnectionSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"ssl": True}
+    if cs.tls_insecure_skip_verify:
+        options.update(ssl_cert_reqs=ssl.CERT_NONE, ssl_check_hostname=False)
+    else:
+        options.update(ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_check_hostname=True)
+    if cs.tls_ca_file is not None:
+        options["ssl_ca_certs"] = str(cs.tls_ca_file)
+    return options
+
+
+def _sentinel_options(options: dict[str, Any], parsed: ParsedUrl) -> dict[str, Any]:
+    """Sentinels get TLS settings and the URL's own credentials, never the data nodes' password."""
+    sentinel: dict[str, Any] = {
+        key: value
+        for key, value in options.items()
+        if key not in ("username", "password", "db", "client_name")
+    }
+    if parsed.username or parsed.password:
+        sentinel.update(username=parsed.username, password=parsed.password)
+    return sentinel
+
+
+def create_async_client(cs: ConnectionSettings) -> AsyncClient:
+    """A ``redis.asyncio`` client for the configured mode (connections are opened lazily)."""
+    parsed = parse_url(cs.url, default_port=26379 if cs.mode == "sentinel" else 6379)
+    options = _common_options(cs, parsed)
+    if cs.mode == "cluster":
+        host, port = parsed.hosts[0]
+        options.pop("retry")
+        return redis.asyncio.cluster.RedisCluster(host=host, port=port, **options)
+    if cs.mode == "sentinel":
+        if not cs.sentinel_master:
+            raise ValueError("sentinel mode needs a master name (STREAMPIPE_SENTINEL_MASTER)")
+        sentinel_class: Any = redis.asyncio.sentinel.Sentinel  # redis-py leaves Sentinel untyped
+        manager = sentinel_class(
+            parsed.hosts, sentinel_kwargs=_sentinel_options(options, parsed), db=parsed.db, **options
+        )
+        master: AsyncClient = manager.master_for(cs.sentinel_master)
+        return master
+    host, port = parsed.hosts[0]
+    return redis.asyncio.Redis(host=host, port=port, db=parsed.db, **options)
+
+
+def create_client(cs: ConnectionSettings) -> SyncClient:
+    """The synchronous twin of ``create_async_client`` (producers, replay, CLI)."""
+    parsed = parse_url(cs.url, default_port=26379 if cs.mode == "sentinel" else 6379)
+    options = _common_options(cs, parsed)
+    if cs.mode == "cluster":
+        host, port = parsed.hosts[0]
+        options.pop("retry")
+        return redis.cluster.RedisCluster(host=host, port=port, **options)
+    if cs.mode == "sentinel":
+        if not cs.sentinel_master:
+            raise ValueError("sentinel mode needs a master name (STREAMPIPE_SENTINEL_MASTER)")
+        sentinel_class: Any = redis.sentinel.Sentinel  # redis-py leaves Sentinel untyped
+        manager = sentinel_class(
+            parsed.hosts, sentinel_kwargs=_sentinel_options(options, parsed), db=parsed.db, **options
+        )
+        sync_master: SyncClient = manager.master_for(cs.sentinel_master)
+        return sync_master
+    host, port = parsed.hosts[0]
+    return redis.Redis(host=host, port=port, db=parsed.db, **options)

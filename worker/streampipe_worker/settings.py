@@ -1,0 +1,271 @@
+"""The worker's environment contract: every ``STREAMPIPE_*`` variable, in one model.
+
+The operator renders a worker Deployment's ``env`` from this model (``WorkerSettings.env_name`` and
+``render_env``), so a variable's name is written down here and nowhere else. The password is its own
+field so that the operator can render it as a ``secretKeyRef`` instead of a literal value.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMPIPE_"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"250ms"``, ``"1s"``, ``"5m"``, ``"1h30m"`` -> timedelta. Bare numbers are refused (which unit?)."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration string such as 250ms, 1s, 5m or 1h, got {value!r}")
+    text = value.strip()
+    position = 0
+    seconds = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(
+            f"{value!r} is not a duration: use a number and a unit (ms, s, m, h), e.g. 250ms, 1s, 5m"
+        )
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact string ``parse_duration`` reads back: 0.25 s -> ``250ms``, 300 s -> ``5m``."""
+    milliseconds = round(value.total_seconds() * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if milliseconds and milliseconds % size == 0:
+            return f"{milliseconds // size}{unit}"
+    return f"{milliseconds}ms"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class SettingsError(Exception):
+    """Every problem found in the environment, as one message a person can act on."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = [f"  {name}: {why}" for name, why in problems]
+        super().__init__("invalid worker settings (fix these environment variables):\n" + "\n".join(lines))
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker process reads from its environment (prefix ``STREAMPIPE_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
+        validate_default=True,
+    )
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis:// or rediss:// (TLS). Sentinel mode: the sentinels, comma-separated host:port",
+    )
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = Field(
+        default="standalone", description="How to reach the data: one server, via Sentinel, or a Cluster"
+    )
+    sentinel_master: str | None = Field(default=None, description="Sentinel master name (sentinel mode)")
+    redis_username: str | None = Field(default=None, description="ACL user name")
+    redis_password: SecretStr | None = Field(
+        default=None, description="Password (ACL user's, or requirepass); render it from a Secret"
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle that signed the server certificate")
+    tls_insecure_skip_verify: bool = Field(
+        default=False, description="Accept any server certificate (testing only)"
+    )
+    stream: str = Field(min_length=1, description="The stream this worker consumes")
+    group: str = Field(min_length=1, description="Its consumer group (created by the operator)")
+    consumer: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="Consumer name inside the group; the pod name by default (host name)",
+    )
+    handler: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="module:attribute of the handler function or Router",
+    )
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Entries per XREADGROUP")
+    concurrency: int = Field(default=8, ge=1, le=10_000, description="In-flight async handler calls")
+    block: Duration = Field(default=timedelta(seconds=2), description="XREADGROUP BLOCK when idle")
+    max_deliveries: int = Field(default=3, ge=1, description="Attempts before an entry goes to the DLQ")
+    backoff_initial: Duration = Field(default=timedelta(seconds=1), description="Wait before the 1st retry")
+    backoff_multiplier: float = Field(default=2.0, ge=1.0, description="Growth of the wait per attempt")
+    backoff_max: Duration = Field(default=timedelta(minutes=5), description="Cap of the wait")
+    claim_idle: Duration = Field(
+        default=timedelta(seconds=60),
+        description="Idle time after which a silent consumer's entries are taken",
+    )
+    dead_letter_stream: str | None = Field(default=None, description="DLQ stream; default <stream>:dlq")
+    dedupe_ttl: Duration | None = Field(
+        default=None, description="Keep a processed marker this long; unset = no dedupe"
+    )
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="/metrics /healthz /readyz; 0 = off")
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format")
+    shutdown_grace: Duration = Field(
+        default=timedelta(seconds=25),
+        description="On SIGTERM, how long in-flight handlers may run (keep below the pod's grace period)",
+    )
+
+    @property
+    def dead_letter(self) -> str:
+        """The dead-letter stream actually used."""
+        return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of a field: ``env_name("batch_size") == "STREAMPIPE_BATCH_SIZE"``."""
+        if field not in cls.model_fields:
+            raise KeyError(f"WorkerSettings has no field {field!r}")
+        return f"{ENV_PREFIX}{field.upper()}"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules that span several variables (each field is already valid on its own)."""
+        found: list[tuple[str, str]] = []
+        name = self.env_name
+        if self.redis_mode == "sentinel" and not self.sentinel_master:
+            found.append((name("sentinel_master"), "required when STREAMPIPE_REDIS_MODE=sentinel"))
+        if not self.redis_url.startswith(("redis://", "rediss://")):
+            found.append((name("redis_url"), f"{self.redis_url!r} must start with redis:// or rediss://"))
+        if self.backoff_max < self.backoff_initial:
+            found.append(
+                (
+                    name("backoff_max"),
+                    f"{format_duration(self.backoff_max)} is below "
+                    f"STREAMPIPE_BACKOFF_INITIAL={format_duration(self.backoff_initial)}",
+                )
+            )
+        if self.claim_idle < timedelta(milliseconds=100):
+            found.append(
+                (name("claim_idle"), "must be at least 100ms (leases are renewed at a quarter of it)")
+            )
+        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
+            found.append((name("tls_ca_file"), f"{self.tls_ca_file} is not a readable file"))
+        if self.dead_letter == self.stream:
+            found.append((name("dead_letter_stream"), "must differ from STREAMPIPE_STREAM"))
+        if self.redis_mode == "cluster":
+            from streampipe_worker.connection import cluster_key_problem
+
+            problem = cluster_key_problem(self.stream, self.dead_letter)
+            if problem:
+                found.append((name("stream"), problem))
+        return found
+
+
+def _env_problem(error: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:
+    location = error.get("loc") or ("",)
+    field = str(location[0])
+    env = WorkerSettings.env_name(field) if field in WorkerSettings.model_fields else field or "settings"
+    if error.get("type") == "missing":
+        return env, "required, not set"
+    message = str(error.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    raw = {k.upper(): v for k, v in environ.items()}.get(env)
+    if raw is not None and field != "redis_password":
+        return env, f"{raw!r}: {message}"
+    return env, message
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
+    """Read and check the settings; raise ``SettingsError`` naming every bad variable at once.
+
+    ``environ`` defaults to the process environment; ``overrides`` are field values that win over it.
+    """
+    import os
+
+    env = dict(os.environ if environ is None else environ)
+    try:
+        settings = WorkerSettings(**overrides) if environ is None else _settings_from(env, overrides)
+    except ValidationError as exc:
+        problems = [_env_problem(error, env) for error in exc.errors()]
+        raise SettingsError(sorted(set(problems))) from None
+    problems = settings.problems()
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _settings_from(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> WorkerSettings:
+    """Settings from an explicit mapping instead of os.environ (tests, the operator's dry runs)."""
+    values: dict[str, Any] = {}
+    for field in WorkerSettings.model_fields:
+        raw = environ.get(WorkerSettings.env_name(field))
+        if raw not in (None, ""):
+            values[field] = raw
+    values.update(overrides)
+    # Values come from the mapping only; the process environment must not leak in.
+    return WorkerSettings.model_validate(values)
+
+
+def _field_adapter(field: str) -> TypeAdapter[Any]:
+    info = WorkerSettings.model_fields[field]
+    annotated: Any = Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
+    return TypeAdapter(annotated)
+
+
+def render_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """Field values -> ``{ENV_NAME: string}``, the exact strings the worker reads back.
+
+    Each value is checked against its field first (a ``ValueError`` names the variable), so the
+    operator cannot render an env the worker would refuse. Durations may be given as ``timedelta`` or
+    as strings (``"1s"``). ``None`` values are left out. The password is rendered as plain text only
+    if passed: the operator should pass it as a ``secretKeyRef`` under ``env_name("redis_password")``.
+    """
+    rendered: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    for field, value in values.items():
+        if value is None:
+            continue
+        try:
+            env = WorkerSettings.env_name(field)
+        except KeyError as exc:
+            problems.append((field, str(exc.args[0])))
+            continue
+        try:
+            checked = _field_adapter(field).validate_python(value)
+        except ValidationError as exc:
+            problems.append((env, "; ".join(str(e["msg"]) for e in exc.errors())))
+            continue
+        rendered[env] = _to_env_string(checked)
+    if problems:
+        raise SettingsError(problems)
+    return rendered
+
+
+def _to_env_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
