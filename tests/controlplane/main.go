@@ -100,7 +100,7 @@ func run(kubeconfig, dataDir, readyFile string, verbosity int) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	etcd, etcdURL, err := startEtcd(filepath.Join(dataDir, "etcd"), verbosity > 0)
+	etcd, err := startEtcd(filepath.Join(dataDir, "etcd"), verbosity > 0)
 	if err != nil {
 		log.Print(err)
 		return 1
@@ -108,7 +108,7 @@ func run(kubeconfig, dataDir, readyFile string, verbosity int) int {
 	// Deferred, so it runs after the API server below has stopped using it.
 	defer etcd.Close()
 
-	api, err := newAPIServer(ctx, dataDir, etcdURL)
+	api, err := newAPIServer(ctx, dataDir, etcd.url)
 	if err != nil {
 		log.Printf("configuring kube-apiserver: %v", err)
 		return 1
