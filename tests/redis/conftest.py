@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -48,10 +48,10 @@ def make_settings(redis_url: str) -> Callable[..., WorkerSettings]:
 
 
 @pytest.fixture
-def stream_group(redis_client: redis.Redis) -> Iterator[redis.Redis]:
+def stream_group(redis_client: redis.Redis) -> redis.Redis:
     """The test stream with its group at 0 (the operator creates groups; in these tests we do)."""
     redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-    yield redis_client
+    return redis_client
 
 
 @contextlib.asynccontextmanager
@@ -70,12 +70,12 @@ def consumer_for(settings: WorkerSettings, handler: Callable[..., Any] | LoadedH
     return Consumer(settings, loaded)
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` is truthy; the timeout is a failure bound, not a speed assertion."""
-    deadline = time.monotonic() + timeout
+async def eventually(predicate: Callable[[], Any], within: float = 20.0, what: str = "condition") -> None:
+    """Poll until ``predicate()`` is truthy; ``within`` is a failure bound, not a speed assertion."""
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 

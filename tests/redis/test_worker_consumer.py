@@ -122,7 +122,7 @@ async def test_poison_entry_goes_to_dead_letter_after_max_deliveries_with_full_e
             lambda: redis_client.xlen(DLQ) == 1 and pending_count(redis_client) == 0, what="DLQ move"
         )
     assert calls == {good: 1, bad: 3}
-    [(dlq_id, fields)] = redis_client.xrange(DLQ)
+    [(_, fields)] = redis_client.xrange(DLQ)
     assert fields["original_id"] == bad
     assert fields["original_stream"] == STREAM
     assert fields["type"] == "order.created"
