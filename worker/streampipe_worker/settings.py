@@ -228,6 +228,9 @@ def _settings_from(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> 
 
 def _field_adapter(field: str) -> TypeAdapter[Any]:
     info = WorkerSettings.model_fields[field]
+    if not info.metadata:
+        plain: Any = info.annotation
+        return TypeAdapter(plain)
     annotated: Any = Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
     return TypeAdapter(annotated)
 
