@@ -47,7 +47,10 @@ lint: $(VENV)/.installed ## ruff + mypy --strict on both packages
 	$(VENV)/bin/ruff format --check operator worker tests bench hack
 	$(VENV)/bin/mypy
 
-test: setup ## lint, then the whole test suite on real servers
+controlplane: ## build the test kube-apiserver + etcd into .cache/bin (no-op when up to date)
+	@tests/controlplane/build.sh
+
+test: setup controlplane ## lint, then the whole test suite on real servers
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -10,6 +10,8 @@ import pytest
 import redis
 from tests.support.servers import SERVER_KINDS, ServerProcess, start_server
 
+pytest_plugins = ["tests.support.k8s_fixtures"]
+
 SERVER_IDS = list(SERVER_KINDS)
 
 
