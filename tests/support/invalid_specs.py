@@ -1,0 +1,390 @@
+"""The shared table of invalid StreamPipeline manifests.
+
+Each case is a valid minimal manifest with one thing wrong, the field path the error is reported at, and
+a message fragment. ``tests/unit/test_api_invalid.py`` checks that ``streampipe validate`` (the models)
+refuses each one at that path with that fragment; ``tests/k8s/test_crd_server.py`` checks that the real
+API server refuses the same manifest with the same path and fragment (``server_message`` only where the
+server's wording differs from ours). Keep every case to exactly one mistake.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+DURATION_PATTERN_FRAGMENT = "should match '^([0-9]{1,6}(ms|s|m|h))+$'"
+
+
+def minimal_manifest(name: str = "orders") -> Manifest:
+    """A valid pipeline with nothing but the required fields."""
+    return {
+        "apiVersion": "streampipe.dev/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": name},
+        "spec": {
+            "redis": {"url": "redis://redis.shop.svc:6379/0"},
+            "stream": "{orders}:events",
+            "groups": [
+                {
+                    "name": "billing",
+                    "handler": "shop.billing:handle",
+                    "image": "registry.example.com/billing:1.0",
+                }
+            ],
+        },
+    }
+
+
+def _group(name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "handler": "shop.handlers:handle", "image": "registry.example.com/w:1", **fields}
+
+
+@dataclass(frozen=True)
+class InvalidSpec:
+    """One invalid manifest and how it must be refused."""
+
+    id: str
+    mutate: Callable[[Manifest], None]
+    path: str
+    message: str
+    server_message: str | None = None
+    notes: str = field(default="", compare=False)
+
+    def manifest(self) -> Manifest:
+        document = minimal_manifest()
+        self.mutate(document)
+        return document
+
+    @property
+    def expected_server_message(self) -> str:
+        return self.server_message or self.message
+
+
+def _spec(document: Manifest) -> dict[str, Any]:
+    spec: dict[str, Any] = document["spec"]
+    return spec
+
+
+def _set(*path: str | int, value: Any) -> Callable[[Manifest], None]:
+    """A mutation that sets ``document[path...] = value``, creating mappings on the way."""
+
+    def mutate(document: Manifest) -> None:
+        node: Any = document
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+        node[path[-1]] = copy.deepcopy(value)
+
+    return mutate
+
+
+def _delete(*path: str | int) -> Callable[[Manifest], None]:
+    def mutate(document: Manifest) -> None:
+        node: Any = document
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return mutate
+
+
+def _all(*mutations: Callable[[Manifest], None]) -> Callable[[Manifest], None]:
+    def mutate(document: Manifest) -> None:
+        for mutation in mutations:
+            mutation(document)
+
+    return mutate
+
+
+def _two_groups_second_scaling(scaling: dict[str, Any]) -> Callable[[Manifest], None]:
+    def mutate(document: Manifest) -> None:
+        _spec(document)["groups"].append(_group("audit", scaling=scaling))
+
+    return mutate
+
+
+def _duplicate_group(document: Manifest) -> None:
+    _spec(document)["groups"].append(_group("billing"))
+
+
+def _many_groups(document: Manifest) -> None:
+    _spec(document)["groups"] = [_group(f"g{i}") for i in range(33)]
+
+
+GROUP = ("spec", "groups", 0)
+TEMPLATE = (*GROUP, "template")
+
+INVALID_SPECS: list[InvalidSpec] = [
+    InvalidSpec("missing-stream", _delete("spec", "stream"), "spec.stream", "Required value"),
+    InvalidSpec(
+        "unknown-field",
+        _set("spec", "retry", "maxDelivery", value=3),
+        "spec.retry.maxDelivery",
+        'unknown field "spec.retry.maxDelivery"',
+        notes="a typo of maxDeliveries: kubectl's strict field validation and extra=forbid both refuse it",
+    ),
+    InvalidSpec(
+        "wrong-type",
+        _set(*GROUP, "batchSize", value="100"),
+        "spec.groups[0].batchSize",
+        'must be of type integer: "string"',
+    ),
+    InvalidSpec(
+        "bad-name",
+        _set("metadata", "name", value="orders-pipeline-for-the-shop-frontend"),
+        "metadata.name",
+        "Too long: may not be more than 32 bytes",
+    ),
+    InvalidSpec(
+        "redis-mode-enum",
+        _set("spec", "redis", "mode", value="replica"),
+        "spec.redis.mode",
+        'Unsupported value: "replica": supported values: "standalone", "sentinel", "cluster"',
+    ),
+    InvalidSpec(
+        "redis-url-scheme",
+        _set("spec", "redis", "url", value="http://redis:6379"),
+        "spec.redis.url",
+        r"should match '^rediss?://\S+$'",
+    ),
+    InvalidSpec(
+        "redis-url-password",
+        _set("spec", "redis", "url", value="redis://:hunter2@redis:6379/0"),
+        "spec.redis.url",
+        "must not contain a password: put it in a Secret and reference it with auth.secretName",
+    ),
+    InvalidSpec(
+        "sentinel-missing",
+        _set("spec", "redis", "mode", value="sentinel"),
+        "spec.redis.sentinel",
+        "required when mode is sentinel: set sentinel.masterName",
+    ),
+    InvalidSpec(
+        "sentinel-without-mode",
+        _set("spec", "redis", "sentinel", value={"masterName": "mymaster"}),
+        "spec.redis.sentinel",
+        "only allowed when mode is sentinel",
+    ),
+    InvalidSpec(
+        "tls-without-rediss",
+        _set("spec", "redis", "tls", value={"caSecretName": "redis-ca"}),
+        "spec.redis.tls",
+        "needs a rediss:// url: tls settings apply only to TLS connections",
+    ),
+    InvalidSpec(
+        "tls-ca-and-skip-verify",
+        _all(
+            _set("spec", "redis", "url", value="rediss://redis:6380"),
+            _set("spec", "redis", "tls", value={"caSecretName": "redis-ca", "insecureSkipVerify": True}),
+        ),
+        "spec.redis.tls.insecureSkipVerify",
+        "set caSecretName or insecureSkipVerify, not both",
+    ),
+    InvalidSpec(
+        "auth-secret-name",
+        _set("spec", "redis", "auth", value={"secretName": "Redis_Creds"}),
+        "spec.redis.auth.secretName",
+        "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'",
+    ),
+    InvalidSpec(
+        "cluster-without-hash-tag",
+        _all(_set("spec", "redis", "mode", value="cluster"), _set("spec", "stream", value="orders:events")),
+        "spec.stream",
+        "in cluster mode the key needs a {hash tag}",
+    ),
+    InvalidSpec(
+        "cluster-dead-letter-other-slot",
+        _all(
+            _set("spec", "redis", "mode", value="cluster"),
+            _set("spec", "deadLetter", "stream", value="{payments}:dead"),
+        ),
+        "spec.deadLetter.stream",
+        "in cluster mode it needs the same {hash tag} as spec.stream",
+    ),
+    InvalidSpec(
+        "dead-letter-is-stream",
+        _set("spec", "deadLetter", "stream", value="{orders}:events"),
+        "spec.deadLetter.stream",
+        "must differ from spec.stream",
+    ),
+    InvalidSpec(
+        "retention-without-limit",
+        _set("spec", "retention", value={"approximate": True}),
+        "spec.retention",
+        "set maxLength, maxAge or both",
+    ),
+    InvalidSpec(
+        "retention-max-age-syntax",
+        _set("spec", "retention", value={"maxAge": "1 day"}),
+        "spec.retention.maxAge",
+        DURATION_PATTERN_FRAGMENT,
+    ),
+    InvalidSpec(
+        "retention-max-age-zero",
+        _set("spec", "retention", value={"maxAge": "0s"}),
+        "spec.retention.maxAge",
+        "must be between 1s and 87600h",
+    ),
+    InvalidSpec(
+        "retention-max-length-zero",
+        _set("spec", "retention", value={"maxLength": 0}),
+        "spec.retention.maxLength",
+        "should be greater than or equal to 1",
+    ),
+    InvalidSpec(
+        "max-deliveries-zero",
+        _set("spec", "retry", "maxDeliveries", value=0),
+        "spec.retry.maxDeliveries",
+        "should be greater than or equal to 1",
+    ),
+    InvalidSpec(
+        "backoff-max-below-initial",
+        _set("spec", "retry", "backoff", value={"initial": "10s", "max": "2s"}),
+        "spec.retry.backoff.max",
+        "must be >= initial (10s)",
+    ),
+    InvalidSpec(
+        "backoff-multiplier-too-high",
+        _set("spec", "retry", "backoff", value={"multiplier": 100}),
+        "spec.retry.backoff.multiplier",
+        "should be less than or equal to 10",
+    ),
+    InvalidSpec(
+        "claim-idle-without-unit",
+        _set("spec", "retry", "claimIdle", value="250"),
+        "spec.retry.claimIdle",
+        DURATION_PATTERN_FRAGMENT,
+    ),
+    InvalidSpec(
+        "deletion-policy-enum",
+        _set("spec", "deletionPolicy", value="Destroy"),
+        "spec.deletionPolicy",
+        'Unsupported value: "Destroy": supported values: "Retain", "Delete"',
+    ),
+    InvalidSpec("no-groups", _set("spec", "groups", value=[]), "spec.groups", "should have at least 1 items"),
+    InvalidSpec("too-many-groups", _many_groups, "spec.groups", "Too many: 33: must have at most 32 items"),
+    InvalidSpec(
+        "duplicate-group",
+        _duplicate_group,
+        "spec.groups[1]",
+        'Duplicate value: {"name":"billing"}',
+    ),
+    InvalidSpec(
+        "group-name",
+        _set(*GROUP, "name", value="Billing_Team"),
+        "spec.groups[0].name",
+        "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'",
+    ),
+    InvalidSpec(
+        "handler-syntax",
+        _set(*GROUP, "handler", value="shop/billing.py"),
+        "spec.groups[0].handler",
+        "should match '^[A-Za-z_]",
+    ),
+    InvalidSpec(
+        "start-id",
+        _set(*GROUP, "startId", value="latest"),
+        "spec.groups[0].startId",
+        r"should match '^(\$|[0-9]+(-[0-9]+)?)$'",
+    ),
+    InvalidSpec(
+        "image-pull-policy-enum",
+        _set(*GROUP, "imagePullPolicy", value="Sometimes"),
+        "spec.groups[0].imagePullPolicy",
+        'Unsupported value: "Sometimes"',
+    ),
+    InvalidSpec(
+        "batch-size-zero",
+        _set(*GROUP, "batchSize", value=0),
+        "spec.groups[0].batchSize",
+        "should be greater than or equal to 1",
+    ),
+    InvalidSpec(
+        "replicas-min-above-max",
+        _two_groups_second_scaling({"minReplicas": 5, "maxReplicas": 2}),
+        "spec.groups[1].scaling.maxReplicas",
+        "must be >= minReplicas (5)",
+    ),
+    InvalidSpec(
+        "activation-backlog-without-zero",
+        _set(*GROUP, "scaling", value={"minReplicas": 1, "activationBacklog": 50}),
+        "spec.groups[0].scaling.activationBacklog",
+        "applies only when minReplicas is 0",
+    ),
+    InvalidSpec(
+        "scaling-mode-enum",
+        _set(*GROUP, "scaling", value={"mode": "keda"}),
+        "spec.groups[0].scaling.mode",
+        'Unsupported value: "keda": supported values: "native", "none"',
+    ),
+    InvalidSpec(
+        "poll-interval-zero",
+        _set(*GROUP, "scaling", value={"pollInterval": "0s"}),
+        "spec.groups[0].scaling.pollInterval",
+        "must be between 1s and 10m",
+    ),
+    InvalidSpec(
+        "stabilization-above-hpa-limit",
+        _set(*GROUP, "scaling", value={"scaleDownStabilization": "2h"}),
+        "spec.groups[0].scaling.scaleDownStabilization",
+        "must be at most 1h",
+    ),
+    InvalidSpec(
+        "env-reserved-name",
+        _set(*TEMPLATE, value={"env": [{"name": "STREAMPIPE_BATCH_SIZE", "value": "5"}]}),
+        "spec.groups[0].template.env[0].name",
+        "STREAMPIPE_* variables are rendered by the operator from the spec",
+    ),
+    InvalidSpec(
+        "env-value-and-source",
+        _set(
+            *TEMPLATE,
+            value={
+                "env": [
+                    {"name": "TOKEN", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                ]
+            },
+        ),
+        "spec.groups[0].template.env[0]",
+        "set value or valueFrom, not both",
+    ),
+    InvalidSpec(
+        "env-duplicate",
+        _set(*TEMPLATE, value={"env": [{"name": "MODE", "value": "a"}, {"name": "MODE", "value": "b"}]}),
+        "spec.groups[0].template.env[1]",
+        'Duplicate value: {"name":"MODE"}',
+    ),
+    InvalidSpec(
+        "env-from-both-sources",
+        _set(*TEMPLATE, value={"envFrom": [{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]}),
+        "spec.groups[0].template.envFrom[0]",
+        "set exactly one of configMapRef or secretRef",
+    ),
+    InvalidSpec(
+        "reserved-label",
+        _set(*TEMPLATE, value={"labels": {"app.kubernetes.io/instance": "mine"}}),
+        "spec.groups[0].template.labels",
+        "keys under streampipe.dev/ and app.kubernetes.io/ are set by the operator",
+    ),
+    InvalidSpec(
+        "resource-quantity",
+        _set(*TEMPLATE, value={"resources": {"limits": {"cpu": "lots"}}}),
+        "spec.groups[0].template.resources.limits.cpu",
+        "should match '^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))",
+    ),
+    InvalidSpec(
+        "toleration-exists-with-value",
+        _set(*TEMPLATE, value={"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+        "spec.groups[0].template.tolerations[0].value",
+        "must be empty when operator is Exists",
+    ),
+    InvalidSpec(
+        "grace-period-negative",
+        _set(*TEMPLATE, value={"terminationGracePeriodSeconds": -1}),
+        "spec.groups[0].template.terminationGracePeriodSeconds",
+        "should be greater than or equal to 0",
+    ),
+]
