@@ -583,9 +583,12 @@ class PodTemplateSpec(SpecModel):
         description="Extra labels of the worker pods. Keys under streampipe.dev/ and app.kubernetes.io/ "
         "are the operator's.",
     )
-    annotations: Annotated[dict[str, str], Field(max_length=MAX_ANNOTATIONS)] | None = Field(
-        default=None, description="Extra annotations of the worker pods (e.g. for a metrics scraper)."
-    )
+    annotations: (
+        Annotated[
+            dict[str, Annotated[str, StringConstraints(max_length=32768)]], Field(max_length=MAX_ANNOTATIONS)
+        ]
+        | None
+    ) = Field(default=None, description="Extra annotations of the worker pods (e.g. for a metrics scraper).")
 
     @cel_rule(
         "!has(self.labels) || self.labels.all(k, "

@@ -3,8 +3,10 @@
 The syntax is the subset of Go's ``time.ParseDuration`` that CEL's ``duration()`` also accepts, so the
 API server's rules (``duration(self.max) >= duration(self.initial)``) and these models read every value
 the same way: whole numbers of ``ms``, ``s``, ``m`` or ``h``, concatenated (``1h30m``). No days (Go has
-none: write ``168h``), no fractions, no signs. At most 6 digits per term and 16 characters in all keeps
-every valid value far below Go's ~292-year limit, so CEL never hits an overflow the pattern let through.
+none: write ``168h``), no fractions, no signs. At most 6 digits per term and 20 characters in all keeps
+every valid value below Go's ~292-year limit (three 6-digit hour terms would need 21 characters), so
+CEL never overflows on a value the pattern let through; and the canonical form of anything up to
+``999999h`` (``999999h59m59s999ms``, 18 characters) still fits.
 
 A :class:`Duration` is a ``str`` (it serializes back exactly as written, so a manifest round-trips and
 the server's defaults compare equal to ours) that carries its parsed :class:`~datetime.timedelta`.
@@ -22,7 +24,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 # The CRD's `pattern` for every duration field; Python's re and Go's RE2 read it the same way.
 DURATION_PATTERN = r"^([0-9]{1,6}(ms|s|m|h))+$"
-DURATION_MAX_LENGTH = 16
+DURATION_MAX_LENGTH = 20
 DURATION_HINT = "a duration such as 30s, 5m, 1h30m or 250ms (units ms, s, m, h)"
 
 _TERM = re.compile(r"([0-9]{1,6})(ms|s|m|h)")

@@ -1,0 +1,53 @@
+"""Every manifest of the shared invalid-spec table is refused offline, at the right path, in the right words.
+
+The same table goes through the real API server in tests/k8s/test_crd_server.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streampipe_operator import api
+from streampipe_operator.cel import RuleModel
+from streampipe_operator.validation import validate_manifest
+from tests.support.invalid_specs import INVALID_SPECS, InvalidSpec, minimal_manifest
+
+
+def test_the_table_is_big_enough_and_ids_are_unique() -> None:
+    assert len(INVALID_SPECS) >= 20
+    assert len({case.id for case in INVALID_SPECS}) == len(INVALID_SPECS)
+
+
+def test_the_base_manifest_is_valid() -> None:
+    assert validate_manifest(minimal_manifest()) == []
+
+
+@pytest.mark.parametrize("case", INVALID_SPECS, ids=lambda case: case.id)
+def test_refused_offline(case: InvalidSpec) -> None:
+    errors = validate_manifest(case.manifest())
+    # One mistake per case, so exactly one error: a second one means the case tests two things.
+    assert len(errors) == 1, [str(error) for error in errors]
+    assert errors[0].path == case.path
+    assert case.message in errors[0].message
+
+
+def _rule_models() -> list[type[RuleModel]]:
+    found: list[type[RuleModel]] = []
+    for value in vars(api).values():
+        if isinstance(value, type) and issubclass(value, RuleModel) and value.__module__ == api.__name__:
+            found.append(value)
+    return found
+
+
+def test_every_cross_field_rule_is_exercised_by_the_table() -> None:
+    # A CEL rule nobody feeds a bad spec to could be wrong on the server and nobody would know.
+    messages = [case.message for case in INVALID_SPECS]
+    untested = []
+    for model in _rule_models():
+        for rule, _check in model.cel_rules():
+            text = rule.message or rule.message_expression.split("(")[0].strip("'")
+            if not any(text.strip() in message or message in text for message in messages):
+                untested.append(f"{model.__name__}: {rule.rule}")
+    assert not untested, "CEL rules without an invalid spec in tests/support/invalid_specs.py:\n" + "\n".join(
+        untested
+    )
