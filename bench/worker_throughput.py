@@ -191,7 +191,7 @@ def measure(kind: str, url: str, events: int, timeout: float = 300.0) -> float:
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
-            return _watch(client, proc, log, kind, stream, events, timeout)
+            return _watch(client, proc, log, kind=kind, stream=stream, events=events, timeout=timeout)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -204,7 +204,7 @@ def measure(kind: str, url: str, events: int, timeout: float = 300.0) -> float:
 
 
 def _watch(
-    client: Any, proc: subprocess.Popen[str], log: Any, kind: str, stream: str, events: int, timeout: float
+    client: Any, proc: subprocess.Popen[str], log: Any, *, kind: str, stream: str, events: int, timeout: float
 ) -> float:
     first_at: float | None = None
     first_read = 0
