@@ -63,10 +63,11 @@ bench: setup ## benchmarks against same-run baselines; writes bench/results and 
 chaos: setup ## the fault suite at full sizes
 	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
-crds: $(VENV)/.installed ## regenerate crds/ and the chart's copy from the API models
+crds: $(VENV)/.installed ## regenerate crds/, the chart's copy and docs/api.md's reference from the API models
 	$(VENV)/bin/streampipe crd > crds/streampipeline.yaml
 	mkdir -p charts/streampipe/crds
 	cp crds/streampipeline.yaml charts/streampipe/crds/streampipeline.yaml
+	$(VENV)/bin/streampipe crd --update-docs docs/api.md
 
 clean: ## remove the venv and caches (the Go build cache is left alone)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

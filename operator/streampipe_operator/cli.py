@@ -31,10 +31,18 @@ class ValidateOutput(StrEnum):
 
 
 @app.command()
-def crd() -> None:
+def crd(
+    update_docs: Annotated[
+        Path | None,
+        typer.Option(help="Instead: rewrite the generated reference part of this file (docs/api.md)."),
+    ] = None,
+) -> None:
     """Print the StreamPipeline CustomResourceDefinition (what `make crds` writes to crds/)."""
-    from streampipe_operator.crd import crd_yaml
+    from streampipe_operator.crd import crd_yaml, update_reference
 
+    if update_docs is not None:
+        update_docs.write_text(update_reference(update_docs.read_text(encoding="utf-8")), encoding="utf-8")
+        return
     typer.echo(crd_yaml(), nl=False)
 
 

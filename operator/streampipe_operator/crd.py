@@ -11,6 +11,7 @@ here, not on a cluster. The output is deterministic (sorted keys), which is what
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from streampipe_operator import api
+from streampipe_operator.durations import DURATION_PATTERN
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 
@@ -300,3 +302,126 @@ def structural_problems(node: Any, path: str = "") -> Iterator[str]:
         yield from structural_problems(node["items"], f"{path}[*]")
     if isinstance(node.get("additionalProperties"), Mapping):
         yield from structural_problems(node["additionalProperties"], f"{path}.*")
+
+
+# ------------------------------------------------------------------------------- docs/api.md tables
+
+REFERENCE_BEGIN = "<!-- BEGIN GENERATED REFERENCE: `make crds` rewrites this part from the models -->"
+REFERENCE_END = "<!-- END GENERATED REFERENCE -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _type_of(node: Mapping[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "quantity (int or string)"
+    if node.get("pattern") == DURATION_PATTERN:
+        return "duration"
+    kind = str(node.get("type", ""))
+    if kind == "array":
+        return f"list of {_type_of(node['items'])}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), Mapping):
+        return f"map of {_type_of(node['additionalProperties'])}"
+    if kind == "object" and node.get("x-kubernetes-preserve-unknown-fields"):
+        return "object (kept as written)"
+    return kind
+
+
+def _constraints(node: Mapping[str, Any], required: bool) -> str:
+    parts = ["required"] if required else []
+    if "enum" in node:
+        parts.append("one of " + ", ".join(f"`{value}`" for value in node["enum"]))
+    if "minimum" in node or "maximum" in node:
+        parts.append(f"{node.get('minimum', '')}..{node.get('maximum', '')}")
+    if "minItems" in node or "maxItems" in node:
+        parts.append(f"{node.get('minItems', 0)}..{node.get('maxItems', '')} items")
+    if "maxProperties" in node:
+        parts.append(f"at most {node['maxProperties']} entries")
+    if "maxLength" in node and node.get("pattern") != DURATION_PATTERN:
+        parts.append(f"at most {node['maxLength']} chars")
+    if "pattern" in node and node.get("pattern") != DURATION_PATTERN:
+        parts.append(f"pattern `{node['pattern']}`")
+    if node.get("x-kubernetes-list-type") == "map":
+        parts.append("unique " + ", ".join(node.get("x-kubernetes-list-map-keys", [])))
+    for rule in node.get("x-kubernetes-validations", []):
+        if rule["rule"].startswith("!self.matches") and "duration(self)" in rule["rule"]:
+            parts.append(rule["message"].removeprefix("must be "))
+    return "; ".join(parts)
+
+
+def _field_rows(node: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    required = set(node.get("required", []))
+    for name, child in node.get("properties", {}).items():
+        path = f"{prefix}.{name}"
+        default = json.dumps(child["default"], separators=(", ", ": ")) if "default" in child else ""
+        shown_default = f"`{default}`" if default and len(default) < 40 else ""
+        cells = [f"`{path}`", _type_of(child), shown_default, _constraints(child, name in required)]
+        yield "| " + " | ".join(_cell(cell) for cell in [*cells, child.get("description", "")]) + " |"
+        target = child.get("items", child)
+        if "properties" in target:
+            yield from _field_rows(target, f"{path}[]" if "items" in child else path)
+
+
+def _rule_rows(node: Mapping[str, Any], path: str) -> Iterator[str]:
+    for rule in node.get("x-kubernetes-validations", []):
+        where = path + rule.get("fieldPath", "")
+        message = rule.get("message") or f"(computed) `{rule['messageExpression']}`"
+        yield f"| `{_cell(where)}` | `{_cell(rule['rule'])}` | {_cell(message)} |"
+    for name, child in node.get("properties", {}).items():
+        yield from _rule_rows(child, f"{path}.{name}")
+    if "items" in node:
+        yield from _rule_rows(node["items"], f"{path}[]")
+
+
+def _shown_in(column: Mapping[str, Any]) -> str:
+    return "-o wide" if column.get("priority") else "always"
+
+
+def reference_markdown() -> str:
+    """The generated part of docs/api.md: field tables, CEL rules and printer columns."""
+    schema = openapi_schema()
+    header = "| Field | Type | Default | Constraints | Description |\n| --- | --- | --- | --- | --- |"
+    spec_rows = "\n".join(_field_rows(schema["properties"]["spec"], "spec"))
+    status_rows = "\n".join(_field_rows(schema["properties"]["status"], "status"))
+    rules = "\n".join(_rule_rows(schema["properties"]["spec"], "spec"))
+    columns = "\n".join(
+        f"| {c['name']} | `{_cell(c['jsonPath'])}` | {c['type']} | {_shown_in(c)} |" for c in PRINTER_COLUMNS
+    )
+    return "\n".join(
+        [
+            REFERENCE_BEGIN,
+            "",
+            "### Spec fields",
+            "",
+            header,
+            spec_rows,
+            "",
+            "### Status fields",
+            "",
+            header,
+            status_rows,
+            "",
+            "### CEL rules (`x-kubernetes-validations`)",
+            "",
+            "Each has a Python twin in `api.py` with the same message, so `streampipe validate` agrees.",
+            "",
+            "| Reported at | Rule | Message |\n| --- | --- | --- |",
+            rules,
+            "",
+            "### Printer columns",
+            "",
+            "| Column | JSONPath | Type | Shown |\n| --- | --- | --- | --- |",
+            columns,
+            "",
+            REFERENCE_END,
+        ]
+    )
+
+
+def update_reference(document: str) -> str:
+    """``document`` (docs/api.md) with its generated part replaced by the current one."""
+    start = document.index(REFERENCE_BEGIN)
+    end = document.index(REFERENCE_END) + len(REFERENCE_END)
+    return document[:start] + reference_markdown() + document[end:]

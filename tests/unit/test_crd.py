@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 from streampipe_operator import api
 from streampipe_operator.cel import RuleModel
 from streampipe_operator.cli import app
-from streampipe_operator.crd import SchemaError, crd_yaml, openapi_schema, structural, structural_problems
+from streampipe_operator.crd import (
+    SchemaError,
+    crd_yaml,
+    openapi_schema,
+    reference_markdown,
+    structural,
+    structural_problems,
+    update_reference,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = [
@@ -236,3 +244,11 @@ def test_generator_refuses_what_has_no_structural_form() -> None:
         structural({"anyOf": [{"type": "string"}, {"type": "integer"}]}, {}, "spec.x")
     with pytest.raises(SchemaError, match="not allowed in a CRD schema"):
         structural({"type": "number", "exclusiveMinimum": 0}, {}, "spec.x")
+
+
+def test_docs_reference_is_current() -> None:
+    document = (ROOT / "docs" / "api.md").read_text()
+    assert update_reference(document) == document, (
+        "docs/api.md's generated reference is stale: run `make crds`"
+    )
+    assert "`spec.groups[].scaling.maxReplicas`" in reference_markdown()
