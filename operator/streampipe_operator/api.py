@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -907,6 +907,14 @@ class StreamPipelineStatus(StatusModel):
         )
 
 
+def _plain(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(item) for item in node]
+    return node
+
+
 def find_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
     """The condition of this type in ``conditions``, if any."""
     return next((condition for condition in conditions if condition.type == type_), None)
@@ -976,6 +984,16 @@ class StreamPipeline(BaseModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: StreamPipelineSpec = Field(description="Desired state.")
     status: StreamPipelineStatus | None = Field(default=None, description="Observed state.")
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StreamPipeline:
+        """Parse a resource body as the API server or kopf hands it over.
+
+        kopf's ``body``/``spec`` are read-only Mapping views, which strict models do not take for
+        dicts; this copies them into plain dicts and lists first. Raises pydantic's ValidationError
+        (``streampipe_operator.validation.errors_of`` words it the API server's way).
+        """
+        return cls.model_validate(_plain(body))
 
     def to_manifest(self) -> dict[str, Any]:
         """The resource as Kubernetes stores it: camelCase, absent instead of null, defaults filled in."""

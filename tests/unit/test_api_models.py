@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,6 +99,28 @@ def _contains(whole: object, part: object) -> bool:
     if isinstance(part, list):
         return isinstance(whole, list) and len(whole) == len(part) and all(map(_contains, whole, part))
     return bool(whole == part)
+
+
+class _ReadOnlyView(Mapping[str, Any]):
+    """Like kopf's Body/Spec: a Mapping over nested dicts, not a dict."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        return _ReadOnlyView(value) if isinstance(value, dict) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_from_body_takes_read_only_mappings() -> None:
+    pipeline = api.StreamPipeline.from_body(_ReadOnlyView(minimal_manifest()))
+    assert pipeline == api.StreamPipeline.model_validate(minimal_manifest())
 
 
 def test_snake_case_names_and_camel_case_aliases_both_work() -> None:
