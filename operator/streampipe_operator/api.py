@@ -85,7 +85,6 @@ HASH_TAG = "^[^{]*[{][^}]+[}]"
 RESERVED_LABEL_PREFIXES = ("streampipe.dev/", "app.kubernetes.io/")
 RESERVED_ENV_PREFIX = "STREAMPIPE_"
 
-DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
 DnsSubdomain = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)]
 SecretKey = Annotated[str, StringConstraints(pattern=DATA_KEY, max_length=253)]
 StreamKey = Annotated[str, StringConstraints(pattern=NO_WHITESPACE, max_length=MAX_KEY_LENGTH)]
