@@ -36,7 +36,7 @@ from streampipe_worker.metrics import Health, WorkerMetrics
 from streampipe_worker.producer import DEDUPE_KEY_FIELD
 from streampipe_worker.retry import RetryPolicy
 from streampipe_worker.router import Entry, LoadedHandler, Outcome, PermanentError
-from streampipe_worker.settings import WorkerSettings
+from streampipe_worker.settings import WorkerSettings, format_duration
 
 log = logging.getLogger("streampipe.worker")
 
@@ -135,7 +135,8 @@ class Consumer:
         """Stop reading, let running handlers finish (SIGTERM). Safe to call more than once."""
         if self._stopping.is_set():
             return
-        log.info("stop requested: finishing in-flight entries (grace %ss)", self.settings.shutdown_grace)
+        grace = format_duration(self.settings.shutdown_grace)
+        log.info("stop requested: finishing in-flight entries (grace %s)", grace)
         self._stop_now = True
         self._stopping.set()
         if self._reader is not None and self._reading:
@@ -637,6 +638,9 @@ class Consumer:
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self.metrics.connection_errors.inc()
+                log.warning(
+                    "dead-letter move of %d entries: %s; checking the PEL and retrying", len(todo), exc
+                )
                 if self._stopping.is_set() and attempt > 20:
                     log.error(
                         "could not move %d entries to %s (%s); they stay pending for a peer",

@@ -1,0 +1,1 @@
+"""Example handlers for the ``{orders}:events`` pipeline (see docs/handlers.md)."""
