@@ -13,7 +13,8 @@
 // ready file (JSON {"kubeconfig","server","pid"}) if asked, and prints one line
 // "ready kubeconfig=PATH server=URL" to stdout (paths made absolute). SIGTERM or
 // SIGINT shuts down the API server, then etcd, removes the ready file (and the
-// data dir if it was a temporary one) and exits 0. Any failure exits non-zero.
+// data dir if it was a temporary one) and exits 0; the kubeconfig is left in
+// place. Any failure exits non-zero (2 for bad usage).
 package main
 
 import (
@@ -59,6 +60,10 @@ func main() {
 
 // setupLogging keeps kube-apiserver's klog output to errors unless -v is given:
 // at the default level it logs hundreds of informational lines at start-up.
+// Two or three error lines at start-up are normal upstream behaviour here:
+// "Failed to ensure lease exists" and "Error while syncing ConfigMap" (controllers
+// racing the creation of kube-system, they retry) and "Found stale data, removed
+// previous endpoints" (always logged with --endpoint-reconciler-type=none).
 func setupLogging(v int) {
 	var fs flag.FlagSet
 	klog.InitFlags(&fs)
