@@ -50,7 +50,19 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+# Error replies that mean "this node cannot serve you right now" (a failover, a cluster reshard, a
+# replica that is loading): like a lost connection, they are waited out, never treated as bugs.
+TRANSIENT_REPLIES = frozenset({"UNBLOCKED", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
 CHUNK = 1000  # ids per XCLAIM / XACK command outside the hot path
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection or an error reply that a reconnect (after a failover) cures."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return str(exc).split(" ", 1)[0].upper() in TRANSIENT_REPLIES
+    return False
 
 
 def dedupe_key(stream: str, group: str, entry_id: str, fields: dict[str, str]) -> str:
@@ -222,6 +234,9 @@ class Consumer:
                     return
                 raise
             except redis.exceptions.ResponseError as exc:
+                if is_transient(exc):
+                    await self._connection_lost("read", exc)
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 self.health.set_ready(False, "consumer group missing")
@@ -233,7 +248,9 @@ class Consumer:
                 )
                 await self._pause(self._retry_delay())
                 continue
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 await self._connection_lost("read", exc)
                 continue
             if batch:
@@ -536,7 +553,9 @@ class Consumer:
         while self._acks:
             try:
                 await self._flush_acks()
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 if time.monotonic() >= until:
                     log.error(
                         "could not ack %d processed entries before exit (%s); they stay pending and "
@@ -579,7 +598,9 @@ class Consumer:
         self.metrics.retried.inc(len(entries))
         try:
             await self._claim_with_idle(by_idle)
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             # Not handed back yet: hold them and let the leaser release them once Redis is back.
             log.warning("could not hand back %d failed entries yet: %s", len(entries), exc)
             for entry in entries:
@@ -635,7 +656,9 @@ class Consumer:
                 )
                 await transaction.execute()
                 todo = []
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 attempt += 1
                 self.metrics.connection_errors.inc()
                 log.warning(
@@ -699,9 +722,13 @@ class Consumer:
                         break
                 self._connected()
             except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if is_transient(exc):
+                    await self._connection_lost("reclaim", exc)
+                elif "NOGROUP" not in str(exc):
                     raise
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 await self._connection_lost("reclaim", exc)
 
     async def _autoclaim(
@@ -758,7 +785,9 @@ class Consumer:
             try:
                 await self._renew_leases()
                 self._connected()
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 await self._connection_lost("lease", exc)
 
     def _held_ids(self) -> list[str]:
@@ -806,7 +835,9 @@ class Consumer:
             )
         except redis.exceptions.ResponseError:
             return  # no group yet: the reader reports it
-        except CONNECTION_ERRORS:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             return  # the reader reports it, and reconnects
         ids = [str(row["message_id"]) for row in rows]
         if ids:
@@ -846,14 +877,12 @@ class Consumer:
                 if total:
                     log.info("handed back %d entries for peers to take now", total)
                 return
-            except CONNECTION_ERRORS as exc:
-                if time.monotonic() >= until:
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() >= until:
+                    # Not fatal: whatever was not handed back is taken by peers after claimIdle.
                     log.error("could not hand back entries (%s); peers take them after claimIdle", exc)
                     return
                 await asyncio.sleep(0.2)
-            except redis.exceptions.ResponseError as exc:
-                log.error("could not hand back entries: %s", exc)
-                return
 
     # --- connection state ---------------------------------------------------------------------
 
