@@ -16,6 +16,7 @@ from tests.support.controlplane import (
     service_account_kubeconfig,
     unique_name,
 )
+from tests.support.pod_runner import PodRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "streampipeline.yaml"
@@ -79,3 +80,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "control_plane" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.k8s)
+
+
+@pytest.fixture
+def pod_runner(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., PodRunner]]:
+    """``pod_runner(namespace=<the test's>, **options)`` starts the test pod runner (it runs the replicas
+    of streampipe worker Deployments in that namespace as local processes; see
+    tests/support/pod_runner.py). Every runner started is stopped, with its processes, after the test."""
+    runners: list[PodRunner] = []
+
+    def start(ns: str | None = None, **options: Any) -> PodRunner:
+        target = ns or namespace
+        runner = PodRunner(control_plane.kubeconfig, target, tmp_path / f"pods-{target}", **options).start()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        runner.stop()
