@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -28,7 +30,9 @@ from streampipe_operator.redis_admin import (
     RedisUnreachableError,
     WrongKeyTypeError,
 )
+from streampipe_worker.connection import ConnectionSettings, create_async_client
 from tests.support.servers import ServerProcess, free_port
+from tests.support.topologies import start_cluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -384,3 +388,46 @@ async def test_refused_credentials_and_permissions(
     finally:
         for client in (without, wrong, limited):
             await client.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_works_through_a_cluster_client(tmp_path: Path) -> None:
+    """The worker's own factory in cluster mode: keyless commands (INFO, COMMAND DOCS) go to one node."""
+    cluster = start_cluster("valkey9", tmp_path)
+    client: Any = create_async_client(ConnectionSettings(url=cluster.url, mode="cluster"))
+    try:
+        # Nodes of 4 entries, so that approximate trimming acts on a 30-entry stream (this cluster is ours).
+        await client.config_set("stream-node-max-entries", 4, target_nodes=client.ALL_NODES)
+        admin = RedisAdmin(client)
+        assert (await admin.capabilities()).family == "valkey"
+        await admin.apply_group_plan(
+            STREAM, plan_groups([DesiredGroup(name="billing", start_id="0")], set(), {}, "Retain")
+        )
+        ids = [await client.xadd(STREAM, {"n": str(i)}) for i in range(30)]
+        await client.xadd(DLQ, {"n": "dead"})
+        await client.xreadgroup("billing", "pod-a", {STREAM: ">"}, count=20)
+        await client.xack(STREAM, "billing", *ids[:20])
+        await client.xgroup_createconsumer(STREAM, "billing", "gone")
+
+        seen = await admin.observe_stream(STREAM, dead_letter=DLQ)
+        billing = seen.group("billing")
+        assert billing is not None
+        assert (billing.lag, billing.pending, seen.dead_letter_length) == (
+            Lag(value=10, source="server"),
+            0,
+            1,
+        )
+        deletion = await admin.delete_consumer(
+            STREAM, DeleteConsumer(group="billing", consumer="gone", idle=1, reason="gone")
+        )
+        assert deletion.deleted
+        plan = await admin.retention_plan(seen, RetentionPolicy(max_length=5, approximate=True), now=0)
+        assert plan.held is not None
+        assert plan.held.entries.value == 5  # 10 unread entries stay, the policy wanted 5
+        assert await admin.apply_trims(STREAM, DLQ, plan.actions) == {STREAM: 20}
+        teardown = plan_teardown("Delete", STREAM, DLQ).delete
+        assert teardown is not None
+        assert await admin.delete_keys(teardown) == 2
+    finally:
+        await client.aclose()
+        cluster.stop()
