@@ -1,1 +1,13 @@
-"""Pure planning functions: observed state in, actions out. No I/O in this package."""
+"""Pure planning functions: observed state in, actions out. No I/O in this package.
+
+- ``entry_ids``: stream entry IDs as ordered values, with successor/predecessor;
+- ``observed``: what was seen on the server (stream, groups, consumers, lag with its source);
+- ``backlog``: lag + pending, and when the server's lag figure can be trusted;
+- ``scaling``: replica decisions (bounded scale-up, stabilized scale-down);
+- ``groups``: create / recreate / destroy consumer groups, teardown on deletion;
+- ``consumers``: which idle consumers to remove (never one with pending entries);
+- ``retention``: protected XTRIM actions and the held-back report.
+
+Inputs are small frozen models defined here, not the CR models: the handler maps the spec onto them.
+Time is always passed in (``now``, Unix seconds), never read.
+"""
