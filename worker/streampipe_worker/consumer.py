@@ -567,12 +567,15 @@ class Consumer:
                 await asyncio.sleep(0.2)
 
     async def _skip_duplicates(self, entries: list[Entry]) -> tuple[list[Entry], list[str]]:
+        """Entries whose marker exists (or that repeat a key earlier in this batch) are acked unrun."""
         markers = [dedupe_key(self.stream, self.group, e.id, e.fields) for e in entries]
         present = await self.client.mget(markers)
         fresh: list[Entry] = []
         fresh_markers: list[str] = []
+        seen_here: set[str] = set()
         for entry, marker, seen in zip(entries, markers, present, strict=True):
-            if seen is None:
+            if seen is None and marker not in seen_here:
+                seen_here.add(marker)
                 fresh.append(entry)
                 fresh_markers.append(marker)
             else:
