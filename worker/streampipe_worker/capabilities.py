@@ -9,7 +9,6 @@ the command's own documentation as the server reports it.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
