@@ -196,3 +196,31 @@ async def test_tls_with_a_ca_file(server_factory: Callable[..., ServerProcess], 
     assert refused.returncode == 1
     assert "certificate verify failed" in refused.stderr
     assert check(STREAMPIPE_TLS_INSECURE_SKIP_VERIFY="true").returncode == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+async def test_server_crash_and_restart_the_worker_reconnects(
+    kind: str, server_factory: Callable[..., ServerProcess]
+) -> None:
+    # appendfsync always: what the server acknowledged survives its SIGKILL (an AOF replay).
+    server = server_factory(kind, "--appendonly", "yes", "--appendfsync", "always")
+    with server.client() as admin:
+        admin.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        Producer(admin, STREAM).send_many(events(0, 100))
+    seen: list[Entry] = []
+    consumer = consumer_for(worker_settings_for(server.url), seen.append)
+    async with running(consumer):
+        await eventually(lambda: numbers(seen) >= set(range(100)), what="first 100")
+        server.kill()
+        await eventually(lambda: not consumer.health.ready, what="not ready while the server is down")
+        server.restart()
+        with server.client() as admin:
+            Producer(admin, STREAM).send_many(events(100, 100))
+            await eventually(lambda: numbers(seen) >= set(range(200)), what="100 more after the restart")
+            await eventually(lambda: admin.xpending(STREAM, GROUP)["pending"] == 0, what="all acked")
+        await eventually(lambda: consumer.health.ready, what="ready again")
+    labels = {"stream": STREAM, "group": GROUP}
+    assert (
+        consumer.metrics.registry.get_sample_value("streampipe_worker_connection_errors_total", labels) or 0
+    ) >= 1
