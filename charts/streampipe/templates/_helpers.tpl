@@ -1,0 +1,159 @@
+{{/*
+Names. Kubernetes names are DNS labels: at most 63 characters, so every name is truncated and any
+trailing "-" the cut leaves is trimmed. Suffixed names (`-metrics`, `-test`) cut the base first.
+*/}}
+{{- define "streampipe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "streampipe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<suffix>", still at most 63 characters. */}}
+{{- define "streampipe.suffixed" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "streampipe.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
+{{- define "streampipe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries, the component aside. */}}
+{{- define "streampipe.commonLabels" -}}
+helm.sh/chart: {{ include "streampipe.chart" . }}
+app.kubernetes.io/name: {{ include "streampipe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: streampipe
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the operator's objects. */}}
+{{- define "streampipe.labels" -}}
+{{ include "streampipe.commonLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The operator pods' identity: stable across upgrades (a Deployment's selector is immutable). */}}
+{{- define "streampipe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "streampipe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* metadata.annotations body, when there is any. */}}
+{{- define "streampipe.annotations" -}}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "streampipe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "streampipe.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag, or repository@digest when a digest pins the image. */}}
+{{- define "streampipe.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* true when the replicas coordinate through kopf peering. */}}
+{{- define "streampipe.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "streampipe.peeringName" -}}
+{{- default (include "streampipe.fullname" .) .Values.peering.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* true when the operator watches every namespace (and gets a ClusterRole). */}}
+{{- define "streampipe.clusterWide" -}}
+{{- if not .Values.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{/*
+The arguments of `streampipe operator run`: the watch scope (one --namespace per watched namespace,
+or --all-namespaces), peering or standalone, the probe and metrics endpoints, logging.
+*/}}
+{{- define "streampipe.operatorArgs" -}}
+- operator
+- run
+{{- if include "streampipe.clusterWide" . }}
+- --all-namespaces
+{{- else }}
+{{- range .Values.watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- end }}
+{{- if include "streampipe.peering" . }}
+- --peering={{ include "streampipe.peeringName" . }}
+{{- else }}
+- --standalone
+{{- end }}
+- --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
+- --metrics-port={{ .Values.operator.metricsPort }}
+- --log-format={{ .Values.operator.logFormat }}
+- --log-level={{ .Values.operator.logLevel }}
+{{- with .Values.operator.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The rules the operator needs on its own resources in a namespace (or in all of them, in the
+ClusterRole). Each rule names the handler behaviour that needs it; see docs/security.md.
+*/}}
+{{- define "streampipe.namespacedRules" -}}
+# StreamPipelines: kopf lists and watches them, and patches them for its finalizer and progress
+# annotations; the status subresource carries conditions and figures.
+- apiGroups: ["streampipe.dev"]
+  resources: ["streampipelines"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["streampipe.dev"]
+  resources: ["streampipelines/status"]
+  verbs: ["get", "patch"]
+# One worker Deployment per consumer group: rendered, drift reverted, removed with its group.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Replicas are changed through the scale subresource only.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["get", "patch", "update"]
+# Events on StreamPipelines (groups recreated, replicas changed, handler errors).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Redis credentials and CA bundles named by spec.redis.auth / spec.redis.tls: read one by name,
+# never listed or watched.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}

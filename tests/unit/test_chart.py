@@ -1,0 +1,524 @@
+"""The Helm chart, rendered by the real helm 4.1.4 (.cache/bin): lint, value sets, names, operator
+arguments, RBAC least privilege, Pod Security "restricted" on every pod spec, schema strictness.
+
+The value sets are the chart's own ``ci/*-values.yaml`` files (chart-testing's convention) plus the
+defaults; tests/k8s/test_chart_server.py sends the same renders to a real API server.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.servers import TOOL_BIN
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "streampipe"
+HELM = TOOL_BIN / "helm"
+RELEASE_NAMESPACE = "streampipe-system"
+
+# name -> values file (None: the chart's defaults).
+VALUE_SETS: dict[str, Path | None] = {
+    "default": None,
+    **{path.name.removesuffix("-values.yaml"): path for path in sorted((CHART / "ci").glob("*-values.yaml"))},
+}
+MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        pytest.fail(f"{HELM} missing: run `make tools`")
+    done = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def render(
+    values: Path | None = None,
+    *args: str,
+    release: str = "sp",
+    namespace: str = RELEASE_NAMESPACE,
+    api_versions: Iterable[str] = (),
+    show_only_tests: bool = False,
+) -> list[dict[str, Any]]:
+    """``helm template`` -> the rendered objects (chart test hooks included)."""
+    command = ["template", release, str(CHART), "--namespace", namespace]
+    if values is not None:
+        command += ["--values", str(values)]
+    for api in api_versions:
+        command += ["--api-versions", api]
+    command += list(args)
+    documents = yaml.safe_load_all(helm(*command).stdout)
+    return [doc for doc in documents if doc]
+
+
+def render_text(values: Path | None = None, *args: str, **kwargs: Any) -> str:
+    return yaml.safe_dump_all(render(values, *args, **kwargs), sort_keys=False)
+
+
+def by_kind(objects: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(objects: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "Pod":
+            yield name, obj["spec"]
+        elif obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}:
+            yield name, obj["spec"]["template"]["spec"]
+
+
+def operator_args(objects: list[dict[str, Any]]) -> list[str]:
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args: list[str] = container["args"]
+    return args
+
+
+def rbac_rules(objects: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in objects:
+        if obj["kind"] in {"Role", "ClusterRole"}:
+            for rule in obj.get("rules", []):
+                yield f"{obj['kind']}/{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}", rule
+
+
+def restricted_violations(name: str, spec: dict[str, Any]) -> list[str]:
+    """Pod Security Standard "restricted" (v1.29+ profile), checked field by field."""
+    problems = []
+    pod_sc = spec.get("securityContext", {})
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(host):
+            problems.append(f"{name}: {host}")
+    for volume in spec.get("volumes", []):
+        allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"}
+        allowed |= {"projected", "secret", "name"}
+        if set(volume) - allowed:
+            problems.append(f"{name}: volume {volume['name']} of a restricted type")
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for container in containers:
+        where = f"{name}/{container['name']}"
+        sc = container.get("securityContext", {})
+        if sc.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation must be false")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            problems.append(f"{where}: runAsNonRoot must be true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"{where}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{where}: seccompProfile {seccomp!r}")
+        capabilities = sc.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{where}: capabilities must drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: adds capabilities {capabilities['add']}")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{where}: hostPort")
+        # Not part of "restricted" but promised by the chart: nothing writes to the image.
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: readOnlyRootFilesystem must be true")
+    return problems
+
+
+@pytest.fixture(scope="module", params=list(VALUE_SETS), ids=list(VALUE_SETS))
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    name: str = request.param
+    return name, render(VALUE_SETS[name], api_versions=MONITORING_APIS)
+
+
+# --- lint and shape -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_helm_lint_strict(name: str) -> None:
+    values = VALUE_SETS[name]
+    args = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+    done = helm(*args, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_at_least_four_value_sets() -> None:
+    assert {"default", "namespaced", "ha", "monitoring", "networkpolicy"} <= set(VALUE_SETS)
+
+
+def test_chart_metadata_matches_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert version is not None
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == version.group(1)
+    assert chart["kubeVersion"].startswith(">=1.")
+    crd_names = [crd["name"] for crd in yaml.safe_load(chart["annotations"]["artifacthub.io/crds"])]
+    assert "streampipelines.streampipe.dev" in crd_names
+
+
+def test_chart_crds_are_the_generated_crd_and_kopf_peering() -> None:
+    crd_dir = CHART / "crds"
+    assert (crd_dir / "streampipeline.yaml").read_text() == (
+        ROOT / "crds" / "streampipeline.yaml"
+    ).read_text()
+    peering = {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all((crd_dir / "kopf-peering.yaml").read_text())
+    }
+    assert set(peering) == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    assert peering["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
+    assert peering["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
+    # kopf keeps the replicas' keep-alives in .status: it must accept arbitrary keys.
+    for crd in peering.values():
+        (version,) = crd["spec"]["versions"]
+        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert status["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def _documented_keys(lines: list[str]) -> list[str]:
+    """Dotted paths of values.yaml keys that lack a ``# --`` comment and are not inside a map or list
+    documented as a whole (a ``# --`` above its parent)."""
+    undocumented: list[str] = []
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented)
+    comment_block: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment_block.append(stripped)
+            continue
+        if not stripped:
+            comment_block = []
+            continue
+        match = re.match(r"^(\s*)([A-Za-z0-9_.-]+):", line)
+        if not match or stripped.startswith("-"):
+            comment_block = []
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        inherited = any(documented for _, _, documented in stack)
+        documented = any(comment.startswith("# --") for comment in comment_block)
+        path = ".".join([key for _, key, _ in stack] + [match.group(2)])
+        has_children = stripped.endswith(":")
+        if not documented and not inherited and not has_children:
+            undocumented.append(path)
+        stack.append((indent, match.group(2), documented))
+        comment_block = []
+    return undocumented
+
+
+def test_every_value_is_documented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    assert _documented_keys(lines) == []
+    # The checker itself finds an undocumented key.
+    assert _documented_keys(["# -- ok", "a: 1", "b:", "  c: 2"]) == ["b.c"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "imagee.tag=1"], "imagee"),
+        (["--set", "image.tagg=1"], "tagg"),
+        (["--set", "replicaCount=-1"], "replicaCount"),
+        (["--set", "operator.logFormat=xml"], "logFormat"),
+        (["--set", "image.digest=latest"], "digest"),
+        (["--set-json", 'watchNamespaces=["Not_A_Namespace"]'], "watchNamespaces"),
+        (["--set", "networkPolicy.redis.ports[0]=70000"], "ports"),
+        (["--set", "serviceMonitor.interval=30"], "interval"),
+    ],
+    ids=[
+        "unknown-top-level",
+        "unknown-nested",
+        "negative-replicas",
+        "log-format",
+        "digest",
+        "namespace",
+        "port-range",
+        "interval-unit",
+    ],
+)
+def test_schema_refuses_typos_and_bad_values(args: list[str], message: str) -> None:
+    done = helm("template", "sp", str(CHART), *args, check=False)
+    assert done.returncode != 0, f"accepted {args}"
+    assert message in done.stderr, done.stderr
+
+
+# --- rendering per value set -------------------------------------------------------------------------
+
+
+def test_every_object_carries_the_standard_labels(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/version",
+            "helm.sh/chart",
+        ):
+            assert key in labels, f"{obj['kind']}/{obj['metadata']['name']} lacks {key}"
+
+
+def test_pod_security_restricted_on_every_pod_spec(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    specs = list(pod_specs(objects))
+    assert len(specs) >= 2, "the operator Deployment and the chart test pod"
+    problems = [problem for name, spec in specs for problem in restricted_violations(name, spec)]
+    assert problems == []
+
+
+def test_restricted_checker_catches_a_violation() -> None:
+    spec = {"containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": True}}]}
+    problems = restricted_violations("Pod/x", spec)
+    assert any("allowPrivilegeEscalation" in problem for problem in problems)
+    assert any("runAsNonRoot" in problem for problem in problems)
+
+
+def test_rbac_has_no_wildcards_or_privilege_verbs(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    rules = list(rbac_rules(objects))
+    assert rules
+    for where, rule in rules:
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(field, []), f"{where}: wildcard in {field}: {rule}"
+        assert not FORBIDDEN_VERBS & set(rule["verbs"]), f"{where}: {rule}"
+        assert not {"roles", "clusterroles", "rolebindings", "clusterrolebindings"} & set(rule["resources"])
+        assert "nonResourceURLs" not in rule
+        if "secrets" in rule["resources"]:
+            assert rule["verbs"] == ["get"], f"{where}: secrets only get: {rule}"
+
+
+def test_operator_container_runs_with_probes_ports_and_a_writable_tmp(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {port["name"] for port in container["ports"]} == {"health", "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    health_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+    assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+
+
+# --- watch scope, peering and RBAC shape ---------------------------------------------------------
+
+
+def test_default_watches_all_namespaces_with_one_standalone_replica() -> None:
+    objects = render()
+    args = operator_args(objects)
+    assert args[:3] == ["operator", "run", "--all-namespaces"]
+    assert "--standalone" in args
+    assert not any(arg.startswith(("--namespace", "--peering")) for arg in args)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert by_kind(objects, "Role") == []
+    assert by_kind(objects, "ClusterKopfPeering") == []
+    cluster_role = one(objects, "ClusterRole")
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sp-streampipe", "namespace": RELEASE_NAMESPACE}
+    ]
+    resources = {resource for rule in cluster_role["rules"] for resource in rule["resources"]}
+    assert "clusterkopfpeerings" not in resources
+    assert {
+        "streampipelines",
+        "streampipelines/status",
+        "deployments",
+        "deployments/scale",
+        "events",
+        "secrets",
+        "customresourcedefinitions",
+    } <= resources
+
+
+def test_namespaced_install_gets_a_role_per_namespace_and_no_cluster_wide_object_access() -> None:
+    objects = render(VALUE_SETS["namespaced"])
+    args = operator_args(objects)
+    assert "--namespace=team-a" in args
+    assert "--namespace=team-b" in args
+    assert "--all-namespaces" not in args
+    roles = {role["metadata"]["namespace"]: role for role in by_kind(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(objects, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[namespace]["metadata"]["name"],
+        }
+        assert binding["subjects"][0]["namespace"] == RELEASE_NAMESPACE
+    # Cluster-wide: read-only discovery of namespaces and CRDs, nothing else.
+    (discovery,) = by_kind(objects, "ClusterRole")
+    for rule in discovery["rules"]:
+        assert set(rule["resources"]) <= {"namespaces", "customresourcedefinitions"}
+        assert set(rule["verbs"]) <= {"list", "watch"}
+    # Peering with two replicas: a KopfPeering per watched namespace; patch only on that object.
+    peerings = by_kind(objects, "KopfPeering")
+    assert {p["metadata"]["namespace"] for p in peerings} == {"team-a", "team-b"}
+    assert "--peering=sp-streampipe" in args
+    for role in roles.values():
+        patch_rules = [r for r in role["rules"] if "kopfpeerings" in r["resources"] and "patch" in r["verbs"]]
+        assert patch_rules == [
+            {
+                "apiGroups": ["kopf.dev"],
+                "resources": ["kopfpeerings"],
+                "resourceNames": ["sp-streampipe"],
+                "verbs": ["patch"],
+            }
+        ]
+
+
+def test_namespaced_install_without_cluster_discovery_has_no_cluster_objects() -> None:
+    objects = render(VALUE_SETS["namespaced"], "--set", "rbac.clusterDiscovery=false")
+    assert by_kind(objects, "ClusterRole") == []
+    assert by_kind(objects, "ClusterRoleBinding") == []
+    assert len(by_kind(objects, "Role")) == 2
+
+
+def test_ha_enables_peering_rolling_updates_and_spreads_pods() -> None:
+    objects = render(VALUE_SETS["ha"])
+    args = operator_args(objects)
+    assert "--peering=sp-streampipe" in args
+    assert "--standalone" not in args
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    (peering,) = by_kind(objects, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "sp-streampipe"
+    cluster_role = one(objects, "ClusterRole")
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "resourceNames": ["sp-streampipe"],
+        "verbs": ["patch"],
+    } in cluster_role["rules"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pod["containers"][0]["image"] == ("ghcr.io/streampipe/streampipe-operator@sha256:" + "0" * 64)
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 2, "selector": deployment["spec"]["selector"]}
+    assert deployment["metadata"]["labels"]["team"] == "platform"
+    assert deployment["metadata"]["annotations"]["owner"] == "platform@example.com"
+
+
+def test_env_names_the_replica_after_its_pod() -> None:
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_image_tag_defaults_to_app_version_and_can_be_overridden() -> None:
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/streampipe/streampipe-operator:0.1.0"
+    container = one(render(None, "--set", "image.tag=0.2.0-rc.1"), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["image"] == "ghcr.io/streampipe/streampipe-operator:0.2.0-rc.1"
+
+
+def test_names_are_truncated_to_63_characters() -> None:
+    release = "a-very-long-release-name-that-a-platform-team-chose-x"
+    objects = render(VALUE_SETS["namespaced"], release=release)
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63, name
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+    names = {obj["metadata"]["name"] for obj in objects}
+    assert any(name.endswith("-discovery") for name in names)
+    assert any(name.endswith("-test-health") for name in names)
+
+
+def test_rbac_create_false_renders_no_rbac_objects() -> None:
+    objects = render(None, "--set", "rbac.create=false")
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & {o["kind"] for o in objects}
+
+
+def test_existing_service_account_must_be_named() -> None:
+    done = helm("template", "sp", str(CHART), "--set", "serviceAccount.create=false", check=False)
+    assert done.returncode != 0
+    assert "serviceAccount.name is required" in done.stderr
+    objects = render(None, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
+    assert by_kind(objects, "ServiceAccount") == []
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+
+
+# --- optional objects ------------------------------------------------------------------------------
+
+
+def test_service_monitor_only_when_the_cluster_serves_it() -> None:
+    values = VALUE_SETS["monitoring"]
+    without = render(values)
+    assert by_kind(without, "ServiceMonitor") == []
+    assert by_kind(without, "PrometheusRule") == []
+    objects = render(values, api_versions=MONITORING_APIS)
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # PrometheusRule: tests/unit/test_monitoring.py
+
+
+def test_network_policy_allows_only_dns_api_server_and_redis_egress() -> None:
+    objects = render(VALUE_SETS["networkpolicy"])
+    policy = one(objects, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["podSelector"]["matchLabels"] == one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    egress = spec["egress"]
+    assert len(egress) == 3
+    dns, api, redis = egress
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert {p["port"] for p in api["ports"]} == {443, 6443}
+    assert redis["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "valkey"}
+    assert {p["port"] for p in redis["ports"]} == {6379, 26379}
+    # Ingress: the metrics port from the monitoring namespace, the health port from the chart test.
+    ports = [rule["ports"][0]["port"] for rule in spec["ingress"]]
+    assert ports == ["metrics", "health"]
+    assert render(None, "--set", "networkPolicy.enabled=false") == [
+        o for o in render() if o["kind"] != "NetworkPolicy"
+    ]
+
+
+def test_chart_test_pod_checks_the_health_port_through_the_service() -> None:
+    objects = render()
+    pod = one(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert f"http://sp-streampipe.{RELEASE_NAMESPACE}.svc:8080/healthz" in script
+    # The test pod is not an operator pod: the Service must not select it.
+    service_selector = one(objects, "Service")["spec"]["selector"]
+    labels = pod["metadata"]["labels"]
+    assert not all(labels.get(key) == value for key, value in service_selector.items())
+    compile(script, "test-health", "exec")  # the inline check is valid Python
