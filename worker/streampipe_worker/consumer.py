@@ -254,7 +254,8 @@ class Consumer:
                 await self._connection_lost("read", exc)
                 continue
             if batch:
-                await self._handle([(entry_id, fields, 1) for entry_id, fields in batch], reclaimed=False)
+                stream, group = self.stream, self.group
+                await self._handle_entries([Entry(i, f, 1, stream, group) for i, f in batch], reclaimed=False)
 
     async def _read(self) -> list[tuple[str, dict[str, str]]]:
         """Flush acks and read the next batch, in one round trip when no markers are involved."""
@@ -298,6 +299,7 @@ class Consumer:
     async def _handle(
         self, raw: Sequence[tuple[str, dict[str, str] | None, int]], *, reclaimed: bool
     ) -> None:
+        """Reclaimed entries: a None body means XAUTOCLAIM found the entry deleted (Redis 6.2)."""
         stream, group = self.stream, self.group
         entries: list[Entry] = []
         trimmed: list[str] = []
@@ -308,8 +310,10 @@ class Consumer:
                 entries.append(Entry(entry_id, fields, deliveries, stream, group))
         if trimmed:
             self._count_trimmed(trimmed)
-        if not entries:
-            return
+        if entries:
+            await self._handle_entries(entries, reclaimed=reclaimed)
+
+    async def _handle_entries(self, entries: list[Entry], *, reclaimed: bool) -> None:
         token = self._next_token
         self._next_token += 1
         self._in_flight[token] = entries
@@ -430,16 +434,19 @@ class Consumer:
         result = BatchResult()
         durations = result.durations
         failures = result.failures
+        began = clock()
         for index, entry in enumerate(entries):
             if self._stop_now:
                 result.started = index
                 return result
-            began = clock()
             try:
                 function(entry)
             except Exception as exc:
                 failures.append((index, exc))
-            durations.append(clock() - began)
+            # One clock read per entry: this entry's end is the next one's start.
+            ended = clock()
+            durations.append(ended - began)
+            began = ended
         result.started = len(entries)
         return result
 
@@ -871,10 +878,16 @@ class Consumer:
                 rows = await self.client.xpending_range(
                     self.stream, self.group, "-", "+", 10_000, consumername=self.name
                 )
-                # E.g. entries a cancelled XREADGROUP delivered that never reached us.
-                stray = [str(r["message_id"]) for r in rows if str(r["message_id"]) not in known]
-                await self._claim_with_idle({self.claim_idle_ms: stray} if stray else {})
-                total = len(unstarted) + len(abandoned) + len(stray)
+                # E.g. entries a cancelled XREADGROUP delivered that never reached us: never
+                # attempted here, so their delivery is given back too.
+                stray: dict[int, list[str]] = {}
+                for row in rows:
+                    if str(row["message_id"]) not in known:
+                        retry = max(int(row["times_delivered"]) - 1, 0)
+                        stray.setdefault(retry, []).append(str(row["message_id"]))
+                for count, ids in stray.items():
+                    await self._claim_with_idle({self.claim_idle_ms: ids}, retrycount=count)
+                total = len(unstarted) + len(abandoned) + sum(len(ids) for ids in stray.values())
                 self.stats.handed_back += total
                 self.metrics.handed_back.inc(total)
                 if total:
