@@ -23,7 +23,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -941,20 +941,3 @@ class Consumer:
         while True:
             self.health.beat()
             await asyncio.sleep(1.0)
-
-
-async def run_consumer(
-    settings: WorkerSettings,
-    handler: LoadedHandler,
-    *,
-    on_start: Callable[[Consumer], Awaitable[None] | None] | None = None,
-) -> Consumer:
-    """Run one consumer with signal handling; returns it (with its stats) after a clean stop."""
-    consumer = Consumer(settings, handler)
-    consumer.install_signal_handlers()
-    if on_start is not None:
-        started = on_start(consumer)
-        if started is not None:
-            await started
-    await consumer.run()
-    return consumer
