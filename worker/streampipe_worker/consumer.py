@@ -132,6 +132,9 @@ class Consumer:
         self._in_flight: dict[int, list[Entry]] = {}
         self._unstarted: list[Entry] = []
         self._waiting: dict[str, float] = {}  # long-backoff entries held here: id -> monotonic due time
+        # Failed entries already handed back (or on their way to the DLQ) while their batch is still
+        # in flight: the leaser must not renew them, or it would reset their backoff.
+        self._released: set[str] = set()
         self._acks: list[str] = []
         self._ack_markers: list[str] = []
         self._next_token = 0
@@ -325,6 +328,8 @@ class Consumer:
         finally:
             del self._in_flight[token]
             self.metrics.in_flight.dec(count)
+            if self._released:
+                self._released.difference_update(entry.id for entry in entries)
 
     async def _settle(self, entries: list[Entry], *, reclaimed: bool) -> None:
         markers: list[str] | None = None
@@ -340,6 +345,7 @@ class Consumer:
         if result.started < len(entries):
             self._unstarted.extend(entries[result.started :])
         if result.failures:
+            self._released.update(entries[index].id for index, _ in result.failures)
             retry = self._classify_failures(entries, result.failures, dead)
             if retry:
                 await self._schedule_retries(retry)
@@ -802,6 +808,8 @@ class Consumer:
 
     def _held_ids(self) -> list[str]:
         held = [entry.id for batch in self._in_flight.values() for entry in batch]
+        if self._released:
+            held = [entry_id for entry_id in held if entry_id not in self._released]
         held.extend(self._acks)
         held.extend(self._waiting)
         return held
@@ -822,7 +830,8 @@ class Consumer:
         if not held:
             return
         owners = await self._owners(held)
-        mine = [entry_id for entry_id in held if owners.get(entry_id) == self.name]
+        still_held = set(self._held_ids())  # the batch may have settled during the round trip
+        mine = [entry_id for entry_id in held if owners.get(entry_id) == self.name and entry_id in still_held]
         lost = [entry_id for entry_id in held if entry_id in owners and owners[entry_id] != self.name]
         if lost:
             self.metrics.lease_lost.inc(len(lost))
