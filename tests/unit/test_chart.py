@@ -490,8 +490,9 @@ def test_service_monitor_only_when_the_cluster_serves_it() -> None:
 
 def test_network_policy_allows_only_dns_api_server_and_redis_egress() -> None:
     objects = render(VALUE_SETS["networkpolicy"])
-    policy = one(objects, "NetworkPolicy")
-    spec = policy["spec"]
+    policies = {policy["metadata"]["name"]: policy for policy in by_kind(objects, "NetworkPolicy")}
+    assert set(policies) == {"sp-streampipe", "sp-streampipe-test-health"}
+    spec = policies["sp-streampipe"]["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["podSelector"]["matchLabels"] == one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
     egress = spec["egress"]
@@ -506,9 +507,18 @@ def test_network_policy_allows_only_dns_api_server_and_redis_egress() -> None:
     # Ingress: the metrics port from the monitoring namespace, the health port from the chart test.
     ports = [rule["ports"][0]["port"] for rule in spec["ingress"]]
     assert ports == ["metrics", "health"]
-    assert render(None, "--set", "networkPolicy.enabled=false") == [
-        o for o in render() if o["kind"] != "NetworkPolicy"
-    ]
+    # The chart test pod's own policy: egress to DNS and the operator's health port, no ingress.
+    test_policy = policies["sp-streampipe-test-health"]
+    assert test_policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test_policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": "sp",
+        "app.kubernetes.io/component": "chart-test",
+    }
+    assert "ingress" not in test_policy["spec"]
+    to_operator = test_policy["spec"]["egress"][1]
+    assert to_operator["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert to_operator["to"][0]["podSelector"]["matchLabels"] == spec["podSelector"]["matchLabels"]
+    assert by_kind(render(None, "--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
 
 
 def test_chart_test_pod_checks_the_health_port_through_the_service() -> None:
