@@ -222,12 +222,14 @@ async def test_a_long_handler_keeps_its_lease_and_is_not_stolen(
         return handle
 
     redis_client.xadd(STREAM, {"n": "1"})
-    holder = consumer_for(make_settings(consumer="holder", claim_idle="300ms"), slow("holder"))
-    peer = consumer_for(make_settings(consumer="peer", claim_idle="300ms"), slow("peer"))
+    # Leases are renewed every claimIdle/4: 750 ms of slack before a renewal is late, even on a
+    # busy machine.
+    holder = consumer_for(make_settings(consumer="holder", claim_idle="1s"), slow("holder"))
+    peer = consumer_for(make_settings(consumer="peer", claim_idle="1s"), slow("peer"))
     async with running(holder):
         await eventually(lambda: len(calls) == 1, what="holder started")
         async with running(peer):
-            await asyncio.sleep(1.5)  # five claimIdle periods: without leases the peer would take it
+            await asyncio.sleep(3)  # three claimIdle periods: without leases the peer would take it
             release.set()
             await eventually(lambda: pending_count(redis_client) == 0, what="holder acked")
     assert [(name, deliveries) for name, _, deliveries in calls] == [("holder", 1)]
