@@ -842,11 +842,21 @@ class GroupStatus(StatusModel):
         default=0, description="Consumers registered in the group."
     )
     oldest_pending_age: ShortText | None = Field(
-        default=None, description="Idle time of the oldest pending entry, e.g. `2s`."
+        default=None,
+        description="Age of the oldest pending entry (since it was added, from its ID), e.g. `2s`.",
     )
     last_delivered_id: ShortText | None = Field(
         default=None,
         description="Last ID delivered to the group; a group deleted by hand is recreated here.",
+    )
+    entries_read: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="The group's read counter seen with lastDeliveredId; makes lag exact after recreation.",
+    )
+    oldest_pending_id: ShortText | None = Field(
+        default=None,
+        description="Smallest pending ID; a group deleted by hand is recreated just before it, so its "
+        "unacknowledged entries are delivered again.",
     )
     replicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Worker pods that exist.")
     ready_replicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Worker pods that are ready.")
