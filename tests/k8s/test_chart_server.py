@@ -3,8 +3,8 @@ server-side dry run (with Pod Security "restricted" enforced on the namespaces),
 `helm uninstall`, and the chart's RBAC proven with a token of the chart's own ServiceAccount: what the
 operator must be able to do works, what it must not do is refused by the API server.
 
-ServiceMonitor and PrometheusRule are not dry-run here: the Prometheus Operator CRDs are not installed
-on the test control plane, so those two objects are checked statically (tests/unit/test_chart.py,
+ServiceMonitor, PodMonitor and PrometheusRule are not dry-run here: the Prometheus Operator CRDs are not
+installed on the test control plane, so those objects are checked statically (tests/unit/test_chart.py,
 tests/unit/test_monitoring.py).
 """
 
@@ -27,7 +27,7 @@ from tests.unit.test_chart import CHART, HELM, VALUE_SETS, by_kind, render
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
 
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
-MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def restricted_namespace(kubectl: Kubectl, prefix: str) -> str:

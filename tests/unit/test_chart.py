@@ -28,7 +28,9 @@ VALUE_SETS: dict[str, Path | None] = {
     "default": None,
     **{path.name.removesuffix("-values.yaml"): path for path in sorted((CHART / "ci").glob("*-values.yaml"))},
 }
-MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+MONITORING_APIS = tuple(
+    f"monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+)
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
 
 pytestmark = pytest.mark.timeout(60)
@@ -480,6 +482,7 @@ def test_service_monitor_only_when_the_cluster_serves_it() -> None:
     assert by_kind(without, "ServiceMonitor") == []
     assert by_kind(without, "PrometheusRule") == []
     objects = render(values, api_versions=MONITORING_APIS)
+    assert one(objects, "PodMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     monitor = one(objects, "ServiceMonitor")
     service = one(objects, "Service")
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
