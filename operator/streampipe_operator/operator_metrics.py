@@ -1,0 +1,162 @@
+"""Prometheus metrics of the operator, served on ``--metrics-port`` (``/metrics``).
+
+Every name starts with ``streampipe_operator_``; docs/operator.md lists them with their labels. Series
+of a pipeline are removed when the pipeline is deleted, so a long-running operator does not keep
+reporting the backlog of pipelines that are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+
+PIPELINE = ("namespace", "pipeline")
+GROUP = ("namespace", "pipeline", "group")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class OperatorMetrics:
+    """The operator's metrics in a registry of their own (tests make several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `*_created` series double the output and no dashboard reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.reconciles = Counter(
+            "streampipe_operator_reconciles_total",
+            "Reconcile passes of a pipeline, by result (ok, error).",
+            [*PIPELINE, "result"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "streampipe_operator_errors_total",
+            "Failures during reconciliation, by kind (redis_unreachable, redis_auth, credentials, "
+            "kubernetes, invalid_spec, conflict, unexpected).",
+            [*PIPELINE, "kind"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "streampipe_operator_reconcile_duration_seconds",
+            "Time one reconcile pass of a pipeline took (observe Redis and Kubernetes, plan, apply).",
+            PIPELINE,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "streampipe_operator_pipeline_ready",
+            "1 when the pipeline's Ready condition is True, else 0.",
+            PIPELINE,
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "streampipe_operator_redis_up",
+            "1 when the operator reached the pipeline's server on the last pass, else 0.",
+            PIPELINE,
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "streampipe_operator_group_backlog",
+            "Backlog (lag + pending) of a consumer group; absent while unknown.",
+            GROUP,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "streampipe_operator_group_lag",
+            "Entries not yet delivered to a group (estimated when the server reports none).",
+            GROUP,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "streampipe_operator_group_pending",
+            "Entries delivered to a group and not yet acknowledged.",
+            GROUP,
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "streampipe_operator_group_replicas",
+            "Replicas of a group's worker Deployment (spec.replicas).",
+            GROUP,
+            registry=r,
+        )
+        self.desired_replicas = Gauge(
+            "streampipe_operator_group_desired_replicas",
+            "Replicas the scaling policy asks for.",
+            GROUP,
+            registry=r,
+        )
+        self.scale_changes = Counter(
+            "streampipe_operator_scale_changes_total",
+            "Replica changes made through /scale, by direction (up, down).",
+            [*GROUP, "direction"],
+            registry=r,
+        )
+        self.trimmed = Counter(
+            "streampipe_operator_trimmed_entries_total",
+            "Entries removed by retention, by key (stream, dead_letter).",
+            [*PIPELINE, "target"],
+            registry=r,
+        )
+        self.retention_held = Gauge(
+            "streampipe_operator_retention_held_entries",
+            "Entries the retention policy would remove that protectUnprocessed keeps (at least).",
+            PIPELINE,
+            registry=r,
+        )
+        self.dead_letter_length = Gauge(
+            "streampipe_operator_dead_letter_length",
+            "Entries in the pipeline's dead-letter stream.",
+            PIPELINE,
+            registry=r,
+        )
+        self.consumers_removed = Counter(
+            "streampipe_operator_consumers_removed_total",
+            "Idle consumers without pending entries removed from groups.",
+            GROUP,
+            registry=r,
+        )
+        self._lock = threading.Lock()
+        self._groups: dict[tuple[str, str], set[str]] = {}
+
+    def track_groups(self, namespace: str, pipeline: str, groups: Iterable[str]) -> None:
+        """Remember which groups a pipeline has, and drop the series of groups it no longer has."""
+        wanted = set(groups)
+        with self._lock:
+            known = self._groups.setdefault((namespace, pipeline), set())
+            gone = known - wanted
+            known.clear()
+            known.update(wanted)
+        for group in gone:
+            self._remove_group(namespace, pipeline, group)
+
+    def forget_pipeline(self, namespace: str, pipeline: str) -> None:
+        """Remove every series of a deleted pipeline."""
+        with self._lock:
+            groups = self._groups.pop((namespace, pipeline), set())
+        for group in groups:
+            self._remove_group(namespace, pipeline, group)
+        for gauge in (self.ready, self.redis_up, self.retention_held, self.dead_letter_length):
+            _remove(gauge, namespace, pipeline)
+
+    def _remove_group(self, namespace: str, pipeline: str, group: str) -> None:
+        for gauge in (self.backlog, self.lag, self.pending, self.replicas, self.desired_replicas):
+            _remove(gauge, namespace, pipeline, group)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside the pod
+        """Serve ``/metrics`` on ``port`` from a background thread."""
+        start_http_server(port, addr=address, registry=self.registry)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)

@@ -1,0 +1,938 @@
+"""One StreamPipeline's reconcile loop: parse -> observe (Redis, Kubernetes) -> plan -> apply -> status.
+
+Each pipeline gets a :class:`PipelineRuntime` (kept in kopf's per-object ``memo``) and one kopf daemon
+that calls :meth:`PipelineRuntime.run`. A pass (:meth:`PipelineRuntime.reconcile`):
+
+1. **parse** the body into the API models; an invalid spec (one that slipped past the CRD's schema)
+   is reported as ``Ready=False``/``InvalidSpec`` and nothing else is done;
+2. **conflict**: when an older StreamPipeline names the same server and stream, ``Ready=False``/
+   ``Conflict`` and nothing else is done;
+3. **observe** the stream on Redis (one ``observe_stream``: stream, groups with a lag that is never a
+   guessed zero, pending summaries, consumers) and the worker Deployments (from kopf's index of them:
+   no API call);
+4. **groups**: create missing ones, recreate vanished ones where status last saw them (with a Warning
+   Event), destroy removed ones only under ``deletionPolicy: Delete``;
+5. **scaling**, per group when its ``pollInterval`` is due: ``plan.scaling.decide_replicas`` on
+   lag + pending, replicas changed through ``/scale`` with an Event;
+6. **Deployments**: create missing ones, revert drift (JSON patch), delete those of removed groups;
+7. **retention** every ``retention.interval`` (and the dead-letter stream's own ``maxLength``), and
+   **consumer cleanup** (idle past ``2 x claimIdle``, nothing pending);
+8. **status**, written only when it changed (see ``status.worth_writing``).
+
+State kept in memory (the scaling history, the last positions of groups, the last status written)
+only makes passes cheaper or decisions steadier; after a restart it is rebuilt from Redis, the
+Deployments and the status. The one rule that needs care: an empty scaling history would allow an
+immediate scale-down, so a restarted operator seeds it with the Deployment's current replicas, and a
+restart can only delay a scale-down. Redis being unreachable never changes replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from streampipe_operator import api, workloads
+from streampipe_operator.api import ConditionType
+from streampipe_operator.conflicts import PipelineRef, identity_of, others, owner, stream_identity
+from streampipe_operator.kube import KubeApi, KubeError, SecretMissingError
+from streampipe_operator.operator_metrics import OperatorMetrics
+from streampipe_operator.plan.backlog import Backlog, group_backlog
+from streampipe_operator.plan.consumers import plan_consumer_cleanup
+from streampipe_operator.plan.entry_ids import EntryId
+from streampipe_operator.plan.groups import (
+    CreateGroup,
+    DesiredGroup,
+    DestroyGroup,
+    LastKnownPosition,
+    plan_groups,
+    plan_teardown,
+)
+from streampipe_operator.plan.observed import GroupState, Lag
+from streampipe_operator.plan.retention import TrimAction, plan_dead_letter_trim
+from streampipe_operator.plan.scaling import Recommendation, ScalingDecision, decide_replicas
+from streampipe_operator.redis_access import PipelineConnection
+from streampipe_operator.redis_admin import (
+    RedisAdmin,
+    RedisAdminError,
+    RedisAuthError,
+    RedisUnreachableError,
+    StreamObservation,
+)
+from streampipe_operator.spec_mapping import retention_policy, scaling_policy
+from streampipe_operator.status import (
+    CREDENTIALS_MISSING,
+    REDIS_AUTH_FAILED,
+    REDIS_UNREACHABLE,
+    Findings,
+    GroupWorkload,
+    RetentionOutcome,
+    build_status,
+    status_document,
+    worth_writing,
+)
+from streampipe_operator.validation import errors_of
+
+log = logging.getLogger("streampipe.operator")
+
+PipelineIndex = Mapping[str, Iterable[PipelineRef]]
+DeploymentIndex = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+EventType = Literal["Normal", "Warning"]
+
+# How long a write of ours may take to show in kopf's index before the index is trusted again.
+WRITE_SETTLE_SECONDS = 5.0
+DEFAULT_DEAD_LETTER_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
+
+
+@dataclass
+class ReconcileOptions:
+    """Operator-wide tunables (the CLI sets them; tests may shorten them)."""
+
+    figures_interval: float = 5.0  # at most one status write per this many seconds for figures alone
+    idle_interval: float = 30.0  # longest pause between passes
+    max_error_delay: float = 30.0  # backoff cap after failures
+    secret_refresh: float = 60.0  # re-read credentials at least this often
+    consumer_idle_floor: float = 5.0  # never remove a consumer idle for less than this
+    redis_socket_timeout: float = 5.0
+
+
+class RetryLaterError(Exception):
+    """Deletion cannot finish yet; kopf retries it after ``delay`` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def _utc(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)
+
+
+def error_delay(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff: base, 2 base, 4 base ... at most ``cap``."""
+    return min(cap, base * 2.0 ** max(0, failures - 1))
+
+
+def scaling_decision(
+    group: api.GroupSpec,
+    state: GroupState | None,
+    *,
+    current: int | None,
+    history: Sequence[Recommendation] | None,
+    now: float,
+) -> ScalingDecision:
+    """The replica decision for one group from its observed state (None: the group is missing, so
+    the backlog is unknown and replicas hold) and its Deployment's ``current`` replicas (None: there
+    is no Deployment yet). Pure.
+
+    ``history`` None means this process has made no decision for the group yet (it just started):
+    the current count then counts as recommended ``now``, so a restart delays a scale-down by one
+    stabilization window and never allows one at once.
+    """
+    backlog = (
+        group_backlog(state)
+        if state is not None
+        else Backlog(lag=Lag(value=None, source="unknown"), pending=0)
+    )
+    if history is None and current is not None:
+        history = (Recommendation(at=now, replicas=current),)
+    policy = scaling_policy(group.scaling)
+    return decide_replicas(
+        group.name,
+        policy,
+        backlog,
+        current_replicas=current if current is not None else policy.min_replicas,
+        history=history or (),
+        now=now,
+    )
+
+
+class OperatorContext:
+    """What every pipeline's loop shares: the Kubernetes adapter, metrics, options, the live runtimes."""
+
+    def __init__(self, kube: KubeApi, metrics: OperatorMetrics, options: ReconcileOptions | None = None):
+        self.kube = kube
+        self.metrics = metrics
+        self.options = options or ReconcileOptions()
+        self.runtimes: dict[str, PipelineRuntime] = {}
+
+    def runtime_for(self, memo: Any, body: Mapping[str, Any]) -> PipelineRuntime:
+        """The runtime of this object (kept in its kopf memo), created on first use."""
+        meta = body["metadata"]
+        runtime = getattr(memo, "runtime", None)
+        if not isinstance(runtime, PipelineRuntime) or runtime.uid != meta["uid"]:
+            runtime = PipelineRuntime(self, meta["namespace"], meta["name"], meta["uid"])
+            memo.runtime = runtime
+        self.runtimes[runtime.uid] = runtime
+        return runtime
+
+    def pipeline_changed(self, body: Mapping[str, Any], event: str | None) -> None:
+        """A watch event of a StreamPipeline: wake its loop when the spec changed, and the loops of
+        pipelines on the same stream when one appears or goes (ownership may move)."""
+        meta = body.get("metadata") or {}
+        runtime = self.runtimes.get(meta.get("uid", ""))
+        if runtime is not None and meta.get("generation") != runtime.generation:
+            runtime.poke()
+        if event in ("ADDED", "DELETED") or meta.get("deletionTimestamp"):
+            identity = identity_of(body)
+            for other in self.runtimes.values():
+                if other is not runtime and identity is not None and other.identity == identity:
+                    other.poke()
+
+    def deployment_changed(self, body: Mapping[str, Any], event: str | None) -> None:
+        """A watch event of a worker Deployment: wake its pipeline when it drifted or was deleted."""
+        meta = body.get("metadata") or {}
+        pipeline = (meta.get("labels") or {}).get(workloads.LABEL_PIPELINE)
+        for runtime in self.runtimes.values():
+            if runtime.namespace == meta.get("namespace") and runtime.name == pipeline:
+                desired = runtime.desired_deployments.get(meta.get("name", ""))
+                if event == "DELETED" or (desired is not None and workloads.deployment_drift(body, desired)):
+                    runtime.poke()
+
+
+@dataclass
+class _Write:
+    """A write of ours to a Deployment that kopf's index may not show yet."""
+
+    resource_version: str
+    at: float
+    replicas: int | None = None
+
+
+@dataclass
+class _Pass:
+    """Per-pass scratch: the parsed pipeline and what was found."""
+
+    pipeline: api.StreamPipeline
+    findings: Findings
+    now: float
+    observation: StreamObservation | None = None
+    admin: RedisAdmin | None = None
+    decisions: dict[str, ScalingDecision] = field(default_factory=dict)
+
+
+class PipelineRuntime:
+    """The reconcile loop of one StreamPipeline and the little state it keeps between passes."""
+
+    def __init__(self, context: OperatorContext, namespace: str, name: str, uid: str) -> None:
+        self.context = context
+        self.kube = context.kube
+        self.metrics = context.metrics
+        self.options = context.options
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self.generation: int | None = None
+        self.identity: str | None = None
+        self.connection = PipelineConnection(
+            context.kube,
+            namespace,
+            uid,
+            socket_timeout=self.options.redis_socket_timeout,
+            secret_refresh=self.options.secret_refresh,
+        )
+        self.wake = asyncio.Event()
+        self.failures = 0
+        self.histories: dict[str, tuple[Recommendation, ...]] = {}
+        self.scale_due: dict[str, float] = {}
+        self.last_decision: dict[str, ScalingDecision] = {}
+        self.last_scale_time: dict[str, datetime] = {}
+        self.positions: dict[str, LastKnownPosition] = {}
+        self.desired_deployments: dict[str, dict[str, Any]] = {}
+        self.writes: dict[str, _Write] = {}
+        self.created: dict[str, float] = {}
+        self.retention_due = 0.0
+        self.cleanup_due = 0.0
+        self.retention_outcome: RetentionOutcome | None = None
+        self.trimmed_total: int | None = None
+        self.last_trim_at: datetime | None = None
+        self.orphans_reported: set[str] = set()
+        self.written: dict[str, Any] | None = None
+        self.figures_written_at = 0.0
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def ref(self) -> PipelineRef:
+        return PipelineRef(namespace=self.namespace, name=self.name, uid=self.uid)
+
+    def poke(self) -> None:
+        """Run the next pass now (the spec changed, a Deployment drifted, ownership may have moved)."""
+        self.wake.set()
+
+    async def run(
+        self, body: Mapping[str, Any], pipelines: PipelineIndex, deployments: DeploymentIndex
+    ) -> None:
+        """Reconcile until cancelled (kopf cancels the daemon when the pipeline is deleted or the
+        operator stops). ``body`` is kopf's live view of the resource."""
+        log.info("%s: reconciling", self.label)
+        try:
+            while True:
+                delay = await self.reconcile(body, pipelines, deployments)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
+                self.wake.clear()
+        finally:
+            self.context.runtimes.pop(self.uid, None)
+            await self.connection.close()
+
+    async def reconcile(
+        self, body: Mapping[str, Any], pipelines: PipelineIndex, deployments: DeploymentIndex
+    ) -> float:
+        """One pass; returns the seconds until the next one is due. Never raises (but cancellation)."""
+        started = time.monotonic()
+        result = "ok"
+        try:
+            delay = await self._reconcile(body, pipelines, deployments)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug or an API failure nobody foresaw: report it, back off, keep the loop alive.
+            log.exception("%s: reconcile failed: %s", self.label, exc)
+            self.metrics.errors.labels(self.namespace, self.name, "unexpected").inc()
+            self.failures += 1
+            result = "error"
+            delay = error_delay(self.failures, 1.0, self.options.max_error_delay)
+        self.metrics.reconciles.labels(self.namespace, self.name, result).inc()
+        self.metrics.duration.labels(self.namespace, self.name).observe(time.monotonic() - started)
+        return delay
+
+    async def _reconcile(
+        self, body: Mapping[str, Any], pipelines: PipelineIndex, deployments: DeploymentIndex
+    ) -> float:
+        meta = body.get("metadata") or {}
+        self.generation = meta.get("generation")
+        now = time.time()
+        findings = Findings(generation=self.generation)
+        try:
+            pipeline = api.StreamPipeline.from_body(body)
+        except ValidationError as exc:
+            findings.invalid = [str(error) for error in errors_of(exc)]
+            self.metrics.errors.labels(self.namespace, self.name, "invalid_spec").inc()
+            await self._finish(findings, body, pipeline=None)
+            return self.options.idle_interval
+        spec = pipeline.spec
+        self.identity = stream_identity(spec)
+        findings.group_names = [group.name for group in spec.groups]
+        findings.dead_letter_stream = spec.dead_letter_stream
+        findings.retention_configured = spec.retention is not None
+        poll = min(group.scaling.poll_interval.total_seconds() for group in spec.groups)
+
+        first = owner(pipelines.get(self.identity, ()))
+        if first is not None and first.uid != self.uid:
+            findings.conflict_with = (
+                f"StreamPipeline {first.label} already uses stream {spec.stream} on {spec.redis.url}; this "
+                f"pipeline changes nothing until that one is deleted or this one names another stream"
+            )
+            self.metrics.errors.labels(self.namespace, self.name, "conflict").inc()
+            await self._finish(findings, body, pipeline)
+            return max(poll, 1.0)
+
+        work = _Pass(pipeline=pipeline, findings=findings, now=now)
+        actual = {
+            deployment["metadata"]["name"]: deployment
+            for deployment in deployments.get((self.namespace, self.name), ())
+        }
+        await self._observe_and_fix_groups(work)
+        self._decide_scaling(work, actual)
+        await self._apply_workloads(work, actual)
+        if work.observation is not None and work.admin is not None:
+            await self._retention(work)
+            await self._consumers(work)
+        await self._finish(findings, body, pipeline)
+
+        if findings.redis_problem is not None:
+            self.failures += 1
+            return error_delay(self.failures, poll, self.options.max_error_delay)
+        self.failures = 0
+        native = [group.name for group in spec.groups if group.scaling.mode == "native"]
+        due = [
+            *(self.scale_due[g] for g in native if g in self.scale_due),
+            self.retention_due,
+            self.cleanup_due,
+        ]
+        until = min(due, default=time.monotonic() + poll) - time.monotonic()
+        return min(max(until, 0.05), self.options.idle_interval)
+
+    # --- Redis: observe and fix groups ---------------------------------------------------------------
+
+    async def _observe_and_fix_groups(self, work: _Pass) -> None:
+        spec = work.pipeline.spec
+        findings = work.findings
+        try:
+            admin = await self.connection.admin(spec.redis)
+            observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
+            findings.server = await admin.capabilities()
+            findings.where = admin.where
+            observation = await self._apply_group_plan(work, admin, observation)
+        except SecretMissingError as exc:
+            findings.redis_problem = (CREDENTIALS_MISSING, str(exc))
+            self.metrics.errors.labels(self.namespace, self.name, "credentials").inc()
+        except KubeError as exc:
+            findings.redis_problem = (CREDENTIALS_MISSING, f"cannot read the credentials: {exc}")
+            self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+        except RedisAuthError as exc:
+            findings.redis_problem = (REDIS_AUTH_FAILED, str(exc))
+            self.metrics.errors.labels(self.namespace, self.name, "redis_auth").inc()
+        except RedisUnreachableError as exc:
+            findings.redis_problem = (REDIS_UNREACHABLE, str(exc))
+            self.metrics.errors.labels(self.namespace, self.name, "redis_unreachable").inc()
+        except RedisAdminError as exc:
+            # Reachable, but the stream cannot be used as it is (WRONGTYPE, a refused command).
+            findings.group_problems = {name: str(exc) for name in findings.group_names}
+            self.metrics.errors.labels(self.namespace, self.name, "redis_command").inc()
+        else:
+            work.admin = admin
+            work.observation = observation
+            findings.observation = observation
+            self.metrics.redis_up.labels(self.namespace, self.name).set(1)
+            return
+        self.metrics.redis_up.labels(self.namespace, self.name).set(0)
+        log.warning("%s: %s", self.label, findings.redis_problem[1] if findings.redis_problem else "")
+        await self.connection.reset()
+
+    def _last_known(self, previous: api.StreamPipelineStatus | None) -> dict[str, LastKnownPosition]:
+        known: dict[str, LastKnownPosition] = {}
+        for group in previous.groups if previous is not None else []:
+            if group.last_delivered_id is None:
+                continue
+            try:
+                known[group.name] = LastKnownPosition(
+                    last_delivered_id=EntryId.parse(group.last_delivered_id),
+                    entries_read=group.entries_read,
+                    oldest_pending_id=EntryId.parse(group.oldest_pending_id)
+                    if group.oldest_pending_id
+                    else None,
+                )
+            except ValueError:
+                continue  # a status someone edited by hand: no position rather than a wrong one
+        known.update(self.positions)  # what this process saw last is fresher than status
+        return known
+
+    async def _apply_group_plan(
+        self, work: _Pass, admin: RedisAdmin, observation: StreamObservation
+    ) -> StreamObservation:
+        spec = work.pipeline.spec
+        desired = [DesiredGroup(name=group.name, start_id=group.start_id) for group in spec.groups]
+        plan = plan_groups(
+            desired,
+            [group.name for group in observation.groups],
+            self._last_known(work.pipeline.status),
+            spec.deletion_policy,
+        )
+        changed = False
+        for action in plan.actions:
+            changed = await self._apply_group_action(work, admin, action) or changed
+        for name in plan.orphaned:
+            if name not in self.orphans_reported:
+                self.orphans_reported.add(name)
+                await self._event(
+                    "Warning",
+                    "GroupOrphaned",
+                    f"group {name} is on stream {spec.stream} but not in the spec; left in place because "
+                    f"deletionPolicy is Retain (destroy it by hand, or use deletionPolicy Delete)",
+                )
+        work.findings.orphaned = plan.orphaned
+        if changed:
+            observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
+        for state in observation.groups:
+            self.positions[state.name] = LastKnownPosition(
+                last_delivered_id=state.last_delivered_id,
+                entries_read=state.entries_read,
+                oldest_pending_id=state.oldest_pending_id if state.pending else None,
+            )
+        return observation
+
+    async def _apply_group_action(
+        self, work: _Pass, admin: RedisAdmin, action: CreateGroup | DestroyGroup
+    ) -> bool:
+        """Run one group action; True when it changed the server."""
+        stream = work.pipeline.spec.stream
+        if isinstance(action, DestroyGroup):
+            self.positions.pop(action.group, None)
+            if not (await admin.destroy_group(stream, action)).changed:
+                return False
+            await self._event("Normal", "GroupDestroyed", action.reason)
+            return True
+        try:
+            result = await admin.create_group(stream, action)
+        except (RedisUnreachableError, RedisAuthError):
+            raise
+        except RedisAdminError as exc:
+            work.findings.group_problems = {**work.findings.group_problems, action.group: str(exc)}
+            return False
+        if not result.changed:
+            return False
+        log.info("%s: %s", self.label, action.reason)
+        if action.recreated:
+            await self._event("Warning", "GroupRecreated", action.reason)
+        else:
+            await self._event("Normal", "GroupCreated", f"{action.reason} on {stream}")
+        return True
+
+    # --- scaling -------------------------------------------------------------------------------------
+
+    def _current_replicas(self, name: str, deployment: Mapping[str, Any] | None) -> int | None:
+        if deployment is None:
+            return None
+        replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+        write = self.writes.get(name)
+        if write is not None and write.replicas is not None:
+            fresh = deployment["metadata"].get("resourceVersion") == write.resource_version
+            if not fresh and time.monotonic() - write.at < WRITE_SETTLE_SECONDS:
+                return write.replicas  # the index has not caught up with our /scale yet
+        return replicas
+
+    def _decide_scaling(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
+        clock = time.monotonic()
+        for group in work.pipeline.spec.groups:
+            if group.scaling.mode == "none":
+                continue
+            name = workloads.deployment_name(self.name, group.name)
+            current = self._current_replicas(name, actual.get(name))
+            if work.observation is None:
+                continue  # backlog unknown while Redis is unreachable: replicas stay as they are
+            if clock < self.scale_due.get(group.name, 0.0) and current is not None:
+                continue
+            self.scale_due[group.name] = clock + group.scaling.poll_interval.total_seconds()
+            decision = scaling_decision(
+                group,
+                work.observation.group(group.name),
+                current=current,
+                history=self.histories.get(group.name),
+                now=work.now,
+            )
+            self.histories[group.name] = decision.history
+            self.last_decision[group.name] = decision
+            work.decisions[group.name] = decision
+
+    # --- Kubernetes: worker Deployments --------------------------------------------------------------
+
+    async def _apply_workloads(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
+        pipeline = work.pipeline
+        findings = work.findings
+        report: dict[str, GroupWorkload] = {}
+        wanted: set[str] = set()
+        for group in pipeline.spec.groups:
+            name = workloads.deployment_name(self.name, group.name)
+            wanted.add(name)
+            deployment = actual.get(name)
+            current = self._current_replicas(name, deployment)
+            decision = work.decisions.get(group.name)
+            if group.scaling.mode == "none":
+                replicas = current if current is not None else group.scaling.min_replicas
+            elif decision is not None:
+                replicas = decision.desired_replicas
+            elif current is not None:
+                replicas = current
+            else:
+                replicas = group.scaling.min_replicas
+            desired = workloads.build_deployment(pipeline, group, replicas=replicas)
+            self.desired_deployments[name] = desired
+            workload = GroupWorkload(
+                replicas=current if current is not None else 0,
+                ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+                desired_replicas=replicas,
+                mode=group.scaling.mode,
+                backlog_unknown=decision is not None and decision.outcome == "BacklogUnknown",
+                last_scale_time=self.last_scale_time.get(group.name),
+            )
+            report[group.name] = workload
+            try:
+                if deployment is None:
+                    await self._create(name, desired, group.name, workload)
+                    continue
+                await self._revert_drift(name, deployment, desired)
+                if decision is not None and decision.desired_replicas != current and current is not None:
+                    await self._scale(name, decision, current, workload)
+            except KubeError as exc:
+                log.warning("%s: %s", self.label, exc)
+                self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+                findings.workload_problems = {**findings.workload_problems, group.name: str(exc)}
+            self.metrics.replicas.labels(self.namespace, self.name, group.name).set(workload.replicas)
+            self.metrics.desired_replicas.labels(self.namespace, self.name, group.name).set(replicas)
+        findings.workloads = report
+        self.metrics.track_groups(self.namespace, self.name, [group.name for group in pipeline.spec.groups])
+        for name, deployment in actual.items():
+            if name not in wanted and self._is_ours(deployment):
+                try:
+                    await self.kube.delete_deployment(self.namespace, name)
+                except KubeError as exc:
+                    log.warning("%s: %s", self.label, exc)
+                    continue
+                self.desired_deployments.pop(name, None)
+                await self._event(
+                    "Normal",
+                    "DeploymentDeleted",
+                    f"deleted Deployment {name}: its group is no longer in the spec",
+                )
+
+    def _is_ours(self, deployment: Mapping[str, Any]) -> bool:
+        refs = (deployment.get("metadata") or {}).get("ownerReferences") or []
+        return any(ref.get("uid") == self.uid and ref.get("controller") for ref in refs)
+
+    async def _create(
+        self, name: str, desired: Mapping[str, Any], group: str, workload: GroupWorkload
+    ) -> None:
+        if time.monotonic() - self.created.get(name, -math.inf) < WRITE_SETTLE_SECONDS:
+            return  # created a moment ago; kopf's index has not seen it yet
+        try:
+            created = await self.kube.create_deployment(desired)
+        except KubeError as exc:
+            if exc.conflict:
+                return  # it exists (the index lags); the next pass sees it
+            raise
+        self.created[name] = time.monotonic()
+        replicas = int(desired["spec"]["replicas"])
+        self.writes[name] = _Write(created["metadata"]["resourceVersion"], time.monotonic(), replicas)
+        workload.replicas = replicas
+        self.last_scale_time[group] = datetime.now(UTC)
+        workload.last_scale_time = self.last_scale_time[group]
+        await self._event(
+            "Normal",
+            "DeploymentCreated",
+            f"created worker Deployment {name} for group {group} with {replicas} replicas",
+        )
+
+    async def _revert_drift(
+        self, name: str, deployment: Mapping[str, Any], desired: Mapping[str, Any]
+    ) -> None:
+        write = self.writes.get(name)
+        version = deployment["metadata"].get("resourceVersion")
+        if (
+            write is not None
+            and version != write.resource_version
+            and time.monotonic() - write.at < WRITE_SETTLE_SECONDS
+        ):
+            return  # the index may still show the Deployment from before our last write
+        drifted = workloads.deployment_drift(deployment, desired)
+        if not drifted:
+            return
+        operations = workloads.drift_patch(deployment, desired)
+        if not operations:
+            return
+        patched = await self.kube.patch_deployment(self.namespace, name, operations)
+        self.writes[name] = _Write(
+            patched["metadata"]["resourceVersion"], time.monotonic(), write.replicas if write else None
+        )
+        shown = ", ".join(drifted[:5]) + (f" and {len(drifted) - 5} more" if len(drifted) > 5 else "")
+        log.info("%s: reverted drift in Deployment %s (%s)", self.label, name, shown)
+        await self._event(
+            "Warning", "DriftReverted", f"Deployment {name} was changed ({shown}); put back as the spec says"
+        )
+
+    async def _scale(
+        self, name: str, decision: ScalingDecision, current: int, workload: GroupWorkload
+    ) -> None:
+        scale = await self.kube.scale_deployment(self.namespace, name, decision.desired_replicas)
+        now = datetime.now(UTC)
+        self.writes[name] = _Write(
+            scale["metadata"]["resourceVersion"], time.monotonic(), decision.desired_replicas
+        )
+        self.last_scale_time[decision.group] = now
+        workload.replicas = decision.desired_replicas
+        workload.last_scale_time = now
+        direction = "up" if decision.desired_replicas > current else "down"
+        self.metrics.scale_changes.labels(self.namespace, self.name, decision.group, direction).inc()
+        log.info("%s: %s", self.label, decision.reason)
+        await self._event("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
+
+    # --- retention and consumers ---------------------------------------------------------------------
+
+    async def _retention(self, work: _Pass) -> None:
+        spec = work.pipeline.spec
+        clock = time.monotonic()
+        if clock < self.retention_due:
+            work.findings.retention = self.retention_outcome
+            self._report_trims(work)
+            return
+        interval = spec.retention.interval.total_seconds() if spec.retention else DEFAULT_DEAD_LETTER_INTERVAL
+        self.retention_due = clock + interval
+        assert work.admin is not None
+        assert work.observation is not None
+        actions: list[TrimAction] = []
+        outcome = None
+        if spec.retention is not None:
+            policy = retention_policy(spec.retention)
+            plan = await work.admin.retention_plan(work.observation, policy, now=work.now)
+            actions.extend(plan.actions)
+            outcome = RetentionOutcome(held=plan.held, protected=policy.protect_unprocessed)
+            if plan.held is not None and (
+                self.retention_outcome is None or self.retention_outcome.held is None
+            ):
+                await self._event("Warning", "RetentionHeld", plan.held.message)
+        dead_letter = plan_dead_letter_trim(
+            work.observation.dead_letter_length or 0, spec.dead_letter.max_length, approximate=True
+        )
+        if dead_letter is not None:
+            actions.append(dead_letter)
+        self.retention_outcome = outcome
+        work.findings.retention = outcome
+        if outcome is not None and outcome.held is not None:
+            self.metrics.retention_held.labels(self.namespace, self.name).set(outcome.held.entries.value)
+        else:
+            self.metrics.retention_held.labels(self.namespace, self.name).set(0)
+        if actions:
+            try:
+                removed = await work.admin.apply_trims(spec.stream, spec.dead_letter_stream, actions)
+            except RedisAdminError as exc:
+                log.warning("%s: retention: %s", self.label, exc)
+                self.metrics.errors.labels(self.namespace, self.name, "redis_command").inc()
+                removed = {}
+            from_stream = removed.get(spec.stream, 0)
+            from_dead_letter = removed.get(spec.dead_letter_stream, 0)
+            self.metrics.trimmed.labels(self.namespace, self.name, "stream").inc(from_stream)
+            self.metrics.trimmed.labels(self.namespace, self.name, "dead_letter").inc(from_dead_letter)
+            if from_stream:
+                if self.trimmed_total is None:
+                    self.trimmed_total = self._trimmed_so_far(work.pipeline)
+                self.trimmed_total += from_stream
+                self.last_trim_at = datetime.now(UTC)
+                log.info("%s: trimmed %d entries from %s", self.label, from_stream, spec.stream)
+        self._report_trims(work)
+
+    def _trimmed_so_far(self, pipeline: api.StreamPipeline) -> int:
+        if self.written is not None:
+            return int((self.written.get("stream") or {}).get("trimmedTotal", 0))
+        stream = pipeline.status.stream if pipeline.status is not None else None
+        return stream.trimmed_total if stream is not None else 0
+
+    def _report_trims(self, work: _Pass) -> None:
+        work.findings.trimmed_total = self.trimmed_total
+        work.findings.last_trim_at = self.last_trim_at
+
+    async def _consumers(self, work: _Pass) -> None:
+        spec = work.pipeline.spec
+        clock = time.monotonic()
+        if clock < self.cleanup_due or work.observation is None or work.admin is None:
+            return
+        claim_idle = spec.retry.claim_idle.total_seconds()
+        idle_after = max(2 * claim_idle, self.options.consumer_idle_floor)
+        self.cleanup_due = clock + max(claim_idle, self.options.consumer_idle_floor)
+        names = {group.name for group in spec.groups}
+        groups = [state for state in work.observation.groups if state.name in names]
+        cleanup = plan_consumer_cleanup(groups, idle_after=idle_after)
+        for action in cleanup.delete:
+            try:
+                result = await work.admin.delete_consumer(spec.stream, action)
+            except RedisAdminError as exc:
+                log.warning("%s: %s", self.label, exc)
+                continue
+            if result.deleted:
+                self.metrics.consumers_removed.labels(self.namespace, self.name, action.group).inc()
+                await self._event("Normal", "ConsumerRemoved", action.reason)
+        for stranded in cleanup.stranded:
+            log.info(
+                "%s: consumer %s of group %s is idle %.0fs with %d pending entries: kept; a running worker "
+                "claims them after claimIdle",
+                self.label,
+                stranded.consumer,
+                stranded.group,
+                stranded.idle,
+                stranded.pending,
+            )
+
+    # --- status and events ---------------------------------------------------------------------------
+
+    async def _finish(
+        self, findings: Findings, body: Mapping[str, Any], pipeline: api.StreamPipeline | None
+    ) -> None:
+        previous = pipeline.status if pipeline is not None else _status_of(body)
+        if self.written is not None:
+            previous = api.StreamPipelineStatus.model_validate(self.written)
+        status = build_status(findings, previous, now=datetime.now(UTC).replace(microsecond=0))
+        document = status_document(status)
+        self._export(findings, status)
+        before = self.written if self.written is not None else _document_of(body)
+        figures_due = time.monotonic() - self.figures_written_at >= self.options.figures_interval
+        if not worth_writing(document, before, figures_due=figures_due):
+            return
+        try:
+            await self.kube.patch_pipeline_status(self.namespace, self.name, document)
+        except KubeError as exc:
+            if exc.not_found:
+                return  # deleted meanwhile
+            log.warning("%s: %s", self.label, exc)
+            self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+            return
+        self.written = document
+        self.figures_written_at = time.monotonic()
+        await self._transition_events(before, status)
+
+    def _export(self, findings: Findings, status: api.StreamPipelineStatus) -> None:
+        ready = status.condition(ConditionType.READY)
+        self.metrics.ready.labels(self.namespace, self.name).set(1 if ready and ready.status == "True" else 0)
+        if findings.observation is None:
+            return
+        for group in status.groups:
+            labels = (self.namespace, self.name, group.name)
+            if group.backlog is not None:
+                self.metrics.backlog.labels(*labels).set(group.backlog)
+            if group.lag is not None:
+                self.metrics.lag.labels(*labels).set(group.lag)
+            self.metrics.pending.labels(*labels).set(group.pending)
+        if status.dead_letter is not None:
+            self.metrics.dead_letter_length.labels(self.namespace, self.name).set(status.dead_letter.length)
+
+    async def _transition_events(
+        self, before: Mapping[str, Any] | None, status: api.StreamPipelineStatus
+    ) -> None:
+        """One Event per change of Ready's reason, and when DurabilityAtRisk turns True."""
+        old = api.StreamPipelineStatus.model_validate(before) if before else api.StreamPipelineStatus()
+        ready, was = status.condition(ConditionType.READY), old.condition(ConditionType.READY)
+        if ready is not None and (was is None or (was.status, was.reason) != (ready.status, ready.reason)):
+            if ready.status == "True":
+                if was is not None:  # not on the very first status: DeploymentCreated etc. say enough
+                    await self._event("Normal", ready.reason, ready.message)
+            else:
+                await self._event("Warning", ready.reason, ready.message)
+        risk, had = (
+            status.condition(ConditionType.DURABILITY_AT_RISK),
+            old.condition(ConditionType.DURABILITY_AT_RISK),
+        )
+        if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
+            await self._event("Warning", "DurabilityAtRisk", risk.message)
+
+    async def _event(self, type_: EventType, reason: str, message: str) -> None:
+        await post_event(self.kube, self.ref, type_, reason, message)
+
+
+def _status_of(body: Mapping[str, Any]) -> api.StreamPipelineStatus | None:
+    document = _document_of(body)
+    if document is None:
+        return None
+    try:
+        return api.StreamPipelineStatus.model_validate(document)
+    except ValidationError:
+        return None
+
+
+def plain(node: Any) -> Any:
+    """Plain dicts and lists from kopf's read-only Mapping views (for models and comparisons)."""
+    if isinstance(node, Mapping):
+        return {key: plain(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [plain(item) for item in node]
+    return node
+
+
+def _document_of(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    status = body.get("status")
+    if not status:
+        return None
+    document: dict[str, Any] = plain(status)
+    return document
+
+
+async def post_event(kube: KubeApi, ref: PipelineRef, type_: EventType, reason: str, message: str) -> None:
+    """An Event on the StreamPipeline; failing to post one is logged, never fatal."""
+    involved = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "namespace": ref.namespace,
+        "name": ref.name,
+        "uid": ref.uid,
+    }
+    try:
+        await kube.post_event(involved, type_, reason, message)
+    except KubeError as exc:
+        log.warning("%s: could not post Event %s: %s", ref.label, reason, exc)
+
+
+# ----------------------------------------------------------------------------------------- deletion
+
+
+async def teardown(
+    context: OperatorContext, body: Mapping[str, Any], pipelines: PipelineIndex, *, retry: int = 0
+) -> None:
+    """What deleting a StreamPipeline does to the data, by ``deletionPolicy``.
+
+    ``Retain`` leaves the stream, its groups and the dead-letter stream. ``Delete`` removes them,
+    unless another StreamPipeline names the same stream: then it refuses (``Ready=False``/
+    ``DeletionBlocked``, a Warning Event) and :class:`RetryLaterError` keeps the finalizer until that
+    pipeline is gone or this one's policy is changed to ``Retain``. The worker Deployments are owned
+    by the pipeline and go with it (Kubernetes' garbage collector).
+    """
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    ref = PipelineRef(namespace=namespace, name=name, uid=uid)
+    kube = context.kube
+    context.metrics.forget_pipeline(namespace, name)
+    try:
+        pipeline = api.StreamPipeline.from_body(body)
+    except ValidationError:
+        log.warning(
+            "%s/%s: deleted with an invalid spec; its data (if any) is left in place", namespace, name
+        )
+        return
+    spec = pipeline.spec
+    if spec.deletion_policy == "Retain":
+        kept = f"left stream {spec.stream}, its groups and {spec.dead_letter_stream} in place"
+        await post_event(kube, ref, "Normal", "DataRetained", f"deletionPolicy Retain: {kept}")
+        return
+    delay = error_delay(retry + 1, 2.0, 60.0)
+    sharing = others(pipelines.get(stream_identity(spec), ()), uid)
+    if sharing:
+        message = (
+            f"deletionPolicy Delete: not deleting stream {spec.stream}: StreamPipeline {sharing[0].label} "
+            f"uses it too. Delete that one first, or set deletionPolicy: Retain to delete this one and keep "
+            f"the data"
+        )
+        await _block_deletion(kube, pipeline, ref, message)
+        raise RetryLaterError(message, delay)
+    connection = PipelineConnection(
+        kube,
+        namespace,
+        uid,
+        socket_timeout=context.options.redis_socket_timeout,
+        secret_refresh=0,
+    )
+    try:
+        admin = await connection.admin(spec.redis)
+        plan = plan_teardown("Delete", spec.stream, spec.dead_letter_stream)
+        assert plan.delete is not None
+        await admin.delete_keys(plan.delete)
+    except (RedisAdminError, KubeError) as exc:
+        message = f"deletionPolicy Delete: cannot delete stream {spec.stream} yet: {exc}"
+        await _block_deletion(kube, pipeline, ref, message)
+        raise RetryLaterError(message, delay) from exc
+    finally:
+        await connection.close()
+    log.info("%s/%s: %s", namespace, name, plan.delete.reason)
+    await post_event(kube, ref, "Normal", "DataDeleted", plan.delete.reason)
+
+
+async def _block_deletion(
+    kube: KubeApi, pipeline: api.StreamPipeline, ref: PipelineRef, message: str
+) -> None:
+    status = pipeline.status or api.StreamPipelineStatus()
+    generation = pipeline.metadata.generation
+    conditions = api.set_condition(
+        status.conditions,
+        ConditionType.READY,
+        "False",
+        "DeletionBlocked",
+        message,
+        observed_generation=generation,
+        now=datetime.now(UTC),
+    )
+    if status.condition(ConditionType.READY) == api.find_condition(conditions, ConditionType.READY):
+        return
+    updated = status.model_copy(update={"conditions": conditions})
+    try:
+        await kube.patch_pipeline_status(ref.namespace, ref.name, status_document(updated))
+    except KubeError as exc:
+        log.warning("%s: %s", ref.label, exc)
+    await post_event(kube, ref, "Warning", "DeletionBlocked", message)

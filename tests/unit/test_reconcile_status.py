@@ -1,0 +1,353 @@
+"""Status from what a reconcile pass found (status.build_status), when to write it (worth_writing), and
+which pipeline owns a stream (conflicts). Pure functions, table-driven; the same behaviour on a real
+API server is in tests/k8s/test_operator_*.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streampipe_operator import api
+from streampipe_operator.conflicts import PipelineRef, others, owner, stream_identity
+from streampipe_operator.plan.entry_ids import EntryId
+from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamState
+from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld
+from streampipe_operator.redis_admin import StreamObservation
+from streampipe_operator.status import (
+    Findings,
+    GroupWorkload,
+    RetentionOutcome,
+    build_status,
+    status_document,
+    worth_writing,
+)
+from streampipe_worker.capabilities import ServerCapabilities
+
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+VALKEY = ServerCapabilities(
+    family="valkey",
+    version="9.1.0",
+    lag_in_xinfo=True,
+    xtrim_acked=False,
+    xreadgroup_claim=False,
+    xautoclaim=True,
+    aof_enabled=False,
+)
+
+
+def observation(lag: int | None = 40, pending: int = 2, source: str = "server") -> StreamObservation:
+    first, last = EntryId(1_700_000_000_000, 0), EntryId(1_700_000_060_000, 0)
+    return StreamObservation(
+        stream_key="{orders}:events",
+        exists=True,
+        stream=StreamState(
+            length=100, first_entry_id=first, last_entry_id=last, last_generated_id=last, entries_added=120
+        ),
+        groups=(
+            GroupState(
+                name="billing",
+                last_delivered_id=EntryId(1_700_000_030_000, 0),
+                entries_read=80,
+                lag=Lag(value=lag, source=source),  # type: ignore[arg-type]
+                pending=pending,
+                oldest_pending_id=EntryId(1_700_000_020_000, 0) if pending else None,
+                consumers=(ConsumerState(name="orders-billing-abc", pending=pending, idle=1.0),),
+            ),
+        ),
+        memory_bytes=4096,
+        dead_letter_key="{orders}:events:dlq",
+        dead_letter_length=3,
+    )
+
+
+def healthy(**changes: Any) -> Findings:
+    findings = Findings(
+        generation=3,
+        server=VALKEY,
+        where="127.0.0.1:6379",
+        observation=observation(),
+        group_names=["billing"],
+        workloads={"billing": GroupWorkload(replicas=2, ready_replicas=1, desired_replicas=2)},
+        retention_configured=True,
+        retention=RetentionOutcome(),
+        dead_letter_stream="{orders}:events:dlq",
+    )
+    for key, value in changes.items():
+        setattr(findings, key, value)
+    return findings
+
+
+def conditions(status: api.StreamPipelineStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_healthy_pipeline() -> None:
+    status = build_status(healthy(), None, now=NOW)
+    assert conditions(status) == {
+        "Ready": ("True", "Reconciled"),
+        "RedisReachable": ("True", "Connected"),
+        "GroupsReady": ("True", "AllGroupsExist"),
+        "Scaling": ("True", "Active"),
+        "RetentionHeld": ("False", "NotHeld"),
+        "DurabilityAtRisk": ("True", "AppendOnlyOff"),
+    }
+    assert [c.type for c in status.conditions] == [str(t) for t in api.ConditionType]
+    assert all(c.observed_generation == 3 for c in status.conditions)
+    assert status.observed_generation == 3
+    assert status.server == api.ServerStatus(family="valkey", version="9.1.0")
+    group = status.groups[0]
+    assert (group.lag, group.pending, group.backlog, group.consumers) == (40, 2, 42, 1)
+    assert group.last_delivered_id == "1700000030000-0"
+    assert group.entries_read == 80
+    assert group.oldest_pending_id == "1700000020000-0"
+    assert (group.replicas, group.ready_replicas, group.desired_replicas) == (2, 1, 2)
+    assert status.backlog == 42
+    assert status.workers == "1/2"
+    assert status.stream is not None
+    assert (status.stream.length, status.stream.entries_added, status.stream.memory_bytes) == (100, 120, 4096)
+    assert status.dead_letter == api.DeadLetterStatus(stream="{orders}:events:dlq", length=3)
+
+
+def test_null_lag_is_reported_estimated_never_zero() -> None:
+    status = build_status(healthy(observation=observation(lag=7, source="counted")), None, now=NOW)
+    assert (status.groups[0].lag, status.groups[0].lag_estimated, status.groups[0].backlog) == (7, True, 9)
+    unknown = build_status(healthy(observation=observation(lag=None, source="unknown")), None, now=NOW)
+    assert unknown.groups[0].lag is None
+    assert unknown.groups[0].backlog is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "ready_reason", "others_expected"),
+    [
+        pytest.param(
+            {
+                "invalid": ["spec.groups[0].scaling.maxReplicas: must be >= minReplicas (3)"],
+                "observation": None,
+            },
+            "InvalidSpec",
+            {"RedisReachable": ("Unknown", "NotChecked"), "Scaling": ("Unknown", "NotChecked")},
+            id="invalid",
+        ),
+        pytest.param(
+            {
+                "conflict_with": "StreamPipeline shop/first already uses stream",
+                "observation": None,
+                "server": None,
+            },
+            "Conflict",
+            {"GroupsReady": ("Unknown", "NotChecked")},
+            id="conflict",
+        ),
+        pytest.param(
+            {
+                "redis_problem": ("RedisUnreachable", "cannot reach Redis"),
+                "observation": None,
+                "server": None,
+            },
+            "RedisUnreachable",
+            {
+                "RedisReachable": ("False", "Unreachable"),
+                "GroupsReady": ("Unknown", "NotChecked"),
+                "Scaling": ("False", "Held"),
+            },
+            id="unreachable",
+        ),
+        pytest.param(
+            {"redis_problem": ("RedisAuthFailed", "WRONGPASS"), "observation": None, "server": None},
+            "RedisAuthFailed",
+            {"RedisReachable": ("False", "AuthFailed")},
+            id="auth",
+        ),
+        pytest.param(
+            {"redis_problem": ("CredentialsMissing", "Secret shop/creds not found"), "observation": None},
+            "CredentialsMissing",
+            {"RedisReachable": ("False", "CredentialsMissing")},
+            id="secret-missing",
+        ),
+        pytest.param(
+            {"group_problems": {"billing": "key exists and is not a stream (WRONGTYPE)"}},
+            "GroupsNotReady",
+            {"GroupsReady": ("False", "GroupsMissing")},
+            id="wrongtype",
+        ),
+        pytest.param(
+            {"workload_problems": {"billing": "Deployment.apps is invalid: affinity"}},
+            "WorkloadFailed",
+            {"Scaling": ("False", "ScaleFailed")},
+            id="workload",
+        ),
+    ],
+)
+def test_ready_says_what_blocks(
+    changes: dict[str, Any], ready_reason: str, others_expected: dict[str, tuple[str, str]]
+) -> None:
+    status = build_status(healthy(**changes), None, now=NOW)
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("False", ready_reason)
+    assert ready.message
+    found = conditions(status)
+    for type_, expected in others_expected.items():
+        assert found[type_] == expected
+
+
+def test_unreachable_keeps_the_last_figures_and_refreshes_replicas() -> None:
+    before = build_status(healthy(), None, now=NOW)
+    after = build_status(
+        healthy(
+            redis_problem=("RedisUnreachable", "down"),
+            observation=None,
+            server=None,
+            workloads={"billing": GroupWorkload(replicas=2, ready_replicas=0, desired_replicas=2)},
+        ),
+        before,
+        now=NOW + timedelta(seconds=5),
+    )
+    assert after.groups[0].backlog == 42
+    assert after.groups[0].ready_replicas == 0
+    assert after.stream == before.stream
+    assert after.server == before.server
+    # Durability was not checked again: the condition stays as it was.
+    assert after.condition("DurabilityAtRisk") == before.condition("DurabilityAtRisk")
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    first = build_status(healthy(), None, now=NOW)
+    same = build_status(healthy(), first, now=NOW + timedelta(minutes=1))
+    assert same.condition("Ready") == first.condition("Ready")
+    down = build_status(
+        healthy(redis_problem=("RedisUnreachable", "down"), observation=None),
+        same,
+        now=NOW + timedelta(minutes=2),
+    )
+    ready = down.condition("Ready")
+    assert ready is not None
+    assert ready.last_transition_time == NOW + timedelta(minutes=2)
+    assert down.condition("GroupsReady") is not None
+
+
+def test_retention_conditions() -> None:
+    held = RetentionHeld(
+        entries=EntryCount(value=120),
+        holders=(ProtectionBound(group="billing", id=EntryId(1_700_000_020_000, 0), cause="pending"),),
+    )
+    holding = build_status(healthy(retention=RetentionOutcome(held=held)), None, now=NOW)
+    condition = holding.condition("RetentionHeld")
+    assert condition is not None
+    assert (condition.status, condition.reason) == ("True", "UnprocessedEntries")
+    assert "120 entries" in condition.message
+    assert "billing" in condition.message
+    off = build_status(healthy(retention=RetentionOutcome(protected=False)), None, now=NOW)
+    assert conditions(off)["RetentionHeld"] == ("False", "ProtectionOff")
+    none = build_status(healthy(retention_configured=False, retention=None), None, now=NOW)
+    assert conditions(none)["RetentionHeld"] == ("False", "NoRetention")
+    # Retention did not run in this pass: the last verdict stands.
+    kept = build_status(healthy(retention=None), holding, now=NOW + timedelta(seconds=1))
+    assert kept.condition("RetentionHeld") == holding.condition("RetentionHeld")
+
+
+def test_trim_totals_and_orphans() -> None:
+    status = build_status(healthy(trimmed_total=500, last_trim_at=NOW, orphaned=["legacy"]), None, now=NOW)
+    assert status.stream is not None
+    assert status.stream.trimmed_total == 500
+    assert status.stream.last_trim_at == NOW
+    groups_ready = status.condition("GroupsReady")
+    assert groups_ready is not None
+    assert "legacy is on the stream but not in the spec" in groups_ready.message
+
+
+def test_scaling_disabled_when_every_group_is_mode_none() -> None:
+    status = build_status(
+        healthy(workloads={"billing": GroupWorkload(replicas=3, desired_replicas=3, mode="none")}),
+        None,
+        now=NOW,
+    )
+    assert conditions(status)["Scaling"] == ("False", "Disabled")
+    unknown = build_status(
+        healthy(workloads={"billing": GroupWorkload(replicas=3, desired_replicas=3, backlog_unknown=True)}),
+        None,
+        now=NOW,
+    )
+    assert conditions(unknown)["Scaling"] == ("False", "BacklogUnknown")
+
+
+# --- no write storms ------------------------------------------------------------------------------
+
+
+def test_nothing_changed_nothing_written() -> None:
+    document = status_document(build_status(healthy(), None, now=NOW))
+    again = status_document(
+        build_status(healthy(), api.StreamPipelineStatus.model_validate(document), now=NOW)
+    )
+    assert not worth_writing(again, document, figures_due=True)
+    assert worth_writing(document, None, figures_due=False)
+
+
+def test_figures_wait_for_their_interval_but_decisions_do_not() -> None:
+    document = status_document(build_status(healthy(), None, now=NOW))
+    previous = api.StreamPipelineStatus.model_validate(document)
+    busier = status_document(build_status(healthy(observation=observation(lag=9000)), previous, now=NOW))
+    assert not worth_writing(busier, document, figures_due=False)
+    assert worth_writing(busier, document, figures_due=True)
+    scaled = status_document(
+        build_status(
+            healthy(workloads={"billing": GroupWorkload(replicas=2, ready_replicas=1, desired_replicas=5)}),
+            previous,
+            now=NOW,
+        )
+    )
+    assert worth_writing(scaled, document, figures_due=False)
+    broken = status_document(
+        build_status(healthy(redis_problem=("RedisUnreachable", "down"), observation=None), previous, now=NOW)
+    )
+    assert worth_writing(broken, document, figures_due=False)
+    new_generation = status_document(build_status(healthy(generation=4), previous, now=NOW))
+    assert worth_writing(new_generation, document, figures_due=False)
+
+
+# --- conflicts ------------------------------------------------------------------------------------
+
+
+def spec(url: str, stream: str = "{orders}:events", mode: str = "standalone") -> api.StreamPipelineSpec:
+    redis: dict[str, Any] = {"url": url, "mode": mode}
+    if mode == "sentinel":
+        redis["sentinel"] = {"masterName": "m"}
+    return api.StreamPipelineSpec.model_validate(
+        {
+            "redis": redis,
+            "stream": stream,
+            "groups": [{"name": "g", "handler": "a:b", "image": "i"}],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (spec("redis://Redis.shop:6379/0"), spec("redis://redis.shop/0"), True),
+        (spec("redis://redis.shop:6379/0"), spec("redis://redis.shop:6379/1"), False),
+        (spec("redis://redis.shop:6379/0"), spec("redis://redis.shop:6380/0"), False),
+        (spec("redis://redis.shop:6379/0"), spec("redis://redis.shop:6379/0", "{orders}:other"), False),
+        (spec("redis://user@redis.shop:6379/0"), spec("redis://redis.shop:6379"), True),
+        (
+            spec("redis://s1:26379,s2:26379/0", mode="sentinel"),
+            spec("redis://s2:26379,s1:26379/0", mode="sentinel"),
+            True,
+        ),
+        (spec("redis://n1:7000/0", mode="cluster"), spec("redis://n1:7000/3", mode="cluster"), True),
+    ],
+)
+def test_stream_identity(a: api.StreamPipelineSpec, b: api.StreamPipelineSpec, same: bool) -> None:
+    assert (stream_identity(a) == stream_identity(b)) is same
+
+
+def test_the_oldest_pipeline_owns_the_stream() -> None:
+    first = PipelineRef(namespace="shop", name="orders", uid="1", created="2026-11-26T10:00:00Z")
+    second = PipelineRef(namespace="a", name="copy", uid="2", created="2026-11-26T11:00:00Z")
+    tie = PipelineRef(namespace="shop", name="alpha", uid="3", created="2026-11-26T11:00:00Z")
+    assert owner([second, first, tie]) == first
+    assert owner([second, tie]) == second
+    assert owner([]) is None
+    assert others([first, second, tie], "2") == [first, tie]
