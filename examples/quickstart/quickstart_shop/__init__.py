@@ -1,0 +1,1 @@
+"""The quickstart's handlers (see examples/quickstart/pipeline.yaml and docs/quickstart.md)."""
