@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.config import kube_config
 
 from tests.support.controlplane import ControlPlane, ControlPlaneError, Kubectl, unique_name
 from tests.support.k8s_fixtures import CRD_NAME
@@ -284,34 +286,20 @@ def _refused(done: subprocess.CompletedProcess[str]) -> bool:
     return done.returncode != 0 and "forbidden" in done.stderr.lower()
 
 
+def operator_client(installed: Installed) -> ApiClient:
+    """A kubernetes-client ApiClient authenticated as the chart's ServiceAccount (what the operator uses)."""
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=str(installed.kubeconfig), client_configuration=configuration)
+    return ApiClient(configuration)
+
+
 def test_operator_service_account_can_do_its_job_in_a_watched_namespace(
     kubectl: Kubectl, installed: Installed
 ) -> None:
+    """The API calls the operator makes (streampipe_operator.kube, kopf's watches and patches), made with
+    the chart's ServiceAccount token, all succeed in a watched namespace."""
     namespace = installed.watched[0]
-    op = installed.as_operator
     kubectl.apply(_secret("redis-creds"), "-n", namespace)
-    # Secrets: one by name.
-    secret = op.json("get", "secret", "redis-creds", "-n", namespace)
-    assert secret["metadata"]["name"] == "redis-creds"
-    # Worker Deployments: create, patch, scale through /scale, delete.
-    op.apply(_deployment("orders-billing"), "-n", namespace)
-    op(
-        "patch",
-        "deployment",
-        "orders-billing",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"annotations":{"streampipe.dev/drift":"reverted"}}}',
-    )
-    op("scale", "deployment", "orders-billing", "-n", namespace, "--replicas=3")
-    scale = json.loads(
-        op("get", "--raw", f"/apis/apps/v1/namespaces/{namespace}/deployments/orders-billing/scale").stdout
-    )
-    assert scale["spec"]["replicas"] == 3
-    op("get", "deployments", "-n", namespace)
-    # StreamPipelines: list, patch (finalizers, kopf annotations), patch status.
     kubectl.apply(
         {
             "apiVersion": "streampipe.dev/v1alpha1",
@@ -326,65 +314,67 @@ def test_operator_service_account_can_do_its_job_in_a_watched_namespace(
         "-n",
         namespace,
     )
-    op("get", "streampipelines", "-n", namespace)
-    op(
-        "patch",
-        "streampipeline",
-        "orders",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"finalizers":["streampipe.dev/cleanup"]}}',
-    )
-    op(
-        "patch",
-        "streampipeline",
-        "orders",
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status":{"observedGeneration":1}}',
-    )
-    op(
-        "patch",
-        "streampipeline",
-        "orders",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"finalizers":null}}',
-    )
-    # Events about it: created (POST), as kopf and the operator post them; no read access needed.
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": unique_name("orders")},
-        "involvedObject": {"kind": "StreamPipeline", "name": "orders", "namespace": namespace},
-        "reason": "GroupCreated",
-        "message": "group billing created",
-        "type": "Normal",
-    }
-    op("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(event))
-    # kopf peering keep-alive in the release's own KopfPeering.
-    op(
-        "patch",
-        "kopfpeering",
-        installed.fullname,
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"status":{"replica-0":{"priority":1,"lifetime":60,"lastseen":"2026-01-01T00:00:00"}}}',
-    )
-    op("get", "kopfpeerings", "-n", namespace)
-    # Read-only discovery.
-    op("get", "namespaces")
-    op("get", "crd")
-    op("delete", "deployment", "orders-billing", "-n", namespace)
+    with operator_client(installed) as api:
+        core, apps, custom = CoreV1Api(api), AppsV1Api(api), CustomObjectsApi(api)
+        # Secrets: one by name.
+        assert core.read_namespaced_secret("redis-creds", namespace).data["password"]
+        # Worker Deployments: list (kopf's watch), create, patch drift back, scale through /scale, delete.
+        apps.list_namespaced_deployment(namespace, label_selector="app.kubernetes.io/managed-by=streampipe")
+        apps.create_namespaced_deployment(namespace, _deployment("orders-billing"))
+        apps.patch_namespaced_deployment(
+            "orders-billing", namespace, [{"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}]
+        )
+        apps.patch_namespaced_deployment_scale("orders-billing", namespace, {"spec": {"replicas": 3}})
+        assert kubectl.json("get", "deployment", "orders-billing", "-n", namespace)["spec"]["replicas"] == 3
+        # StreamPipelines: list (kopf's watch), patch (finalizer, progress annotations), patch status.
+        custom.list_namespaced_custom_object("streampipe.dev", "v1alpha1", namespace, "streampipelines")
+        for finalizers in (["streampipe.dev/finalizer"], None):
+            custom.patch_namespaced_custom_object(
+                "streampipe.dev",
+                "v1alpha1",
+                namespace,
+                "streampipelines",
+                "orders",
+                {
+                    "metadata": {
+                        "finalizers": finalizers,
+                        "annotations": {"streampipe.dev/last-handled": "{}"},
+                    }
+                },
+            )
+        custom.patch_namespaced_custom_object_status(
+            "streampipe.dev",
+            "v1alpha1",
+            namespace,
+            "streampipelines",
+            "orders",
+            {"status": {"observedGeneration": 1}},
+        )
+        # core/v1 Events about it, posted.
+        core.create_namespaced_event(
+            namespace,
+            {
+                "metadata": {"generateName": "orders.", "namespace": namespace},
+                "involvedObject": {"kind": "StreamPipeline", "name": "orders", "namespace": namespace},
+                "reason": "GroupCreated",
+                "message": "group billing created",
+                "type": "Normal",
+            },
+        )
+        # kopf peering keep-alive in the release's own KopfPeering.
+        custom.list_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings")
+        custom.patch_namespaced_custom_object(
+            "kopf.dev",
+            "v1",
+            namespace,
+            "kopfpeerings",
+            installed.fullname,
+            {"status": {"replica-0": {"priority": 1, "lifetime": 60, "lastseen": "2026-01-01T00:00:00"}}},
+        )
+        # Read-only discovery.
+        core.list_namespace()
+        apps.delete_namespaced_deployment("orders-billing", namespace)
+    installed.as_operator("get", "crd")
 
 
 def test_operator_service_account_is_refused_everything_else(kubectl: Kubectl, installed: Installed) -> None:
@@ -424,6 +414,8 @@ def test_operator_service_account_is_refused_everything_else(kubectl: Kubectl, i
                 "apply", "-n", watched, "-f", "-", input=yaml.safe_dump(_secret("x")), check=False
             ),
             "read ConfigMaps": op("get", "configmaps", "-n", watched, check=False),
+            "read Events": op("get", "events", "-n", watched, check=False),
+            "read a Deployment by name": op("get", "deployment", "someone-elses", "-n", other, check=False),
             "create a StreamPipeline": op(
                 "create",
                 "-n",

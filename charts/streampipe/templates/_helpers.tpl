@@ -117,7 +117,6 @@ or --all-namespaces), peering or standalone, the probe and metrics endpoints, lo
 - --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
 - --metrics-port={{ .Values.operator.metricsPort }}
 - --log-format={{ .Values.operator.logFormat }}
-- --log-level={{ .Values.operator.logLevel }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}
@@ -128,29 +127,27 @@ The rules the operator needs on its own resources in a namespace (or in all of t
 ClusterRole). Each rule names the handler behaviour that needs it; see docs/security.md.
 */}}
 {{- define "streampipe.namespacedRules" -}}
-# StreamPipelines: kopf lists and watches them, and patches them for its finalizer and progress
-# annotations; the status subresource carries conditions and figures.
+# StreamPipelines: kopf lists and watches them, and patches them for its finalizer and its progress
+# annotations; conditions and figures go to the status subresource.
 - apiGroups: ["streampipe.dev"]
   resources: ["streampipelines"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["streampipe.dev"]
   resources: ["streampipelines/status"]
-  verbs: ["get", "patch"]
-# One worker Deployment per consumer group: rendered, drift reverted, removed with its group.
+  verbs: ["patch"]
+# One worker Deployment per consumer group: watched (kopf index), created, drift patched back,
+# deleted with its group.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Replicas are changed through the scale subresource only.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Replicas change through the scale subresource only.
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
-# Events on StreamPipelines (groups recreated, replicas changed, handler errors).
+  verbs: ["patch"]
+# core/v1 Events on StreamPipelines (group recreated, replicas changed, errors); posted, never read.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # Redis credentials and CA bundles named by spec.redis.auth / spec.redis.tls: read one by name,
 # never listed or watched.
 - apiGroups: [""]
