@@ -30,6 +30,7 @@ from typing import Any
 
 import redis.exceptions
 
+from streampipe_worker import crash_points
 from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 from streampipe_worker.deadletter import DeadLetterEnvelope, queue_dead_letter_move
 from streampipe_worker.metrics import Health, WorkerMetrics
@@ -143,6 +144,7 @@ class Consumer:
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
         self._error_streak = 0
+        self._crash_at = crash_points.armed_point()  # a test hook, off unless the fault suite sets it
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -338,7 +340,11 @@ class Consumer:
             entries, markers = await self._skip_duplicates(entries)
         if reclaimed:
             entries, markers = self._drop_exhausted(entries, markers, dead)
+        if entries and self._crash_at == "before-handler":
+            crash_points.crash(self._crash_at)
         result = await self._run_handler(entries) if entries else BatchResult()
+        if entries and self._crash_at == "after-handler-before-ack":
+            crash_points.crash(self._crash_at)
         self._record_successes(entries, markers, result)
         if result.durations:
             self.metrics.handler_duration.observe_many(result.durations)
@@ -670,6 +676,8 @@ class Consumer:
                     dead_letter=self.dead_letter,
                     envelopes=todo,
                 )
+                if self._crash_at == "inside-dlq-move":
+                    await crash_points.crash_inside_transaction(self.client, transaction)
                 await transaction.execute()
                 todo = []
             except Exception as exc:
