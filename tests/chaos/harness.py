@@ -1,0 +1,174 @@
+"""What the fault tests share: producing numbered entries, reading a group's state, running workers.
+
+Workers are real ``python -m streampipe_worker`` processes running ``tests.chaos.recorder:handle``;
+their environment is rendered by the worker's own ``render_env`` (the one place that knows the
+variable names). Every process started here is stopped by its PID by the test that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from streampipe_worker.crash_points import ENV as CRASH_ENV
+from streampipe_worker.settings import ENV_PREFIX, render_env
+
+ROOT = Path(__file__).resolve().parents[2]
+STREAM = "{orders}:events"
+GROUP = "billing"
+DEAD_LETTER = f"{STREAM}:dlq"
+HANDLER = "tests.chaos.recorder:handle"
+RECORD_DIR_ENV = "CHAOS_RECORD_DIR"
+
+
+def produce(
+    client: redis.Redis,
+    start: int,
+    count: int,
+    *,
+    stream: str = STREAM,
+    behaviour: Callable[[int], str] | None = None,
+    chunk: int = 1000,
+) -> dict[int, str]:
+    """XADD entries numbered ``start .. start+count-1`` (field ``n``), pipelined; -> {n: entry id}."""
+    ledger: dict[int, str] = {}
+    for low in range(start, start + count, chunk):
+        numbers = range(low, min(low + chunk, start + count))
+        pipe = client.pipeline(transaction=False)
+        for n in numbers:
+            fields = {"n": str(n), "type": "order.created"}
+            if behaviour is not None:
+                fields["behaviour"] = behaviour(n)
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        for n, entry_id in zip(numbers, pipe.execute(), strict=True):
+            ledger[n] = str(entry_id)
+    return ledger
+
+
+@dataclass(frozen=True)
+class GroupState:
+    pending: int
+    lag: int  # entries after last-delivered-id (counted when the server's figure is nil)
+    last_delivered_id: str
+    entries_read: int | None
+
+
+def group_state(client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> GroupState:
+    info = next(g for g in client.xinfo_groups(stream) if g["name"] == group)
+    last = str(info["last-delivered-id"])
+    lag = info.get("lag")
+    if lag is None:
+        lag = len(client.xrange(stream, min=f"({last}", max="+"))
+    return GroupState(
+        pending=int(info["pending"]),
+        lag=int(lag),
+        last_delivered_id=last,
+        entries_read=None if info.get("entries-read") is None else int(info["entries-read"]),
+    )
+
+
+def drained(client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> bool:
+    try:
+        state = group_state(client, stream, group)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+        return False
+    return state.pending == 0 and state.lag == 0
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll; return the seconds it took. ``timeout`` is a generous failure bound, never a speed claim."""
+    began = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def worker_env(url: str, record_dir: Path, **settings: Any) -> dict[str, str]:
+    """The environment of a recording worker: test timings, overridable per field."""
+    values: dict[str, Any] = {
+        "redis_url": url,
+        "stream": STREAM,
+        "group": GROUP,
+        "handler": HANDLER,
+        "batch_size": 100,
+        "block": "100ms",
+        "claim_idle": "2s",
+        "backoff_initial": "100ms",
+        "backoff_max": "1s",
+        "max_deliveries": 5,
+        "metrics_port": 0,
+        "shutdown_grace": "5s",
+    }
+    values.update(settings)
+    env = render_env(values)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env[RECORD_DIR_ENV] = str(record_dir)
+    return env
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any STREAMPIPE_* variable (the suite's size included)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CRASH_ENV}
+
+
+@dataclass
+class WorkerProcesses:
+    """Worker processes started one by one (``start``) and all stopped by PID at the end."""
+
+    log_dir: Path
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        environ = clean_environ()
+        environ.update(env)
+        environ[f"{ENV_PREFIX}CONSUMER"] = name
+        log = (self.log_dir / f"{name}.stderr").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streampipe_worker"],
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+        )
+        log.close()
+        self.started.append(proc)
+        return proc
+
+    def log_text(self, name: str) -> str:
+        path = self.log_dir / f"{name}.stderr"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                    proc.terminate()
+        for proc in self.started:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@contextlib.contextmanager
+def worker_processes(log_dir: Path) -> Iterator[WorkerProcesses]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = WorkerProcesses(log_dir)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
