@@ -1,8 +1,10 @@
 """Which StreamPipeline owns a stream when several name the same server and stream. Pure.
 
 Two pipelines driving one stream would fight: both create groups, both trim, both scale workers on the
-same backlog. The first one (oldest ``creationTimestamp``, then namespace/name) owns the stream; the
-others are ``Ready=False`` with reason ``Conflict`` and touch nothing.
+same backlog. One owns the stream; the others are ``Ready=False`` with reason ``Conflict`` and touch
+nothing. The owner is the one that already acts as owner (its status says so: it was reconciled and
+is not itself in conflict), else the oldest (``creationTimestamp``; it has whole seconds only, so a
+second pipeline created in the same second must not take the stream over), then namespace/name.
 
 "Same server" is decided from the URL as written: scheme, hosts (sorted, lower-cased; Sentinel and
 Cluster URLs list several), port and database. Two spellings of one server (a Service name and its
@@ -30,6 +32,7 @@ class PipelineRef(BaseModel):
     name: str
     uid: str
     created: str = ""  # metadata.creationTimestamp (RFC 3339 in UTC: sorts as text)
+    established: bool = False  # its status shows it reconciled the stream as its owner
     deleting: bool = False
 
     @property
@@ -58,13 +61,25 @@ def identity_of(body: Any) -> str | None:
         return None
 
 
+def established(body: Any) -> bool:
+    """Whether a resource's status shows it reconciled its stream as the owner (Ready was set by the
+    operator, and not because the spec is invalid or another pipeline owns the stream)."""
+    status = body.get("status") or {}
+    ready = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == api.ConditionType.READY), None
+    )
+    return ready is not None and ready.get("reason") not in ("Conflict", "InvalidSpec")
+
+
+def _precedence(ref: PipelineRef) -> tuple[bool, str, str, str]:
+    return (not ref.established, ref.created, ref.namespace, ref.name)
+
+
 def owner(refs: Iterable[PipelineRef]) -> PipelineRef | None:
-    """The pipeline that owns the stream among those naming it: the oldest, then by namespace/name."""
-    return min(refs, key=lambda ref: (ref.created, ref.namespace, ref.name), default=None)
+    """The pipeline that owns the stream among those naming it (see the module docstring)."""
+    return min(refs, key=_precedence, default=None)
 
 
 def others(refs: Iterable[PipelineRef], me: str) -> list[PipelineRef]:
-    """Every pipeline naming the stream except the one with uid ``me``, oldest first."""
-    return sorted(
-        (ref for ref in refs if ref.uid != me), key=lambda ref: (ref.created, ref.namespace, ref.name)
-    )
+    """Every pipeline naming the stream except the one with uid ``me``, owner first."""
+    return sorted((ref for ref in refs if ref.uid != me), key=_precedence)

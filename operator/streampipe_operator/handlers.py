@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from streampipe_operator import api, workloads
-from streampipe_operator.conflicts import PipelineRef, identity_of
+from streampipe_operator.conflicts import PipelineRef, established, identity_of
 from streampipe_operator.kube import connection_fields
 from streampipe_operator.reconcile import RetryLaterError, plain, teardown
 
@@ -53,6 +53,7 @@ def pipelines_by_stream(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str,
         name=meta.name or "",
         uid=meta.uid or "",
         created=created,
+        established=established(body),
         deleting=deleting,
     )
     return {identity: ref}
@@ -75,10 +76,14 @@ def deployment_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: An
 
 
 # The indexes come as keyword arguments named after their functions.
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="reconcile", cancellation_timeout=30)
-async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+@kopf.daemon(
+    api.GROUP, api.VERSION, api.PLURAL, id="reconcile", cancellation_backoff=10, cancellation_timeout=30
+)
+async def reconcile_pipeline(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
     runtime = memo.context.runtime_for(memo, body)
-    await runtime.run(body, kwargs["pipelines_by_stream"], kwargs["deployments_by_pipeline"])
+    await runtime.run(body, kwargs["pipelines_by_stream"], kwargs["deployments_by_pipeline"], stopped)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, id="teardown")

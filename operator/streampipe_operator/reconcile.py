@@ -33,10 +33,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -86,6 +86,13 @@ log = logging.getLogger("streampipe.operator")
 PipelineIndex = Mapping[str, Iterable[PipelineRef]]
 DeploymentIndex = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 EventType = Literal["Normal", "Warning"]
+
+
+class StopFlag(Protocol):
+    """kopf's ``stopped`` flag of a daemon: awaiting ``wait()`` returns once it is set."""
+
+    def wait(self) -> Awaitable[Any]: ...
+
 
 # How long a write of ours may take to show in kopf's index before the index is trusted again.
 WRITE_SETTLE_SECONDS = 5.0
@@ -257,6 +264,7 @@ class PipelineRuntime:
         self.orphans_reported: set[str] = set()
         self.written: dict[str, Any] | None = None
         self.figures_written_at = 0.0
+        self.stopping = False
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -273,20 +281,33 @@ class PipelineRuntime:
         self.wake.set()
 
     async def run(
-        self, body: Mapping[str, Any], pipelines: PipelineIndex, deployments: DeploymentIndex
+        self,
+        body: Mapping[str, Any],
+        pipelines: PipelineIndex,
+        deployments: DeploymentIndex,
+        stopped: StopFlag | None = None,
     ) -> None:
-        """Reconcile until cancelled (kopf cancels the daemon when the pipeline is deleted or the
-        operator stops). ``body`` is kopf's live view of the resource."""
+        """Reconcile until ``stopped`` is set (kopf sets it when the pipeline is deleted or the operator
+        stops; it cancels the daemon if that takes too long). ``body`` is kopf's live view."""
         log.info("%s: reconciling", self.label)
+        relay = asyncio.create_task(self._relay(stopped)) if stopped is not None else None
         try:
-            while True:
+            while not self.stopping:
                 delay = await self.reconcile(body, pipelines, deployments)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=delay)
                 self.wake.clear()
         finally:
+            if relay is not None:
+                relay.cancel()
             self.context.runtimes.pop(self.uid, None)
             await self.connection.close()
+            log.info("%s: stopped reconciling", self.label)
+
+    async def _relay(self, stopped: StopFlag) -> None:
+        await stopped.wait()
+        self.stopping = True
+        self.wake.set()
 
     async def reconcile(
         self, body: Mapping[str, Any], pipelines: PipelineIndex, deployments: DeploymentIndex

@@ -26,7 +26,7 @@ class RunOptions(BaseModel):
     kubeconfig: Path | None = None
     namespaces: Sequence[str] = ()
     all_namespaces: bool = False
-    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
     liveness: str | None = None
     log_format: Literal["text", "json"] = "text"
     peering: str | None = None
@@ -55,6 +55,8 @@ def run_operator(options: RunOptions) -> None:
     # kopf logs every handler call at INFO ("Handler 'pipeline_event' succeeded") for every watch
     # event; its warnings and errors stay, the operator's own log says what it did.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # One access-log line per liveness probe would drown the rest.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kubeconfig = options.kubeconfig
     kube = KubeApi(load_configuration(kubeconfig))
     metrics = OperatorMetrics()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streampipe_operator import api
-from streampipe_operator.conflicts import PipelineRef, others, owner, stream_identity
+from streampipe_operator.conflicts import PipelineRef, established, others, owner, stream_identity
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamState
 from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld
@@ -351,3 +351,30 @@ def test_the_oldest_pipeline_owns_the_stream() -> None:
     assert owner([second, tie]) == second
     assert owner([]) is None
     assert others([first, second, tie], "2") == [first, tie]
+
+
+def test_an_established_owner_keeps_the_stream_against_a_same_second_newcomer() -> None:
+    """creationTimestamp has whole seconds: a pipeline created in the same second as the owner, with a
+    name that sorts first, must not take the stream over once the owner has reconciled it."""
+    owner_ref = PipelineRef(
+        namespace="shop", name="orders", uid="1", created="2026-11-26T10:00:00Z", established=True
+    )
+    newcomer = PipelineRef(namespace="shop", name="copy", uid="2", created="2026-11-26T10:00:00Z")
+    assert owner([newcomer, owner_ref]) == owner_ref
+    assert others([owner_ref, newcomer], "2") == [owner_ref]
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("Reconciled", True),
+        ("RedisUnreachable", True),
+        ("DeletionBlocked", True),
+        ("Conflict", False),
+        ("InvalidSpec", False),
+        (None, False),
+    ],
+)
+def test_established(reason: str | None, expected: bool) -> None:
+    conditions = [] if reason is None else [{"type": "Ready", "status": "False", "reason": reason}]
+    assert established({"status": {"conditions": conditions}}) is expected
