@@ -123,6 +123,40 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != CRASH_ENV}
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent PID) from /proc/<pid>/stat; None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may contain spaces and parentheses
+    return fields[0], int(fields[1])
+
+
+def sigkill_child(pid: int) -> bool:
+    """SIGKILL ``pid`` if it is a live child of this process (a worker that LocalRuntime started).
+
+    The PID comes from a status snapshot, so the process may have exited and been reaped since. A pidfd
+    pins the process the PID named when it was opened; the /proc check then proves that it is still our
+    (live) child and not a stranger that reused the PID, and the signal goes through the pidfd.
+    Returns whether a live worker was killed.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = _proc_stat(pid)
+        if stat is None or stat[1] != os.getpid() or stat[0] in ("Z", "X"):
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
 @dataclass
 class WorkerProcesses:
     """Worker processes started one by one (``start``) and all stopped by PID at the end."""

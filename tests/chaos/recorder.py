@@ -17,13 +17,16 @@ Why a file per process, and what survives which fault:
 
 The entry's ``behaviour`` field decides the outcome: ``ok`` (default), ``permanent`` (PermanentError:
 dead-lettered at once), ``fail`` (always raises: dead-lettered after maxDeliveries), ``flaky:<k>``
-(raises on the first k deliveries). With ``CHAOS_SIDE_EFFECT_URL`` set, a successful call also SADDs
-``n`` to ``CHAOS_SIDE_EFFECT_KEY`` there, with a 1 s timeout: a side effect that can time out.
+(raises on the first k deliveries). ``CHAOS_HANDLER_DELAY`` (seconds) makes every call take that
+long, so that a worker is busy and a kill lands in the middle of a batch. With ``CHAOS_SIDE_EFFECT_URL``
+set, a successful call also SADDs ``n`` to ``CHAOS_SIDE_EFFECT_KEY`` there, with a 1 s timeout: a side
+effect that can time out.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import redis
@@ -32,6 +35,7 @@ from streampipe_worker.router import Entry, PermanentError
 _DIRECTORY = Path(os.environ.get("CHAOS_RECORD_DIR", "."))
 _CONSUMER = os.environ.get("STREAMPIPE_CONSUMER", "worker")
 _FD = os.open(_DIRECTORY / f"{_CONSUMER}-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+_DELAY = float(os.environ.get("CHAOS_HANDLER_DELAY", "0"))
 _SIDE_EFFECT_URL = os.environ.get("CHAOS_SIDE_EFFECT_URL")
 _SIDE_EFFECT_KEY = os.environ.get("CHAOS_SIDE_EFFECT_KEY", "chaos:side-effects")
 _side_effects = (
@@ -48,6 +52,8 @@ def _record(entry: Entry, outcome: str) -> None:
 
 def handle(entry: Entry) -> None:
     """Record the call, then succeed or fail as the entry's ``behaviour`` says."""
+    if _DELAY:
+        time.sleep(_DELAY)
     behaviour = entry.fields.get("behaviour", "ok")
     if behaviour == "permanent":
         _record(entry, "permanent")

@@ -27,6 +27,7 @@ class ChaosSizes:
     storm_workers: int
     storm_kill_interval: float
     storm_batch: int
+    storm_seconds: float  # production is spread over this long
     # 3. server SIGKILL + restart
     server_kill_entries: int
     server_kills: int
@@ -58,6 +59,7 @@ SMALL = ChaosSizes(
     storm_workers=3,
     storm_kill_interval=0.1,
     storm_batch=100,
+    storm_seconds=8.0,
     server_kill_entries=6_000,
     server_kills=2,
     stall_seconds=(5.0,),
@@ -82,6 +84,7 @@ FULL = ChaosSizes(
     storm_workers=3,
     storm_kill_interval=0.1,
     storm_batch=100,
+    storm_seconds=30.0,
     server_kill_entries=60_000,
     server_kills=5,
     stall_seconds=(5.0, 30.0),
