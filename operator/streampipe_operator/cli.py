@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -150,7 +151,8 @@ def _console(err: bool = False) -> Any:
 
     # Not a terminal (a pipe, a CI log): wide enough that tables do not wrap into unreadable columns.
     stream = sys.stderr if err else sys.stdout
-    return Console(stderr=err, width=None if stream.isatty() else 160)
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=err, width=width)
 
 
 @app.command()
@@ -220,8 +222,8 @@ def dlq_list(
         typer.echo(page.model_dump_json(indent=2))
         return
     table = Table(title=f"{page.dead_letter}: {page.length:,} dead letters, {page.matched:,} match")
-    for column in ("id", "failed at", "original id", "type", "group", "deliveries", "exception", "error"):
-        table.add_column(column, overflow="fold" if column == "error" else "ellipsis")
+    for column in ("id", "failed (UTC)", "original id", "type", "group", "deliveries", "exception", "error"):
+        table.add_column(column, no_wrap=column != "error", overflow="ellipsis")
     for entry in page.entries:
         env = entry.envelope
         if env is None:
@@ -235,7 +237,7 @@ def dlq_list(
             env.group,
             str(env.deliveries),
             env.exception.rsplit(".", 1)[-1] or "-",
-            env.error[:200],
+            env.error if len(env.error) <= 80 else env.error[:79] + "…",
         )
     _console().print(table)
     if page.matched > len(page.entries):

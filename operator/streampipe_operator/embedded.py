@@ -128,15 +128,13 @@ class EmbeddedValkey:
                 if self._proc.poll() is not None:
                     return f"exited with code {self._proc.returncode}: {self._log_tail()}"
                 try:
+                    # PING, not INFO: INFO answers while an AOF is still being loaded, PING does not
+                    # (redis-py raises BusyLoadingError, a ConnectionError, until the data is in).
+                    client.ping()
                     info = client.info("server")
                 except (redis.ConnectionError, redis.TimeoutError):
                     time.sleep(0.02)
                     continue
-                except redis.ResponseError as exc:
-                    if "LOADING" in str(exc):  # replaying a large AOF
-                        time.sleep(0.05)
-                        continue
-                    raise
                 self.version = str(info.get("valkey_version") or info.get("redis_version") or "")
                 return ""
             return f"no answer on port {self.port} within {timeout:g}s"

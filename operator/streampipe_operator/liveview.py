@@ -77,7 +77,9 @@ def _header(snapshot: Snapshot) -> Panel:
         line2.append(
             f"   demo producer: {snapshot.demo_phase}, {snapshot.demo.sent:,} orders sent", style="dim"
         )
-    line2.append("   Ctrl-C: drain and stop", style="dim")
+    hints = {"running": "Ctrl-C: drain and stop", "draining": "Ctrl-C: stop now"}
+    if snapshot.phase in hints:
+        line2.append(f"   {hints[snapshot.phase]}", style="dim")
     return Panel(Group(line1, line2), title=f"streampipe up · {snapshot.pipeline}", title_align="left")
 
 

@@ -11,7 +11,8 @@ instead of the resource. The loop, every tick (half a second):
 2. recreate a group that vanished, at its last known position (``plan_groups``);
 3. per group, every ``pollInterval``: ``decide_replicas`` on backlog = lag + pending, then scale;
 4. every ``retention.interval``: the protected trims of ``plan_retention``, and the DLQ's maxLength;
-5. every few seconds: remove consumers of workers that are gone and own nothing (``plan_consumer_cleanup``);
+5. every claimIdle: remove consumers of workers that are gone, idle for 2 x claimIdle and owning
+   nothing (``plan_consumer_cleanup``, the operator's bounds);
 6. read the workers' own counters from their ``/metrics`` (retries are counted nowhere else).
 
 The run ends after ``--duration`` or on Ctrl-C: the demo producer stops, the loop keeps scaling until
@@ -78,7 +79,7 @@ from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.settings import ENV_PREFIX, render_env
 
 TICK = 0.5
-CLEANUP_EVERY = 5.0
+CONSUMER_IDLE_FLOOR = 5.0  # as the operator: never remove a consumer idle for less than this
 COMPLETIONS_SUFFIX = ":done"
 READY_TIMEOUT = 90.0
 RATE_WINDOW = 3.0
@@ -406,10 +407,11 @@ class LocalPipeline:
             event.at = 0.0
         for scale in self.scale_events:
             scale.at = 0.0
-        target = f"-f {file} --redis-url {redact_url(self.redis_url)}"
+        target = f"--redis-url {redact_url(self.redis_url)} -f {file}"
         return [
-            f"in another terminal: streampipe status {target}",
-            f"                     streampipe dlq list {target}",
+            "in another terminal:",
+            f"  streampipe status {target}",
+            f"  streampipe dlq list {target}",
         ]
 
     async def _observe(self) -> StreamObservation:
@@ -421,7 +423,7 @@ class LocalPipeline:
             self._last_known[group.name] = LastKnownPosition(
                 last_delivered_id=group.last_delivered_id,
                 entries_read=group.entries_read,
-                oldest_pending_id=group.oldest_pending_id,
+                oldest_pending_id=group.oldest_pending_id if group.pending else None,
             )
         return self.observation
 
@@ -605,7 +607,8 @@ class LocalPipeline:
         if now >= self._next_retention:
             await self._retain(observation, now_unix)
         if now >= self._next_cleanup:
-            self._next_cleanup = now + CLEANUP_EVERY
+            claim_idle = self.spec.retry.claim_idle.total_seconds()
+            self._next_cleanup = now + max(claim_idle, CONSUMER_IDLE_FLOOR)
             await self._cleanup_consumers(observation)
         await self._new_dead_letters()
         await self._scrape()
@@ -644,8 +647,9 @@ class LocalPipeline:
     async def _cleanup_consumers(self, observation: StreamObservation) -> None:
         live = {replica.name for run in self.groups.values() for replica in run.replicas.status().replicas}
         plan = plan_consumer_cleanup(
-            observation.groups,
-            idle_after=self.spec.retry.claim_idle.total_seconds(),
+            [group for group in observation.groups if group.name in self.groups],
+            # The operator's bound: idle for two claimIdle periods (a live worker reads far more often).
+            idle_after=max(2 * self.spec.retry.claim_idle.total_seconds(), CONSUMER_IDLE_FLOOR),
             live_consumers=live,
         )
         for action in plan.delete:
@@ -708,6 +712,8 @@ class LocalPipeline:
         stream = observation.stream if observation is not None else None
         groups: list[GroupView] = []
         now = time.monotonic()
+        # Rates describe a running loop; once the workers stop, an old window's rate would mislead.
+        live = phase in ("running", "draining")
         for name, run in self.groups.items():
             status = run.replicas.status()
             group = observation.group(name) if observation is not None else None
@@ -723,7 +729,7 @@ class LocalPipeline:
                     running=status.running,
                     ready=status.ready,
                     max_replicas=run.max_replicas,
-                    throughput=_rate(run.settled_samples, now),
+                    throughput=_rate(run.settled_samples, now) if live else None,
                     workers=self.counters.totals(name),
                     restarts=status.restarts,
                 )
@@ -742,7 +748,7 @@ class LocalPipeline:
             duration=duration,
             stream_length=stream.length if stream is not None else 0,
             produced=max(0, (added if added is not None else 0) - self._added_start),
-            produce_rate=_rate(self._produced_samples, now),
+            produce_rate=_rate(self._produced_samples, now) if live else None,
             dead_letters=(observation.dead_letter_length or 0) if observation is not None else 0,
             trimmed=self.trimmed,
             groups=groups,
@@ -991,7 +997,9 @@ async def _run(
             await demo_task
         view.update(local.snapshot("stopping workers", options.duration, demo))
         await local.stop_workers()
-        return await local.summary(local.elapsed(), demo.counts if demo is not None else None)
+        summary = await local.summary(local.elapsed(), demo.counts if demo is not None else None)
+        view.update(local.snapshot("stopped", options.duration, demo))
+        return summary
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
