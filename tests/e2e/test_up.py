@@ -1,0 +1,174 @@
+"""`streampipe up` end to end: the quickstart on the embedded Valkey, on given servers, stopped by Ctrl-C.
+
+Each run is the real command in a subprocess: an embedded (or fixture) server, real worker processes
+scaled by the operator's planners, the demo producer. The summary (``--output json``) is checked
+against what the demo producer says it sent, and the completion records the quickstart handlers
+write are an independent count of what was processed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import redis
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "examples" / "quickstart" / "pipeline.yaml"
+STREAMPIPE = str(Path(sys.executable).parent / "streampipe")
+MAX_DELIVERIES = 3  # examples/quickstart/pipeline.yaml retry.maxDeliveries
+
+
+def check_demo_summary(summary: dict[str, Any]) -> None:
+    """Everything the demo sent is processed or dead-lettered, for the reasons the demo planted."""
+    demo = summary["demo"]
+    groups = {group["name"]: group for group in summary["groups"]}
+    assert summary["exit_code"] == 0
+    assert summary["settled"] is True
+    assert summary["accounted"] is True
+    assert summary["produced"] == demo["sent"] > 0
+
+    fulfilment = groups["fulfilment"]
+    assert fulfilment["backlog_left"] == 0
+    assert fulfilment["processed"] + fulfilment["dead_lettered"] == summary["produced"]
+    assert fulfilment["dead_letter_reasons"] == {
+        name: count
+        for name, count in {
+            "PermanentError": demo["too_expensive"],
+            "WarehouseCrashError": demo["cursed"],
+            "InvalidEventError": demo["invalid"],
+        }.items()
+        if count
+    }
+    assert summary["dead_lettered"] == fulfilment["dead_lettered"]
+    # Flaky orders fail once, cursed ones MAX_DELIVERIES - 1 times before the last failure; an entry
+    # handed back at a scale-down is redelivered without failing, so this is an upper bound.
+    assert 0 < fulfilment["retried"] <= demo["flaky"] + demo["cursed"] * (MAX_DELIVERIES - 1)
+    # The handlers' own completion records: one per processed entry, an independent count.
+    assert fulfilment["latency"]["count"] == fulfilment["processed"]
+    assert 0 <= fulfilment["latency"]["p50_ms"] <= fulfilment["latency"]["p99_ms"]
+
+    analytics = groups["analytics"]
+    assert (analytics["processed"], analytics["dead_lettered"], analytics["backlog_left"]) == (
+        summary["produced"],
+        0,
+        0,
+    )
+    assert analytics["latency"]["count"] == summary["produced"]
+
+
+def rose_and_fell(summary: dict[str, Any], group: str) -> bool:
+    moves = [(e["from_replicas"], e["to_replicas"]) for e in summary["scale_events"] if e["group"] == group]
+    peak = max((to for _, to in moves), default=0)
+    rose_at = next((i for i, (_, to) in enumerate(moves) if to > 1), None)
+    return rose_at is not None and any(to < peak for _, to in moves[rose_at + 1 :])
+
+
+@pytest.mark.timeout(150)
+def test_quickstart_demo_on_the_embedded_valkey(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [STREAMPIPE, "up", str(QUICKSTART), "--demo", "--duration", "20s", "--no-ui", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        cwd=tmp_path,  # handler modules come from the file's directory, not the working directory
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    check_demo_summary(summary)
+    assert summary["embedded"] is True
+    fulfilment = next(group for group in summary["groups"] if group["name"] == "fulfilment")
+    assert fulfilment["max_replicas"] > 1
+    assert rose_and_fell(summary, "fulfilment"), summary["scale_events"]
+    assert fulfilment["final_replicas"] < fulfilment["max_replicas"]
+    assert summary["trimmed"] > 0  # retention maxLength 1000 < what the demo sends
+    # The plain progress went to stderr: the scale-up, the dead letters, the drain.
+    assert "scale: scaled fulfilment 1 -> 4" in done.stderr
+    assert "dead-letter: fulfilment:" in done.stderr
+    assert "drained: every group's backlog is zero" in done.stderr
+
+
+def wait_for_line(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert proc.poll() is None, path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in: {path.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(150)
+def test_up_on_a_given_server_stops_gracefully_on_ctrl_c(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    log = tmp_path / "up.log"
+    command = [STREAMPIPE, "up", str(QUICKSTART), "--redis-url", redis_url, "--demo", "--no-ui", "-o", "json"]
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            wait_for_line(log, "workers ready", proc)
+            wait_for_line(log, "dead-letter: fulfilment:", proc)  # the burst is being worked on
+            proc.send_signal(signal.SIGINT)  # as Ctrl-C: stop producing, drain, stop the workers
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    summary = json.loads(out)
+    check_demo_summary(summary)
+    assert summary["embedded"] is False
+
+    # The server keeps the pipeline's state: groups at the end of the stream, dead letters kept.
+    stream = "{shop}:orders"
+    groups = {group["name"]: group for group in redis_client.xinfo_groups(stream)}
+    assert set(groups) == {"fulfilment", "analytics"}
+    assert all(group["pending"] == 0 and group["lag"] == 0 for group in groups.values())
+    assert redis_client.xlen(f"{stream}:dlq") == summary["dead_lettered"]
+    assert redis_client.xinfo_stream(stream)["entries-added"] == summary["produced"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["/nonexistent.yaml"], 2, "cannot read"),
+        ([str(QUICKSTART), "--duration", "20"], 2, "--duration"),
+        ([str(QUICKSTART), "--redis-url", "redis://127.0.0.1:1/0", "--data-dir", "/tmp/x"], 2, "--data-dir"),
+        ([str(QUICKSTART), "--redis-url", "redis://127.0.0.1:1/0"], 1, "cannot reach Redis at 127.0.0.1:1"),
+    ],
+)
+def test_up_refuses_bad_input(arguments: list[str], code: int, message: str) -> None:
+    done = subprocess.run(
+        [STREAMPIPE, "up", *arguments, "--no-ui"], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_up_names_a_handler_that_does_not_import(tmp_path: Path) -> None:
+    broken = tmp_path / "pipeline.yaml"
+    broken.write_text(
+        QUICKSTART.read_text().replace("quickstart_shop.fulfilment:router", "nowhere.mod:router")
+    )
+    done = subprocess.run(
+        [STREAMPIPE, "up", str(broken), "--duration", "1s", "--no-ui"],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "group fulfilment: the worker refuses to start" in done.stderr
+    assert "nowhere" in done.stderr
