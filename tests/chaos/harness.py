@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,53 @@ def produce(
         for n, entry_id in zip(numbers, pipe.execute(), strict=True):
             ledger[n] = str(entry_id)
     return ledger
+
+
+class ResilientProducer(threading.Thread):
+    """Adds numbered entries in small pipelines; a chunk whose replies were lost is sent again.
+
+    The ledger holds only acknowledged XADDs (n -> entry id). A chunk that failed may still have been
+    applied before the crash: the retry then adds those numbers twice, which the oracle sees as
+    duplicates, never as losses.
+    """
+
+    def __init__(self, url: str, total: int, chunk: int = 100, pause: float = 0.01) -> None:
+        super().__init__(name="chaos-producer", daemon=True)
+        self.url, self.total, self.chunk, self.pause = url, total, chunk, pause
+        self.ledger: dict[int, str] = {}
+        self.failed_chunks = 0
+        self.paused = threading.Event()
+        self.idle = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+        try:
+            n = 0
+            while n < self.total:
+                if self.paused.is_set():
+                    self.idle.set()
+                    time.sleep(0.01)
+                    continue
+                self.idle.clear()
+                numbers = range(n, min(n + self.chunk, self.total))
+                try:
+                    pipe = client.pipeline(transaction=False)
+                    for number in numbers:
+                        pipe.xadd(STREAM, {"n": str(number), "type": "order.created"})
+                    ids = pipe.execute()
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    self.failed_chunks += 1
+                    time.sleep(0.05)
+                    continue
+                self.ledger.update(zip(numbers, (str(i) for i in ids), strict=True))
+                n = numbers[-1] + 1
+                time.sleep(self.pause)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.idle.set()
+            client.close()
 
 
 @dataclass(frozen=True)

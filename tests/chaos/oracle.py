@@ -23,7 +23,7 @@ class Call:
     n: int
     entry_id: str
     deliveries: int
-    outcome: str  # ok | fail | permanent | timeout
+    outcome: str  # ok | fail | permanent | timeout | hold (see recorder.py)
     source: str  # the record file (consumer name and PID)
 
 

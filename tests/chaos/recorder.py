@@ -17,10 +17,12 @@ Why a file per process, and what survives which fault:
 
 The entry's ``behaviour`` field decides the outcome: ``ok`` (default), ``permanent`` (PermanentError:
 dead-lettered at once), ``fail`` (always raises: dead-lettered after maxDeliveries), ``flaky:<k>``
-(raises on the first k deliveries). ``CHAOS_HANDLER_DELAY`` (seconds) makes every call take that
-long, so that a worker is busy and a kill lands in the middle of a batch. With ``CHAOS_SIDE_EFFECT_URL``
-set, a successful call also SADDs ``n`` to ``CHAOS_SIDE_EFFECT_KEY`` there, with a 1 s timeout: a side
-effect that can time out.
+(raises on the first k deliveries), ``hold:<seconds>`` (records ``hold`` at once, then waits that long
+before going on as ``ok``: a test waits for that record to know that a handler is mid-call).
+
+``CHAOS_HANDLER_DELAY`` (seconds) makes every call take that long, so that workers are busy and a kill
+lands in the middle of a batch. With ``CHAOS_SIDE_EFFECT_URL`` set, a successful call also SADDs ``n``
+to ``CHAOS_SIDE_EFFECT_KEY`` there, with a 1 s timeout: a side effect that can time out.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import redis
 from streampipe_worker.router import Entry, PermanentError
@@ -39,7 +44,10 @@ _DELAY = float(os.environ.get("CHAOS_HANDLER_DELAY", "0"))
 _SIDE_EFFECT_URL = os.environ.get("CHAOS_SIDE_EFFECT_URL")
 _SIDE_EFFECT_KEY = os.environ.get("CHAOS_SIDE_EFFECT_KEY", "chaos:side-effects")
 _side_effects = (
-    redis.Redis.from_url(_SIDE_EFFECT_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    # No client-side retries: a timeout must reach the handler, as an ambiguous outcome.
+    redis.Redis.from_url(
+        _SIDE_EFFECT_URL, socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)
+    )
     if _SIDE_EFFECT_URL
     else None
 )
@@ -55,6 +63,9 @@ def handle(entry: Entry) -> None:
     if _DELAY:
         time.sleep(_DELAY)
     behaviour = entry.fields.get("behaviour", "ok")
+    if behaviour.startswith("hold:"):
+        _record(entry, "hold")
+        time.sleep(float(behaviour.split(":", 1)[1]))
     if behaviour == "permanent":
         _record(entry, "permanent")
         raise PermanentError("this entry is poison by design (chaos suite)")

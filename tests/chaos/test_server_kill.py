@@ -15,7 +15,6 @@ zero-loss claim is true of power loss too, not because this test proves it.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.chaos.harness import (
     DEAD_LETTER,
     GROUP,
     STREAM,
+    ResilientProducer,
     drained,
     group_state,
     wait_until,
@@ -43,53 +43,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 DOWN = 2.0  # seconds between the SIGKILL and the restart (a supervisor's restart delay)
-
-
-class ResilientProducer(threading.Thread):
-    """Adds numbered entries in small pipelines; a chunk whose replies were lost is sent again.
-
-    The ledger holds only acknowledged XADDs (n -> entry id). A chunk that failed may still have been
-    applied before the crash: the retry then adds those numbers twice, which the oracle sees as
-    duplicates, never as losses.
-    """
-
-    def __init__(self, url: str, total: int, chunk: int = 100, pause: float = 0.01) -> None:
-        super().__init__(name="chaos-producer", daemon=True)
-        self.url, self.total, self.chunk, self.pause = url, total, chunk, pause
-        self.ledger: dict[int, str] = {}
-        self.failed_chunks = 0
-        self.paused = threading.Event()
-        self.idle = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
-        try:
-            n = 0
-            while n < self.total:
-                if self.paused.is_set():
-                    self.idle.set()
-                    time.sleep(0.01)
-                    continue
-                self.idle.clear()
-                numbers = range(n, min(n + self.chunk, self.total))
-                try:
-                    pipe = client.pipeline(transaction=False)
-                    for number in numbers:
-                        pipe.xadd(STREAM, {"n": str(number), "type": "order.created"})
-                    ids = pipe.execute()
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                    self.failed_chunks += 1
-                    time.sleep(0.05)
-                    continue
-                self.ledger.update(zip(numbers, (str(i) for i in ids), strict=True))
-                n = numbers[-1] + 1
-                time.sleep(self.pause)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.idle.set()
-            client.close()
 
 
 def group_snapshot(client: redis.Redis) -> dict[str, Any]:
