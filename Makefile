@@ -55,7 +55,7 @@ test: setup controlplane ## lint, then the whole test suite on real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup ## a pipeline on an embedded Valkey, with a live view and a summary
-	$(PY) hack/demo.py
+	$(VENV)/bin/streampipe up examples/quickstart/pipeline.yaml --demo --duration 60s
 
 bench: setup ## benchmarks against same-run baselines; writes bench/results and docs/benchmarks.md
 	$(PY) bench/run.py
