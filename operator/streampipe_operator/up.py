@@ -355,6 +355,7 @@ class LocalPipeline:
         self._next_retention = 0.0
         self._next_cleanup = 0.0
         self._held_message: str | None = None
+        self._unreachable = False
         self._added_start = 0
         self._stream_start_id = EntryId(0)
         self._dead_start_id = "0-0"
@@ -582,30 +583,24 @@ class LocalPipeline:
         return decision.reason
 
     async def tick(self) -> None:
-        """One pass of the loop (see the module docstring)."""
-        observation = await self._observe()
-        now_unix = time.time()
+        """One pass of the loop (see the module docstring). While the server cannot be reached nothing
+        is decided (replicas stay as they are, as the operator does) and the pass is retried."""
+        try:
+            observation = await self._observe()
+            if any(observation.group(g.name) is None for g in self.spec.groups):
+                await self._reconcile_groups(observation)
+        except CommandError as exc:
+            if not self._unreachable:
+                self._unreachable = True
+                self.log("warning", f"{exc}; holding the workers as they are until it answers")
+            return
+        if self._unreachable:
+            self._unreachable = False
+            self.log("info", "the server answers again")
         now = time.monotonic()
-        missing = [g for g in self.spec.groups if observation.group(g.name) is None]
-        if missing:
-            await self._reconcile_groups(observation)
-        for name, run in self.groups.items():
-            group = observation.group(name)
-            if group is not None and run.spec.scaling.mode == "native" and now >= run.next_decision:
-                run.next_decision = now + run.spec.scaling.poll_interval.total_seconds()
-                self._decide(run, group, now_unix)
-            status = run.replicas.status()
-            run.max_replicas = max(run.max_replicas, status.running, run.replicas.desired)
-            if group is not None and group.entries_read is not None:
-                run.settled_samples.append((now, group.entries_read - group.pending))
-                _trim_window(run.settled_samples, now)
-        if observation.stream is not None:
-            added = observation.stream.entries_added
-            if added is not None:
-                self._produced_samples.append((now, added))
-                _trim_window(self._produced_samples, now)
+        self._scale(observation, now)
         if now >= self._next_retention:
-            await self._retain(observation, now_unix)
+            await self._retain(observation, time.time())
         if now >= self._next_cleanup:
             claim_idle = self.spec.retry.claim_idle.total_seconds()
             self._next_cleanup = now + max(claim_idle, CONSUMER_IDLE_FLOOR)
@@ -615,6 +610,23 @@ class LocalPipeline:
         for event in self.runtime.drain_events():
             if event.kind in ("exited", "killed", "failed-to-start"):
                 self.log("worker", f"{event.replica}: {event.message}")
+
+    def _scale(self, observation: StreamObservation, now: float) -> None:
+        """Each group's decision when its pollInterval is due; the samples the rates come from."""
+        for name, run in self.groups.items():
+            group = observation.group(name)
+            if group is not None and run.spec.scaling.mode == "native" and now >= run.next_decision:
+                run.next_decision = now + run.spec.scaling.poll_interval.total_seconds()
+                self._decide(run, group, time.time())
+            status = run.replicas.status()
+            run.max_replicas = max(run.max_replicas, status.running, run.replicas.desired)
+            if group is not None and group.entries_read is not None:
+                run.settled_samples.append((now, group.entries_read - group.pending))
+                _trim_window(run.settled_samples, now)
+        stream = observation.stream
+        if stream is not None and stream.entries_added is not None:
+            self._produced_samples.append((now, stream.entries_added))
+            _trim_window(self._produced_samples, now)
 
     async def _retain(self, observation: StreamObservation, now: float) -> None:
         retention = self.spec.retention
@@ -961,6 +973,7 @@ async def _run(
         mode="standalone" if embedded is not None else spec.redis.mode,
         sentinel_master=spec.redis.sentinel.master_name if spec.redis.sentinel is not None else None,
         client_name="streampipe-up",
+        socket_timeout=5.0,  # as the operator's: a stalled server freezes the loop for 5 s at most
     )
     client: Any = create_async_client(settings)
     runtime = LocalRuntime(run_dir)
