@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_chart import CHART, render
+from tests.unit.test_chart import CHART, VALUE_SETS, render
 from tests.unit.test_worker_image import HADOLINT, instructions, replay_run, stages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +113,17 @@ def test_install_steps_replayed_in_a_clean_venv(tmp_path: Path) -> None:
 
     entrypoint = json.loads(next(rest for keyword, rest in runtime if keyword == "ENTRYPOINT"))
     assert "Usage" in run(*entrypoint, "--help")
+    # The command the chart runs, with every flag the chart passes.
+    run_help = run(*entrypoint, "operator", "run", "--help")
+    flags = set()
+    for values in VALUE_SETS.values():
+        deployment = next(o for o in render(values) if o["kind"] == "Deployment")
+        chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert chart_args[:2] == ["operator", "run"]
+        flags |= {arg.split("=", 1)[0] for arg in chart_args[2:]}
+    assert {"--all-namespaces", "--namespace", "--peering", "--standalone", "--liveness"} <= flags
+    for flag in flags:
+        assert flag in run_help, f"the chart passes {flag}, which `streampipe operator run` lacks"
     assert (
         run(*entrypoint, "version").strip()
         == yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
