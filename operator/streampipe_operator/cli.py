@@ -84,7 +84,9 @@ def bench_worker(
     redis_url: Annotated[
         str | None, typer.Option(help="Server to use; default: an embedded Valkey on a free port.")
     ] = None,
-    events: Annotated[int, typer.Option(help="Events in each streampipe round.")] = 300_000,
+    events: Annotated[int, typer.Option(help="Entries in the pre-filled stream every consumer reads.")] = (
+        1_000_000
+    ),
     repeat: Annotated[int, typer.Option(help="Interleaved rounds; each consumer's best counts.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
 ) -> None:
@@ -98,6 +100,7 @@ def bench_worker(
         typer.echo(f"streampipe bench: {script} not found; benchmarks run from a source checkout", err=True)
         raise typer.Exit(2)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     result = module.run(redis_url, events=events, repeat=repeat)
     if as_json:

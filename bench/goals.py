@@ -1,0 +1,163 @@
+"""Same-run ratios and the issue's goals, computed from one run's results."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from results_model import Goal, Ratio, Results
+from worker_throughput import Sample, best_rates
+
+
+def best(samples: Sequence[Sample], consumer: str, batch: int | None = None, processes: int = 1) -> float:
+    rates = [
+        s.rate
+        for s in samples
+        if s.consumer == consumer and s.processes == processes and (batch is None or s.batch == batch)
+    ]
+    return max(rates, default=0.0)
+
+
+def best_batch(samples: Sequence[Sample], consumer: str) -> int | None:
+    rates = best_rates([s for s in samples if s.processes == 1]).get(consumer, {})
+    return max(rates, key=lambda b: rates[b]) if rates else None
+
+
+def _ratio(name: str, ours: float, baseline: float, unit: str, lower_is_better: bool = False) -> Ratio | None:
+    if not ours or not baseline:
+        return None
+    return Ratio(
+        name=name,
+        ours=ours,
+        baseline=baseline,
+        ratio=ours / baseline,
+        unit=unit,
+        lower_is_better=lower_is_better,
+    )
+
+
+def ratios(results: Results) -> list[Ratio]:
+    found: list[Ratio | None] = []
+    if results.throughput:
+        samples = results.throughput.samples
+        ours = best(samples, "streampipe")
+        found += [
+            _ratio("worker vs the tutorial loop", ours, best(samples, "tutorial_loop"), "entries/s"),
+            _ratio("worker vs FastStream batch", ours, best(samples, "faststream_batch"), "entries/s"),
+            _ratio("worker vs FastStream single", ours, best(samples, "faststream_single"), "entries/s"),
+            _ratio(
+                "worker vs the bare redis-py loop (Python ceiling)",
+                ours,
+                best(samples, "bare_loop"),
+                "entries/s",
+            ),
+        ]
+        for batch in sorted({s.batch for s in samples if s.consumer == "streampipe"}):
+            found.append(
+                _ratio(
+                    f"worker vs bare loop, batch {batch}",
+                    best(samples, "streampipe", batch),
+                    best(samples, "bare_loop", batch),
+                    "entries/s",
+                )
+            )
+    if results.scale_out:
+        top = max((c.rate for c in results.scale_out.ceilings), default=0.0)
+        one = best(results.scale_out.samples, "streampipe", processes=1)
+        for count in sorted({s.processes for s in results.scale_out.samples}):
+            rate = best(results.scale_out.samples, "streampipe", processes=count)
+            found.append(_ratio(f"{count} worker(s) vs the server ceiling", rate, top, "entries/s"))
+            if count > 1:
+                found.append(_ratio(f"{count} workers vs 1 worker", rate, one, "entries/s"))
+    by_rate: dict[int, dict[str, float]] = {}
+    for latency in results.latency:
+        by_rate.setdefault(latency.rate, {})[latency.consumer] = latency.p99_ms
+    for rate, p99 in sorted(by_rate.items()):
+        if "streampipe" in p99 and "bare_loop" in p99:
+            found.append(
+                _ratio(
+                    f"p99 latency at {rate:,}/s vs bare loop", p99["streampipe"], p99["bare_loop"], "ms", True
+                )
+            )
+    if results.producer:
+        p = results.producer
+        found += [
+            _ratio(
+                "send_many vs redis-benchmark -P 1000",
+                max(r.send_many for r in p),
+                max(r.redis_benchmark_p1000 for r in p),
+                "entries/s",
+            ),
+            _ratio(
+                "send_many (validated) vs redis-benchmark -P 1000",
+                max(r.send_many_validated for r in p),
+                max(r.redis_benchmark_p1000 for r in p),
+                "entries/s",
+            ),
+            _ratio(
+                "send vs redis-benchmark -P 1",
+                max(r.send for r in p),
+                max(r.redis_benchmark_p1 for r in p),
+                "entries/s",
+            ),
+        ]
+    return [r for r in found if r is not None]
+
+
+def _goal(name: str, target: str, measured: float | None, unit: str, limit: float, *, at_most: bool) -> Goal:
+    if measured is None:
+        return Goal(name=name, target=target, measured=None, unit=unit, met=None, shortfall="not measured")
+    met = measured <= limit if at_most else measured >= limit
+    shortfall = ""
+    if not met:
+        gap = measured - limit if at_most else limit - measured
+        shortfall = f"missed by {gap:.3g} {unit} ({abs(gap) / limit:.0%} of the target)"
+    return Goal(name=name, target=target, measured=measured, unit=unit, met=met, shortfall=shortfall)
+
+
+def goals(results: Results) -> list[Goal]:
+    table = {r.name: r.ratio for r in ratios(results)}
+    out = [
+        _goal(
+            "Worker vs the tutorial loop",
+            ">= 40x",
+            table.get("worker vs the tutorial loop"),
+            "x",
+            40,
+            at_most=False,
+        ),
+        _goal(
+            "Worker vs FastStream batch",
+            ">= 2x",
+            table.get("worker vs FastStream batch"),
+            "x",
+            2,
+            at_most=False,
+        ),
+        _goal(
+            "4 workers vs the server ceiling",
+            ">= 60 %",
+            table["4 worker(s) vs the server ceiling"] * 100
+            if "4 worker(s) vs the server ceiling" in table
+            else None,
+            "%",
+            60,
+            at_most=False,
+        ),
+    ]
+    p99 = next(
+        (lat.p99_ms for lat in results.latency if lat.consumer == "streampipe" and lat.rate == 10_000), None
+    )
+    out.append(_goal("p99 latency at 10K/s", "<= 5 ms", p99, "ms", 5, at_most=True))
+    operator = results.operator
+    reaction = max(operator.reaction_s) if operator and operator.reaction_s else None
+    out.append(
+        _goal("Operator reaction at pollInterval 1s (worst trial)", "<= 2 s", reaction, "s", 2, at_most=True)
+    )
+    ready = operator.all_ready_s if operator and operator.pipelines == 200 else None
+    out.append(_goal("200 StreamPipelines Ready", "<= 60 s", ready, "s", 60, at_most=True))
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0

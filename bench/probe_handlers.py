@@ -1,0 +1,45 @@
+"""Handlers the benchmarks run inside real ``streampipe-worker`` processes (STREAMPIPE_HANDLER=...).
+
+Kept apart from the benchmark modules so a worker imports nothing but this file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from array import array
+from typing import Any
+
+
+def noop(entry: Any) -> None:
+    """Your business logic here: nothing, so the numbers are the runtime's own cost."""
+
+
+_latencies = array("q")
+_expected = int(os.environ.get("BENCH_LATENCY_EXPECTED", "0"))
+_output = os.environ.get("BENCH_LATENCY_FILE", "")
+_state = {"written": False}
+
+
+def record_latency(entry: Any) -> None:
+    """No-op work, then the time since the entry's scheduled send (``t``, CLOCK_MONOTONIC in ns).
+
+    Every process on one Linux machine reads the same CLOCK_MONOTONIC, so producer and worker need
+    no clock sync; the monotonic clock is also immune to NTP steps.
+    """
+    _latencies.append(time.monotonic_ns() - int(entry.fields["t"]))
+    if _expected and len(_latencies) >= _expected:
+        _write()
+
+
+def _write() -> None:
+    if _state["written"] or not _output:
+        return
+    _state["written"] = True
+    with open(_output + ".tmp", "wb") as out:
+        _latencies.tofile(out)
+    os.replace(_output + ".tmp", _output)
+
+
+atexit.register(_write)

@@ -1,0 +1,112 @@
+"""The shape of ``bench/results/<date>.json``: written by run.py, read back (validated) by report.py."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from latency import Latency
+from memory_footprint import ServerMemory
+from operator_scaling import OperatorResult
+from producer_throughput import ProducerRates
+from scale_out import Ceiling
+from worker_profile import Profile
+from worker_throughput import Sample
+
+SCHEMA_VERSION = 1
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Machine(Model):
+    cpu_model: str
+    cores: int
+    usable_cores: int
+    memory_gib: float
+    virtualized: bool
+    kernel: str
+    python: str
+    packages: dict[str, str]
+    servers: dict[str, str] = Field(description="kind -> 'Valkey 9.1.2'")
+
+
+class LoadSample(Model):
+    at: float
+    label: str
+    load1: float
+    load5: float
+    load15: float
+
+
+class Settings(Model):
+    """What the run was asked to do (sizes shrink with --quick)."""
+
+    quick: bool
+    rounds: int
+    window_s: float
+    stream_entries: int
+    batch_sizes: list[int]
+    latency_rates: list[int]
+    latency_seconds: float
+    pipelines: int
+    only: list[str]
+
+
+class Throughput(Model):
+    server: str
+    samples: list[Sample]
+
+
+class ScaleOut(Model):
+    server: str
+    batch: int
+    samples: list[Sample]
+    ceilings: list[Ceiling]
+
+
+class Memory(Model):
+    worker_idle_rss_mb: float
+    servers: list[ServerMemory]
+
+
+class Ratio(Model):
+    """One same-run comparison: ours / theirs (higher is better unless ``lower_is_better``)."""
+
+    name: str
+    ours: float
+    baseline: float
+    ratio: float
+    unit: str
+    lower_is_better: bool = False
+
+
+class Goal(Model):
+    name: str
+    target: str
+    measured: float | None
+    unit: str
+    met: bool | None  # None: not measured in this run
+    shortfall: str = ""
+
+
+class Results(Model):
+    schema_version: int = SCHEMA_VERSION
+    date: str
+    started_at: float
+    finished_at: float
+    command: str
+    settings: Settings
+    machine: Machine
+    load: list[LoadSample]
+    waited_for_quiet_s: float
+    throughput: Throughput | None = None
+    scale_out: ScaleOut | None = None
+    latency: list[Latency] = Field(default_factory=list)
+    producer: list[ProducerRates] = Field(default_factory=list)
+    memory: Memory | None = None
+    operator: OperatorResult | None = None
+    profile: Profile | None = None
+    skipped: dict[str, str] = Field(default_factory=dict, description="benchmark -> why it did not run")
+    ratios: list[Ratio] = Field(default_factory=list)
+    goals: list[Goal] = Field(default_factory=list)

@@ -1,0 +1,84 @@
+"""The benchmark suite itself runs (``bench/run.py --quick``): real servers, real workers, a report.
+
+These check that the suite works and writes a well-formed result and report; they assert nothing
+about speed (figures from a busy test machine mean nothing, and performance lives in bench/).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "bench" / "run.py"
+
+
+def quick_run(tmp_path: Path, only: str) -> tuple[Any, str]:
+    command = [sys.executable, str(RUN), "--quick", "--only", only]
+    command += ["--results-dir", str(tmp_path / "results"), "--docs", str(tmp_path / "benchmarks.md")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    written = list((tmp_path / "results").glob("*-quick.json"))
+    assert len(written) == 1, written
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from results_model import Results
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    results = Results.model_validate_json(written[0].read_text())
+    assert (tmp_path / "benchmarks.png").stat().st_size > 0
+    return results, (tmp_path / "benchmarks.md").read_text()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
+    results, report = quick_run(tmp_path, "memory,throughput,scale_out,latency,producer,profile")
+    assert results.settings.quick
+
+    samples = results.throughput.samples
+    assert {s.consumer for s in samples} == {
+        "streampipe", "tutorial_loop", "faststream_batch", "faststream_single", "bare_loop",
+    }  # fmt: skip
+    assert all(s.rate > 0 and s.entries > 0 for s in samples)
+    assert results.scale_out.ceilings[0].rate > 0
+    assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop"}
+    assert all(lat.samples > 0 for lat in results.latency)
+    assert results.producer
+    assert results.memory is not None
+    assert results.profile is not None
+    assert results.profile.samples > 0
+    names = {r.name for r in results.ratios}
+    assert "worker vs the tutorial loop" in names
+    assert "send_many vs redis-benchmark -P 1000" in names
+    goals = {g.name: g for g in results.goals}
+    assert goals["Worker vs the tutorial loop"].measured is not None
+    assert goals["200 StreamPipelines Ready"].met is None  # not measured in this run
+
+    for heading in (
+        "## Ratios against same-run baselines",
+        "## Goals",
+        "## 1. Worker throughput",
+        "## Machine",
+    ):
+        assert heading in report
+    assert "Quick mode" in report
+
+
+@pytest.mark.k8s
+@pytest.mark.timeout(300)
+def test_quick_operator_benchmark(tmp_path: Path) -> None:
+    results, report = quick_run(tmp_path, "operator")
+    operator = results.operator
+    assert operator is not None
+    assert len(operator.reaction_s) == 2
+    assert all(r > 0 for r in operator.reaction_s)
+    assert operator.pipelines == 3
+    assert operator.all_ready_s is not None
+    assert operator.ready_curve[-1][1] == 3
+    assert operator.idle_rss_mb > 0
+    assert "## 5. Operator" in report
