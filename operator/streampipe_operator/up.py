@@ -27,8 +27,9 @@ workers get SIGTERM and finish or hand back their in-flight entries.
 - processed, per group: the group's settled entries (backlog at the start + produced - backlog at the
   end) minus its dead letters, i.e. entries the group acknowledged after a successful handler call;
 - retried: the workers' ``streampipe_worker_retried_total`` counters, read from every replica's
-  metrics endpoint each tick and once more after the drain. A replica scaled down while it still
-  works may exit between two reads; its last half second is then missing from this figure;
+  metrics endpoint each tick, right before a scale-down, every 10 ms while a worker shuts down, and
+  once more after the drain. What a worker counts in its last milliseconds (settling its entry in
+  flight at SIGTERM) can still go unread, so this may fall short by a few on a scaled-down worker;
 - latency: from a completion record a handler writes to ``<stream>:done`` (the quickstart's do, see
   ``examples/quickstart/quickstart_shop/completions.py``): the record's ``done_ms`` minus the
   millisecond timestamp of the entry's ID. Without records, latency is reported as not measured.
@@ -356,6 +357,7 @@ class LocalPipeline:
         self._next_cleanup = 0.0
         self._held_message: str | None = None
         self._unreachable = False
+        self._followers: set[asyncio.Task[None]] = set()
         self._added_start = 0
         self._stream_start_id = EntryId(0)
         self._dead_start_id = "0-0"
@@ -516,7 +518,7 @@ class LocalPipeline:
             run.replicas.scale(max(group.scaling.min_replicas, 1))
             self.log("warning", f"group {group.name} is missing on the server; starting its workers anyway")
         else:
-            self._decide(run, observed, time.time())
+            await self._decide(run, observed, time.time())
 
     async def _preflight(self, group: GroupSpec, env: dict[str, str]) -> None:
         """``streampipe-worker --check``: bad settings or a handler that does not import fail here,
@@ -557,7 +559,7 @@ class LocalPipeline:
 
     # --- the loop ----------------------------------------------------------------------------------
 
-    def _decide(self, run: _GroupRun, group: GroupState, now: float) -> str:
+    async def _decide(self, run: _GroupRun, group: GroupState, now: float) -> str:
         current = run.replicas.desired
         decision = decide_replicas(
             run.spec.name,
@@ -569,7 +571,14 @@ class LocalPipeline:
         )
         run.history = decision.history
         if decision.changed:
+            if decision.desired_replicas < current:
+                # The workers about to get SIGTERM report their counters one last time first; what
+                # they count while shutting down (their entry in flight) may still go unread.
+                await self._scrape()
             run.replicas.scale(decision.desired_replicas)
+            if decision.desired_replicas < current:
+                self._followers.add(asyncio.create_task(self._follow_terminating(run)))
+                self._followers = {task for task in self._followers if not task.done()}
             self.scale_events.append(
                 ScaleEvent(
                     at=round(self.elapsed(), 1),
@@ -598,7 +607,7 @@ class LocalPipeline:
             self._unreachable = False
             self.log("info", "the server answers again")
         now = time.monotonic()
-        self._scale(observation, now)
+        await self._scale(observation, now)
         if now >= self._next_retention:
             await self._retain(observation, time.time())
         if now >= self._next_cleanup:
@@ -611,13 +620,13 @@ class LocalPipeline:
             if event.kind in ("exited", "killed", "failed-to-start"):
                 self.log("worker", f"{event.replica}: {event.message}")
 
-    def _scale(self, observation: StreamObservation, now: float) -> None:
+    async def _scale(self, observation: StreamObservation, now: float) -> None:
         """Each group's decision when its pollInterval is due; the samples the rates come from."""
         for name, run in self.groups.items():
             group = observation.group(name)
             if group is not None and run.spec.scaling.mode == "native" and now >= run.next_decision:
                 run.next_decision = now + run.spec.scaling.poll_interval.total_seconds()
-                self._decide(run, group, time.time())
+                await self._decide(run, group, time.time())
             status = run.replicas.status()
             run.max_replicas = max(run.max_replicas, status.running, run.replicas.desired)
             if group is not None and group.entries_read is not None:
@@ -694,17 +703,29 @@ class LocalPipeline:
                 f"deliveries: {kind}: {envelope.error[:120]}",
             )
 
-    async def _scrape(self) -> None:
+    async def _scrape(self, *, terminating_only: bool = False) -> None:
         targets = [
             (name, replica.name, replica.port)
             for name, run in self.groups.items()
             for replica in run.replicas.status().replicas
-            if replica.port is not None and replica.pid is not None
+            if replica.port is not None
+            and replica.pid is not None
+            and (replica.phase == "terminating" or not terminating_only)
         ]
         results = await asyncio.gather(*(asyncio.to_thread(scrape_counters, port) for _, _, port in targets))
         for (group, replica, _), values in zip(targets, results, strict=True):
             if values is not None:
                 self.counters.record(group, replica, values)
+
+    async def _follow_terminating(self, run: _GroupRun) -> None:
+        """Read the counters of workers shutting down until they are gone: after SIGTERM a worker
+        settles its entry in flight, and what that adds is only readable until it exits."""
+        deadline = time.monotonic() + run.replicas.spec.termination_grace + 5.0
+        while time.monotonic() < deadline:
+            if not any(r.phase == "terminating" for r in run.replicas.status().replicas):
+                return
+            await self._scrape(terminating_only=True)
+            await asyncio.sleep(0.01)
 
     def backlog_settled(self) -> bool:
         """Every group's backlog is known and zero."""
@@ -773,6 +794,9 @@ class LocalPipeline:
 
     async def stop_workers(self) -> None:
         await self._scrape()  # the last counts of every worker, before they go
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         for run in self.groups.values():
             run.final_replicas = run.replicas.desired
         graces = [run.replicas.spec.termination_grace for run in self.groups.values()]

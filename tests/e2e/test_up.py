@@ -9,6 +9,7 @@ write are an independent count of what was processed.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart" / "pipeline.yaml"
 STREAMPIPE = str(Path(sys.executable).parent / "streampipe")
-MAX_DELIVERIES = 3  # examples/quickstart/pipeline.yaml retry.maxDeliveries
+# The worker logs one "retry in" warning per entry it hands back for a retry, the same event its
+# streampipe_worker_retried_total counter counts: the workers' own record to check `up`'s figure with.
+RETRY_LOG = re.compile(r"failed \(delivery \d+ of \d+\), retry in")
 
 
 def check_demo_summary(summary: dict[str, Any]) -> None:
@@ -50,9 +53,7 @@ def check_demo_summary(summary: dict[str, Any]) -> None:
         if count
     }
     assert summary["dead_lettered"] == fulfilment["dead_lettered"]
-    # Flaky orders fail once, cursed ones MAX_DELIVERIES - 1 times before the last failure; an entry
-    # handed back at a scale-down is redelivered without failing, so this is an upper bound.
-    assert 0 < fulfilment["retried"] <= demo["flaky"] + demo["cursed"] * (MAX_DELIVERIES - 1)
+    assert fulfilment["retried"] > 0  # flaky orders fail once, cursed ones before their last delivery
     # The handlers' own completion records: one per processed entry, an independent count.
     assert fulfilment["latency"]["count"] == fulfilment["processed"]
     assert 0 <= fulfilment["latency"]["p50_ms"] <= fulfilment["latency"]["p99_ms"]
@@ -75,8 +76,20 @@ def rose_and_fell(summary: dict[str, Any], group: str) -> bool:
 
 @pytest.mark.timeout(150)
 def test_quickstart_demo_on_the_embedded_valkey(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    command = [
+        STREAMPIPE,
+        "up",
+        str(QUICKSTART),
+        "--demo",
+        "--duration",
+        "20s",
+        "--no-ui",
+        "--output",
+        "json",
+    ]
     done = subprocess.run(
-        [STREAMPIPE, "up", str(QUICKSTART), "--demo", "--duration", "20s", "--no-ui", "--output", "json"],
+        [*command, "--data-dir", str(data)],
         capture_output=True,
         text=True,
         timeout=140,
@@ -92,6 +105,16 @@ def test_quickstart_demo_on_the_embedded_valkey(tmp_path: Path) -> None:
     assert rose_and_fell(summary, "fulfilment"), summary["scale_events"]
     assert fulfilment["final_replicas"] < fulfilment["max_replicas"]
     assert summary["trimmed"] > 0  # retention maxLength 1000 < what the demo sends
+
+    # Retries come from the workers' counters, read until each worker exits. Only what a scaled-down
+    # worker counts while settling its one entry in flight at SIGTERM may go unread.
+    logged = sum(len(RETRY_LOG.findall(log.read_text())) for log in (data / "workers").glob("*fulfilment*"))
+    stopped = sum(
+        e["from_replicas"] - e["to_replicas"]
+        for e in summary["scale_events"]
+        if e["to_replicas"] < e["from_replicas"]
+    )
+    assert logged - stopped <= fulfilment["retried"] <= logged
     # The plain progress went to stderr: the scale-up, the dead letters, the drain.
     assert "scale: scaled fulfilment 1 -> 4" in done.stderr
     assert "dead-letter: fulfilment:" in done.stderr
