@@ -524,7 +524,7 @@ def operator_run(
     """Run the operator: reconcile StreamPipelines until SIGTERM."""
     from pydantic import ValidationError
 
-    from streampipe_operator.runner import RunOptions, run_operator
+    from streampipe_operator.runner import RunOptions, StartError, run_operator
 
     try:
         options = RunOptions(
@@ -542,7 +542,11 @@ def operator_run(
         for error in exc.errors():
             typer.echo(f"streampipe operator run: {error['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
-    run_operator(options)
+    try:
+        run_operator(options)
+    except StartError as exc:
+        typer.echo(f"streampipe operator run: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 class Persistence(StrEnum):

@@ -35,6 +35,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATIONS_PREFIX)
     # Events are the operator's own (reconcile.post_event); kopf adds only its warnings and errors.
     settings.posting.level = logging.WARNING
+    # No runtime watching of CRDs and namespaces: it needs cluster-wide list/watch rights that a
+    # namespace-scoped install should not have, and the operator serves one fixed resource version,
+    # which `operator run` checks is served before it starts.
+    settings.scanning.disabled = True
 
 
 @kopf.on.login()

@@ -72,6 +72,30 @@ def load_configuration(kubeconfig: Path | None = None) -> client.Configuration:
     return configuration
 
 
+def resource_served(configuration: client.Configuration) -> bool:
+    """Whether the API server serves ``streampipelines.streampipe.dev/v1alpha1`` (the CRD is installed).
+
+    Asks discovery, which every authenticated client may read; a failure to reach the server raises
+    :class:`KubeError`.
+    """
+    api_client: Any = client.ApiClient(configuration)
+    doing = "asking the API server which resources it serves"
+    try:
+        reply: Any = client.CustomObjectsApi(api_client).get_api_resources(
+            api.GROUP, api.VERSION, _preload_content=False, _request_timeout=30
+        )
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise _describe(exc, doing) from exc
+    except Exception as exc:
+        raise _describe(exc, doing) from exc
+    finally:
+        api_client.close()
+    resources = json.loads(reply.data).get("resources", [])
+    return any(resource.get("name") == api.PLURAL for resource in resources)
+
+
 def connection_fields(configuration: client.Configuration) -> dict[str, Any]:
     """The server and credentials of ``configuration`` as kopf's ``ConnectionInfo`` fields, so kopf's
     watches and this adapter authenticate alike (whatever ``--kubeconfig`` or the pod provides)."""

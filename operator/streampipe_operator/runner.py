@@ -42,12 +42,20 @@ class RunOptions(BaseModel):
         return self
 
 
+class StartError(Exception):
+    """The operator cannot start; the message says what to fix."""
+
+
 def run_operator(options: RunOptions) -> None:
-    """Run until SIGTERM/SIGINT (kopf stops the daemons and finishes handlers first)."""
+    """Run until SIGTERM/SIGINT (kopf stops the daemons and finishes handlers first).
+
+    Raises :class:`StartError` when the StreamPipeline CRD is not served: kopf does not watch for CRDs
+    appearing later (see ``handlers.configure``), so starting without it would serve nothing.
+    """
     import kopf
 
-    from streampipe_operator import handlers
-    from streampipe_operator.kube import KubeApi, load_configuration
+    from streampipe_operator import api, handlers
+    from streampipe_operator.kube import KubeApi, KubeError, load_configuration, resource_served
     from streampipe_operator.operator_metrics import OperatorMetrics
     from streampipe_operator.reconcile import OperatorContext
 
@@ -58,7 +66,17 @@ def run_operator(options: RunOptions) -> None:
     # One access-log line per liveness probe would drown the rest.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kubeconfig = options.kubeconfig
-    kube = KubeApi(load_configuration(kubeconfig))
+    configuration = load_configuration(kubeconfig)
+    try:
+        served = resource_served(configuration)
+    except KubeError as exc:
+        raise StartError(str(exc)) from exc
+    if not served:
+        raise StartError(
+            f"the API server does not serve {api.PLURAL}.{api.GROUP}/{api.VERSION}: install the CRD first "
+            f"(kubectl apply -f crds/streampipeline.yaml, or the Helm chart)"
+        )
+    kube = KubeApi(configuration)
     metrics = OperatorMetrics()
     if options.metrics_port:
         metrics.serve(options.metrics_port)
