@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from streampipe_operator.workloads import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.settings import WorkerSettings
 from tests.support.controlplane import Kubectl
@@ -37,7 +38,7 @@ def worker_deployment(name: str, namespace: str, server: ServerProcess, replicas
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "streampipe", "app.kubernetes.io/component": "worker"},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT},
         },
         "spec": {
             "replicas": replicas,

@@ -2,10 +2,10 @@
 
 The test control plane has no kubelet, scheduler or controller-manager, so a Deployment never gets
 pods. For the operator's end-to-end tests this runner watches (polls) the worker Deployments of one
-namespace — those labelled ``app.kubernetes.io/managed-by=streampipe`` and
-``app.kubernetes.io/component=worker`` — and runs ``spec.replicas`` local ``python -m
-streampipe_worker`` processes for each, with the container's environment, through the product's own
-local process runtime (``streampipe_operator.local``). It:
+namespace — those labelled ``app.kubernetes.io/managed-by=streampipe-operator`` and
+``app.kubernetes.io/component=worker``, as ``workloads.build_deployment`` labels them — and runs
+``spec.replicas`` local ``python -m streampipe_worker`` processes for each, with the container's
+environment, through the product's own local process runtime (``streampipe_operator.local``). It:
 
 - resolves ``value``, ``secretKeyRef``, ``configMapKeyRef`` and ``fieldRef`` (metadata.name /
   metadata.namespace) from the API, as the kubelet would;
@@ -38,10 +38,11 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from streampipe_operator.local import LocalRuntime, ReplicaSpec
+from streampipe_operator.workloads import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_HANDLERS = ROOT / "examples" / "handlers" / "src"
-WORKER_SELECTOR = "app.kubernetes.io/managed-by=streampipe,app.kubernetes.io/component=worker"
+WORKER_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT}"
 
 log = logging.getLogger("tests.pod_runner")
 
