@@ -168,8 +168,7 @@ def test_group_destroyed_by_hand_is_recreated_at_its_last_delivered_id(
     redis_client.xgroup_destroy(STREAM, "billing")
     recreated = eventually(lambda: groups_on(redis_client).get("billing"), what="group recreated")
     assert recreated["last-delivered-id"] == ids[5]  # not "$": the 4 unread entries are still to come
-    assert eventually(lambda: "GroupRecreated" in cluster.reasons(namespace, "orders"), what="Event")
-    message = next(m for _, r, m in cluster.events(namespace, "orders") if r == "GroupRecreated")
+    message = cluster.event(namespace, "orders", "GroupRecreated")
     assert ids[5] in message
     rest = redis_client.xreadgroup("billing", "c2", {STREAM: ">"}, count=100)
     assert [entry_id for entry_id, _ in rest[0][1]] == ids[6:]
@@ -205,7 +204,7 @@ def test_drift_is_reverted_and_replicas_belong_to_the_scaler(
         return container["image"] == image and env["STREAMPIPE_GROUP"] == "billing"
 
     eventually(restored, what="the image and env put back")
-    assert "DriftReverted" in cluster.reasons(namespace, "orders")
+    assert cluster.event(namespace, "orders", "DriftReverted")
 
     # Replicas of a native group are the scaler's: a hand-made scale-up is undone after the window.
     kubectl("scale", "deployment/orders-billing", "-n", namespace, "--replicas=3")
@@ -231,7 +230,7 @@ def test_a_second_pipeline_on_the_same_stream_is_a_conflict(
     assert ready(cluster, namespace, "first")
     assert cluster.deployment(namespace, "second-audit") is None
     assert "audit" not in groups_on(redis_client)
-    assert "Conflict" in cluster.reasons(namespace, "second")
+    assert f"{namespace}/first" in cluster.event(namespace, "second", "Conflict")
 
     # When the first goes (Retain), the second owns the stream.
     cluster.delete_pipeline(namespace, "first")
@@ -257,7 +256,7 @@ def test_deletion_retain_keeps_the_data(
     assert redis_client.xlen(STREAM) == 1
     assert redis_client.xlen(f"{STREAM}:dlq") == 1
     assert "billing" in groups_on(redis_client)
-    assert "DataRetained" in cluster.reasons(namespace, "orders")
+    assert STREAM in cluster.event(namespace, "orders", "DataRetained")
 
 
 @pytest.mark.usefixtures("operator")
@@ -297,7 +296,7 @@ def test_deletion_delete_refuses_while_another_pipeline_uses_the_stream(
     # ... then the owner's Delete goes through: stream, its groups and the dead letters are gone.
     eventually(lambda: cluster.pipeline(namespace, "orders") is None, within=60, what="orders deleted")
     assert redis_client.exists(STREAM, f"{STREAM}:dlq") == 0
-    assert "DataDeleted" in cluster.reasons(namespace, "orders")
+    assert STREAM in cluster.event(namespace, "orders", "DataDeleted")
 
 
 @pytest.mark.usefixtures("crd_installed")
@@ -334,5 +333,5 @@ def test_invalid_spec_that_slipped_past_the_schema(
     assert condition is not None
     assert "maxReplicas" in condition.message
     assert cluster.deployment(namespace, "orders-billing") is None
-    assert "InvalidSpec" in cluster.reasons(namespace, "orders")
+    assert "maxReplicas" in cluster.event(namespace, "orders", "InvalidSpec")
     assert operator.alive()

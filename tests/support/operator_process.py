@@ -198,6 +198,16 @@ class Cluster:
     def reasons(self, namespace: str, involved: str | None = None) -> list[str]:
         return [reason for _, reason, _ in self.events(namespace, involved)]
 
+    def event(self, namespace: str, involved: str, reason: str, *, within: float = 30.0) -> str:
+        """The message of the first Event with ``reason`` about ``involved``, once there is one (the
+        operator posts an Event right after the change it reports)."""
+
+        def message() -> str | None:
+            return next((m for _, r, m in self.events(namespace, involved) if r == reason), None)
+
+        found: str = eventually(message, within=within, what=f"Event {reason} on {involved}")
+        return found
+
 
 def pipeline_manifest(
     name: str,
