@@ -319,6 +319,18 @@ class Consumer:
             await self._handle_entries(entries, reclaimed=reclaimed)
 
     async def _handle_entries(self, entries: list[Entry], *, reclaimed: bool) -> None:
+        if self._in_flight:
+            # After a lease lapsed (a partition, a stalled server) one entry can reach this consumer
+            # twice: the late reply of its XREADGROUP and its own XAUTOCLAIM. The copy in flight
+            # settles it; running the second would repeat the side effect (or the dead-letter move).
+            held = {entry.id for batch in self._in_flight.values() for entry in batch}
+            held -= self._released  # failed ones handed back for retry may come back
+            if held and any(entry.id in held for entry in entries):
+                again = [entry.id for entry in entries if entry.id in held]
+                log.info("%d entries delivered again while in flight here: %s", len(again), again[:10])
+                entries = [entry for entry in entries if entry.id not in held]
+                if not entries:
+                    return
         token = self._next_token
         self._next_token += 1
         self._in_flight[token] = entries
