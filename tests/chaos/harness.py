@@ -63,9 +63,19 @@ class ResilientProducer(threading.Thread):
     duplicates, never as losses.
     """
 
-    def __init__(self, url: str, total: int, chunk: int = 100, pause: float = 0.01) -> None:
+    def __init__(
+        self,
+        url: str,
+        total: int,
+        chunk: int = 100,
+        pause: float = 0.01,
+        *,
+        start: int = 0,
+        behaviour: Callable[[int], str] | None = None,
+    ) -> None:
         super().__init__(name="chaos-producer", daemon=True)
         self.url, self.total, self.chunk, self.pause = url, total, chunk, pause
+        self.start_at, self.behaviour = start, behaviour
         self.ledger: dict[int, str] = {}
         self.failed_chunks = 0
         self.paused = threading.Event()
@@ -75,18 +85,22 @@ class ResilientProducer(threading.Thread):
     def run(self) -> None:
         client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
         try:
-            n = 0
-            while n < self.total:
+            n = self.start_at
+            end = self.start_at + self.total
+            while n < end:
                 if self.paused.is_set():
                     self.idle.set()
                     time.sleep(0.01)
                     continue
                 self.idle.clear()
-                numbers = range(n, min(n + self.chunk, self.total))
+                numbers = range(n, min(n + self.chunk, end))
                 try:
                     pipe = client.pipeline(transaction=False)
                     for number in numbers:
-                        pipe.xadd(STREAM, {"n": str(number), "type": "order.created"})
+                        fields = {"n": str(number), "type": "order.created"}
+                        if self.behaviour is not None:
+                            fields["behaviour"] = self.behaviour(number)
+                        pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
                     ids = pipe.execute()
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     self.failed_chunks += 1
