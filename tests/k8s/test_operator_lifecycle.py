@@ -335,3 +335,35 @@ def test_invalid_spec_that_slipped_past_the_schema(
     assert cluster.deployment(namespace, "orders-billing") is None
     assert "maxReplicas" in cluster.event(namespace, "orders", "InvalidSpec")
     assert operator.alive()
+
+
+@pytest.mark.usefixtures("operator")
+def test_group_removed_from_the_spec_is_kept_under_retain_and_destroyed_under_delete(
+    kubectl: Kubectl, cluster: Cluster, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    both = [worker_group("billing"), worker_group("shipping")]
+    kubectl.apply(pipeline_manifest("orders", namespace, redis_url, groups=both))
+    eventually(lambda: cluster.deployment(namespace, "orders-shipping"), what="Deployment orders-shipping")
+    eventually(lambda: ready(cluster, namespace, "orders"), what="Ready")
+
+    kubectl.apply(pipeline_manifest("orders", namespace, redis_url, groups=[worker_group("billing")]))
+    # Its workers go (the Deployment is the operator's), its data stays (the group may hold entries).
+    eventually(lambda: cluster.deployment(namespace, "orders-shipping") is None, what="Deployment deleted")
+    assert "orders-shipping" in cluster.event(namespace, "orders", "DeploymentDeleted")
+    assert "deletionPolicy is Retain" in cluster.event(namespace, "orders", "GroupOrphaned")
+    assert "shipping" in groups_on(redis_client)
+
+    def reported() -> bool:
+        condition = cluster.condition(namespace, "orders", "GroupsReady")
+        return condition is not None and "shipping is on the stream but not in the spec" in condition.message
+
+    eventually(reported, what="GroupsReady names the orphaned group")
+
+    kubectl.apply(
+        pipeline_manifest(
+            "orders", namespace, redis_url, groups=[worker_group("billing")], deletionPolicy="Delete"
+        )
+    )
+    eventually(lambda: "shipping" not in groups_on(redis_client), what="group destroyed")
+    assert "shipping" in cluster.event(namespace, "orders", "GroupDestroyed")
+    assert set(groups_on(redis_client)) == {"billing"}
