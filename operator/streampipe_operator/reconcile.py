@@ -224,6 +224,7 @@ class _Pass:
     observation: StreamObservation | None = None
     admin: RedisAdmin | None = None
     decisions: dict[str, ScalingDecision] = field(default_factory=dict)
+    spec_changed: bool = False  # this generation was not acted on before (status's observedGeneration)
 
 
 class PipelineRuntime:
@@ -361,7 +362,8 @@ class PipelineRuntime:
             await self._finish(findings, body, pipeline)
             return max(poll, 1.0)
 
-        work = _Pass(pipeline=pipeline, findings=findings, now=now)
+        acted = (self.written or _document_of(body) or {}).get("observedGeneration")
+        work = _Pass(pipeline=pipeline, findings=findings, now=now, spec_changed=acted != self.generation)
         actual = {
             deployment["metadata"]["name"]: deployment
             for deployment in deployments.get((self.namespace, self.name), ())
@@ -575,7 +577,7 @@ class PipelineRuntime:
                 if deployment is None:
                     await self._create(name, desired, group.name, workload)
                     continue
-                await self._revert_drift(name, deployment, desired)
+                await self._revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
                 if decision is not None and decision.desired_replicas != current and current is not None:
                     await self._scale(name, decision, current, workload)
             except KubeError as exc:
@@ -628,8 +630,10 @@ class PipelineRuntime:
         )
 
     async def _revert_drift(
-        self, name: str, deployment: Mapping[str, Any], desired: Mapping[str, Any]
+        self, name: str, deployment: Mapping[str, Any], desired: Mapping[str, Any], *, spec_changed: bool
     ) -> None:
+        """Make the Deployment say what the spec says: after a spec change that is an update, otherwise
+        someone changed the Deployment and it is drift."""
         write = self.writes.get(name)
         version = deployment["metadata"].get("resourceVersion")
         if (
@@ -649,6 +653,12 @@ class PipelineRuntime:
             patched["metadata"]["resourceVersion"], time.monotonic(), write.replicas if write else None
         )
         shown = ", ".join(drifted[:5]) + (f" and {len(drifted) - 5} more" if len(drifted) > 5 else "")
+        if spec_changed:
+            log.info("%s: updated Deployment %s to the new spec (%s)", self.label, name, shown)
+            await self._event(
+                "Normal", "DeploymentUpdated", f"updated Deployment {name} to the new spec ({shown})"
+            )
+            return
         log.info("%s: reverted drift in Deployment %s (%s)", self.label, name, shown)
         await self._event(
             "Warning", "DriftReverted", f"Deployment {name} was changed ({shown}); put back as the spec says"

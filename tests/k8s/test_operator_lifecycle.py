@@ -206,6 +206,16 @@ def test_drift_is_reverted_and_replicas_belong_to_the_scaler(
     eventually(restored, what="the image and env put back")
     assert cluster.event(namespace, "orders", "DriftReverted")
 
+    # A change of the spec is an update, not drift.
+    upgraded = worker_group("billing", image="registry.example.com/streampipe/worker:test-2")
+    manual = worker_group("manual", scaling={"minReplicas": 1, "mode": "none"})
+    kubectl.apply(pipeline_manifest("orders", namespace, redis_url, groups=[upgraded, manual]))
+    assert "containers[0].image" in cluster.event(namespace, "orders", "DeploymentUpdated")
+    current = cluster.deployment(namespace, "orders-billing")
+    assert current is not None
+    assert current["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":test-2")
+    assert cluster.reasons(namespace, "orders").count("DriftReverted") == 1
+
     # Replicas of a native group are the scaler's: a hand-made scale-up is undone after the window.
     kubectl("scale", "deployment/orders-billing", "-n", namespace, "--replicas=3")
     eventually(lambda: cluster.replicas(namespace, "orders-billing") == 0, what="scaled back to 0")
