@@ -5,8 +5,9 @@ worker Deployments, writes status and Events, and removes its finalizer on delet
 refused call. With peering (two replicas' worth of chart), two operator processes share the chart's
 KopfPeering and only one of them acts.
 
-The install is namespaced (one watched namespace): an all-namespaces operator would also reconcile the
-pipelines other tests create on the shared control plane.
+Most tests use a namespaced install (one watched namespace) on the shared control plane: an
+all-namespaces operator there would also reconcile the pipelines other tests create. The default,
+all-namespaces install (a ClusterRole) gets a control plane of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.k8s.test_chart_server import PEERING_CRDS, helm_cli, restricted_namespace
-from tests.support.controlplane import ControlPlane, Kubectl, unique_name
+from tests.support.controlplane import ControlPlane, Kubectl, running_control_plane, unique_name
 from tests.support.servers import ServerProcess, free_port
 from tests.unit.test_chart import CHART
 
@@ -61,13 +62,14 @@ class Operator:
     args: tuple[str, ...] = ("--standalone",)
     health_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    all_namespaces: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
         command = [
             str(STREAMPIPE), "operator", "run",
             "--kubeconfig", str(self.kubeconfig),
-            "--namespace", self.namespace,
+            *(["--all-namespaces"] if self.all_namespaces else ["--namespace", self.namespace]),
             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
             "--metrics-port", str(self.metrics_port),
             "--log-format", "json",
@@ -392,4 +394,55 @@ def test_release_objects_the_operator_needs_are_all_from_the_chart(
         for b in bindings
         if any({k: s.get(k) for k in subject} == subject for s in b.get("subjects") or [])
     ]
-    assert sorted(bound) == sorted([release.fullname, f"{release.fullname}-discovery"])
+    assert bound == [release.fullname]
+
+
+def test_default_all_namespaces_install_is_sufficient(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The chart's defaults (watch every namespace: a ClusterRole) on a control plane of this test's own,
+    so the operator sees no other test's pipelines: it reconciles a pipeline in a namespace created
+    after it started, with no refused call."""
+    valkey = server_factory("valkey9", password=PASSWORD)
+    with running_control_plane(tmp_path / "controlplane") as plane:
+        admin = Kubectl(plane.kubeconfig)
+        admin("create", "namespace", "streampipe-system")
+        helm_cli(plane, "install", "streampipe", str(CHART), "--namespace", "streampipe-system")
+        token = admin("create", "token", "streampipe", "-n", "streampipe-system").stdout.strip()
+        kubeconfig = plane.kubeconfig_for_token(
+            token, tmp_path / "operator.kubeconfig", user="system:serviceaccount:streampipe-system:streampipe"
+        )
+        operator = Operator(kubeconfig, "", tmp_path / "operator.log", ("--standalone",), all_namespaces=True)
+        operator.start()
+        try:
+            admin("create", "namespace", "shop")
+            admin(
+                "create",
+                "secret",
+                "generic",
+                "redis-creds",
+                "-n",
+                "shop",
+                f"--from-literal=password={PASSWORD}",
+            )
+            admin.apply(pipeline("orders", valkey, ["billing"]), "-n", "shop")
+            eventually(
+                lambda: (
+                    admin("get", "deployment", "orders-billing", "-n", "shop", check=False).returncode == 0
+                ),
+                f"Deployment orders-billing\n{operator.tail()}",
+            )
+            eventually(
+                lambda: conditions(admin, "shop", "orders").get("RedisReachable", {}).get("status") == "True",
+                f"RedisReachable=True\n{operator.tail()}",
+            )
+            with valkey.client() as redis_client:
+                assert [g["name"] for g in redis_client.xinfo_groups("{orders}:events")] == ["billing"]
+            admin("delete", "streampipeline", "orders", "-n", "shop", "--wait=false")
+            eventually(
+                lambda: admin("get", "streampipeline", "orders", "-n", "shop", check=False).returncode != 0,
+                f"the finalizer released the pipeline\n{operator.tail()}",
+            )
+            assert refused_calls(operator.tail(200_000)) == []
+        finally:
+            operator.stop()

@@ -353,8 +353,7 @@ def test_default_watches_all_namespaces_with_one_standalone_replica() -> None:
         "deployments/scale",
         "events",
         "secrets",
-        "customresourcedefinitions",
-    } <= resources
+    } == resources
 
 
 def test_namespaced_install_gets_a_role_per_namespace_and_no_cluster_wide_object_access() -> None:
@@ -373,11 +372,9 @@ def test_namespaced_install_gets_a_role_per_namespace_and_no_cluster_wide_object
             "name": roles[namespace]["metadata"]["name"],
         }
         assert binding["subjects"][0]["namespace"] == RELEASE_NAMESPACE
-    # Cluster-wide: read-only discovery of namespaces and CRDs, nothing else.
-    (discovery,) = by_kind(objects, "ClusterRole")
-    for rule in discovery["rules"]:
-        assert set(rule["resources"]) <= {"namespaces", "customresourcedefinitions"}
-        assert set(rule["verbs"]) <= {"list", "watch"}
+    # Nothing cluster-scoped: kopf's scanning of CRDs and namespaces is off in the operator.
+    assert by_kind(objects, "ClusterRole") == []
+    assert by_kind(objects, "ClusterRoleBinding") == []
     # Peering with two replicas: a KopfPeering per watched namespace; patch only on that object.
     peerings = by_kind(objects, "KopfPeering")
     assert {p["metadata"]["namespace"] for p in peerings} == {"team-a", "team-b"}
@@ -392,13 +389,6 @@ def test_namespaced_install_gets_a_role_per_namespace_and_no_cluster_wide_object
                 "verbs": ["patch"],
             }
         ]
-
-
-def test_namespaced_install_without_cluster_discovery_has_no_cluster_objects() -> None:
-    objects = render(VALUE_SETS["namespaced"], "--set", "rbac.clusterDiscovery=false")
-    assert by_kind(objects, "ClusterRole") == []
-    assert by_kind(objects, "ClusterRoleBinding") == []
-    assert len(by_kind(objects, "Role")) == 2
 
 
 def test_ha_enables_peering_rolling_updates_and_spreads_pods() -> None:
@@ -454,7 +444,6 @@ def test_names_are_truncated_to_63_characters() -> None:
         assert len(name) <= 63, name
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
     names = {obj["metadata"]["name"] for obj in objects}
-    assert any(name.endswith("-discovery") for name in names)
     assert any(name.endswith("-test-health") for name in names)
 
 
