@@ -308,3 +308,36 @@ def test_runs_with_only_the_documented_rbac(
     log = operator.log_tail(500_000)
     assert "Forbidden" not in log
     assert "403" not in log
+
+
+@pytest.mark.usefixtures("operator")
+def test_retention_by_age_trims_processed_entries_older_than_max_age(
+    kubectl: Kubectl, cluster: Cluster, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    kubectl.apply(
+        pipeline_manifest(
+            "orders",
+            namespace,
+            redis_url,
+            groups=[worker_group("billing", startId="0")],
+            retention={"maxAge": "2s", "interval": "1s"},
+        )
+    )
+    eventually(lambda: condition(cluster, namespace) == ("True", "Reconciled"), what="Ready")
+    old = [redis_client.xadd(STREAM, {"n": str(n)}) for n in range(300)]
+    while reply := redis_client.xreadgroup("billing", "orders-billing-a", {STREAM: ">"}, count=500):
+        redis_client.xack(STREAM, "billing", *[entry_id for entry_id, _ in reply[0][1]])
+    unread = redis_client.xadd(STREAM, {"n": "not read yet"})
+    # Everything before the unread entry ages out and goes; the unread one stays however old it gets.
+    eventually(lambda: redis_client.xlen(STREAM) == 1, within=60, what="aged entries trimmed")
+    assert not redis_client.xrange(STREAM, old[-1], old[-1])
+    # Once the unread entry is older than maxAge too, protection holds it (and says so).
+    eventually(
+        lambda: condition(cluster, namespace, "RetentionHeld") == ("True", "UnprocessedEntries"), what="held"
+    )
+    assert [entry_id for entry_id, _ in redis_client.xrange(STREAM)] == [unread]
+    status = eventually(lambda: cluster.status(namespace, "orders").stream, what="stream status")
+    eventually(
+        lambda: (cluster.status(namespace, "orders").stream or status).trimmed_total == 300,
+        what="trimmedTotal 300",
+    )
