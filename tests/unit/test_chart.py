@@ -447,6 +447,14 @@ def test_names_are_truncated_to_63_characters() -> None:
     assert any(name.endswith("-test-health") for name in names)
 
 
+def test_finalizers_update_only_where_owner_reference_enforcement_needs_it() -> None:
+    rule = {"apiGroups": ["streampipe.dev"], "resources": ["streampipelines/finalizers"], "verbs": ["update"]}
+    assert rule not in one(render(), "ClusterRole")["rules"]
+    objects = render(VALUE_SETS["namespaced"], "--set", "rbac.ownerReferencesPermissionEnforcement=true")
+    for role in by_kind(objects, "Role"):
+        assert rule in role["rules"]
+
+
 def test_rbac_create_false_renders_no_rbac_objects() -> None:
     objects = render(None, "--set", "rbac.create=false")
     assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & {o["kind"] for o in objects}

@@ -135,6 +135,13 @@ ClusterRole). Each rule names the handler behaviour that needs it; see docs/secu
 - apiGroups: ["streampipe.dev"]
   resources: ["streampipelines/status"]
   verbs: ["patch"]
+{{- if .Values.rbac.ownerReferencesPermissionEnforcement }}
+# The worker Deployments' owner reference blocks the StreamPipeline's deletion; where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), that needs this.
+- apiGroups: ["streampipe.dev"]
+  resources: ["streampipelines/finalizers"]
+  verbs: ["update"]
+{{- end }}
 # One worker Deployment per consumer group: watched (kopf index), created, drift patched back,
 # deleted with its group.
 - apiGroups: ["apps"]
