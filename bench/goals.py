@@ -52,6 +52,20 @@ def ratios(results: Results) -> list[Ratio]:
                 "entries/s",
             ),
         ]
+        found += [
+            _ratio(
+                "diagnostic: worker with GC tuned vs worker, batch 1000",
+                best(samples, "streampipe_gc", 1000),
+                best(samples, "streampipe", 1000),
+                "entries/s",
+            ),
+            _ratio(
+                "diagnostic: worker with an async handler vs sync, batch 1",
+                best(samples, "streampipe_async", 1),
+                best(samples, "streampipe", 1),
+                "entries/s",
+            ),
+        ]
         for batch in sorted({s.batch for s in samples if s.consumer == "streampipe"}):
             found.append(
                 _ratio(

@@ -234,7 +234,7 @@ def many_ready(
     started = time.perf_counter()
     kubectl("apply", "-f", "-", input=text, timeout=300)
     applied = time.perf_counter() - started
-    curve: list[tuple[float, int]] = []
+    curve: list[tuple[float, int]] = [(0.0, 0)]
     while True:
         ready = api.ready_count("p")
         elapsed = time.perf_counter() - started

@@ -43,3 +43,7 @@ def _write() -> None:
 
 
 atexit.register(_write)
+
+
+async def noop_async(entry: Any) -> None:
+    """The async no-op: runs on the worker's event loop, so no hand-off to the handler thread."""

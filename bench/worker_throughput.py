@@ -15,6 +15,15 @@ measurement gets a fresh consumer group at ``0``, so all of them read the very s
 - ``bare_loop``: redis-py + hiredis, XREADGROUP COUNT n and one multi-id XACK pipelined with the next
   read, a no-op call per entry: the ceiling for a Python consumer.
 
+Two diagnostic variants split the worker's cost (they are not competitors):
+
+- ``bare_async_loop``: the bare loop on ``redis.asyncio`` through the worker's own client factory, so
+  the gap to ``bare_loop`` is asyncio's and the gap to ``streampipe`` is the worker's own;
+- ``streampipe_async``: the real worker with an async no-op handler, which runs on the event loop:
+  the gap to ``streampipe`` is the hand-off of each batch to the sync-handler thread;
+- ``streampipe_gc``: the real worker whose handler module freezes the start-up heap and raises the
+  collector's first threshold at import (``gc_tuned_handlers``): what that change alone would give.
+
 The rate is measured from outside, from the group's acked count (XINFO GROUPS: entries-read minus
 pending) over a fixed window that starts once the consumer is running and warm, so start-up is not
 counted for anyone. The consumer's and the server's CPU time over the same window are recorded too.
@@ -61,7 +70,13 @@ STREAM = "bench:orders"
 BATCH_SIZES = (1, 10, 100, 1000)
 TUTORIAL_BATCH = 10  # the seed's COUNT 10
 BATCHED = ("streampipe", "faststream_batch", "faststream_single", "bare_loop")
-CONSUMERS = ("tutorial_loop", *BATCHED)
+DIAGNOSTIC = ("bare_async_loop", "streampipe_async", "streampipe_gc")
+CONSUMERS = ("tutorial_loop", *BATCHED, *DIAGNOSTIC)
+WORKER_HANDLERS = {
+    "streampipe": "probe_handlers:noop",
+    "streampipe_async": "probe_handlers:noop_async",
+    "streampipe_gc": "gc_tuned_handlers:noop",
+}
 
 
 # --- the consumers under test (each runs in its own process) ------------------------------------
@@ -163,11 +178,37 @@ def bare_loop(url: str, stream: str, group: str, batch: int) -> None:
                 ids.append(entry_id)
 
 
+def bare_async_loop(url: str, stream: str, group: str, batch: int) -> None:
+    """``bare_loop`` on redis.asyncio, with the client the worker itself makes (hiredis packing)."""
+    import asyncio
+
+    from streampipe_worker.connection import ConnectionSettings, create_async_client
+
+    async def main() -> None:
+        client = create_async_client(ConnectionSettings(url=url))
+        handler = noop
+        ids: list[str] = []
+        while True:
+            pipe = client.pipeline(transaction=False)
+            if ids:
+                pipe.xack(stream, group, *ids)
+            pipe.xreadgroup(group, "abare1", {stream: ">"}, count=batch, block=2000)
+            reply = (await pipe.execute())[-1]
+            ids = []
+            if reply:
+                for entry_id, fields in reply[0][1]:
+                    handler(fields)
+                    ids.append(entry_id)
+
+    asyncio.run(main())
+
+
 RUNNERS = {
     "tutorial_loop": tutorial_loop,
     "faststream_batch": faststream_batch,
     "faststream_single": faststream_single,
     "bare_loop": bare_loop,
+    "bare_async_loop": bare_async_loop,
 }
 
 
@@ -192,10 +233,9 @@ class Sample:
 def _command(
     kind: str, url: str, stream: str, *, group: str, batch: int, index: int
 ) -> tuple[list[str], Any]:
-    if kind == "streampipe":
-        env = worker_env(
-            url, stream, group, consumer=f"sp{index}", handler="probe_handlers:noop", batch_size=batch
-        )
+    if kind in WORKER_HANDLERS:
+        handler = WORKER_HANDLERS[kind]
+        env = worker_env(url, stream, group, consumer=f"sp{index}", handler=handler, batch_size=batch)
         return WORKER_COMMAND, env
     script = str(Path(__file__).resolve())
     return [sys.executable, script, "--run", kind, url, stream, group, str(batch)], bench_env()
@@ -347,7 +387,10 @@ def run(
     something else on the machine does not decide the comparison.
     """
     with prepared_stream(redis_url, events) as (server, url):
-        samples = sweep(server, url, batch_sizes=batch_sizes, rounds=max(repeat, 1), window=window)
+        consumers = ("tutorial_loop", *BATCHED)
+        samples = sweep(
+            server, url, batch_sizes=batch_sizes, consumers=consumers, rounds=max(repeat, 1), window=window
+        )
     best = {kind: max(rates.values()) for kind, rates in best_rates(samples).items()}
     streampipe = best["streampipe"]
     return {

@@ -43,6 +43,7 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     samples = results.throughput.samples
     assert {s.consumer for s in samples} == {
         "streampipe", "tutorial_loop", "faststream_batch", "faststream_single", "bare_loop",
+        "bare_async_loop", "streampipe_async", "streampipe_gc",
     }  # fmt: skip
     assert all(s.rate > 0 and s.entries > 0 for s in samples)
     assert results.scale_out.ceilings[0].rate > 0
