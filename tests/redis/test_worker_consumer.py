@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from pydantic import BaseModel
@@ -325,6 +325,93 @@ async def test_stop_hands_back_unstarted_entries_with_their_attempt_budget(
     # Claimable at once by any peer (idle >= claimIdle), and the attempt it never made is given back.
     assert all(row["time_since_delivered"] >= 60_000 for row in rows)
     assert all(row["times_delivered"] == 0 for row in rows)
+
+
+async def test_stop_right_after_a_failure_keeps_the_attempt_and_its_backoff(
+    redis_client: redis.Redis, make_settings: Callable[..., WorkerSettings]
+) -> None:
+    """A scale-down right after a failure: the failed attempt stays counted and its backoff holds."""
+    attempts: list[tuple[str, int, float]] = []
+    stopping: list[Consumer] = []
+
+    def failing(name: str) -> Callable[[Entry], Awaitable[None]]:
+        async def fail(entry: Entry) -> None:
+            attempts.append((name, entry.deliveries, time.monotonic()))
+            if name == "a":
+                stopping[0].request_stop()  # SIGTERM arrives while this failure is being handled
+            raise RuntimeError("payment gateway timeout")
+
+        return fail
+
+    entry_id = redis_client.xadd(STREAM, {"n": "1"})
+    # claimIdle 2s - backoff 1s: the failed entry is handed back with IDLE 1000.
+    timings = {"max_deliveries": 2, "backoff_initial": "1s", "claim_idle": "2s"}
+    first = consumer_for(make_settings(consumer="a", **timings), failing("a"))
+    stopping.append(first)
+    await asyncio.wait_for(first.run(), 30)
+
+    [row] = redis_client.xpending_range(STREAM, GROUP, "-", "+", 10)
+    since_failure_ms = (time.monotonic() - attempts[0][2]) * 1000
+    assert (row["message_id"], row["consumer"], row["times_delivered"]) == (entry_id, "a", 1)
+    # Still waiting out its backoff (not made claimable at once); 50 ms for the two clocks' rounding.
+    assert row["time_since_delivered"] <= 1000 + since_failure_ms + 50
+    assert first.stats.handed_back == 0
+
+    peer = consumer_for(make_settings(consumer="b", **timings), failing("b"))
+    async with running(peer):
+        await eventually(lambda: redis_client.xlen(DLQ) == 1 and pending_count(redis_client) == 0)
+    assert [(name, deliveries) for name, deliveries, _ in attempts] == [("a", 1), ("b", 2)]
+    assert attempts[1][2] - attempts[0][2] >= 1.0 - 0.005  # never before the backoff has passed
+    [(_, fields)] = redis_client.xrange(DLQ)
+    assert (fields["original_id"], fields["deliveries"]) == (entry_id, "2")
+
+
+async def test_stop_gives_back_the_delivery_of_a_read_whose_reply_never_arrived(
+    redis_client: redis.Redis, make_settings: Callable[..., WorkerSettings]
+) -> None:
+    """An XREADGROUP cancelled by the stop can deliver entries the worker never sees: not attempted."""
+    handled: list[str] = []
+    consumer = consumer_for(make_settings(claim_idle="1m"), lambda entry: handled.append(entry.id))
+    seen = redis_client.xadd(STREAM, {"n": "0"})
+    async with running(consumer):
+        await eventually(lambda: handled == [seen] and pending_count(redis_client) == 0, what="first entry")
+        # The reply of a read under the worker's own name, lost on the way: XADD and XREADGROUP in one
+        # MULTI, so the worker's own blocked read cannot get the entry first.
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.xadd(STREAM, {"n": "1"})
+        pipe.xreadgroup(GROUP, consumer.name, {STREAM: ">"}, count=1)
+        lost, _ = pipe.execute()
+    assert handled == [seen]
+    [row] = redis_client.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert (row["message_id"], row["times_delivered"]) == (lost, 0)
+    assert row["time_since_delivered"] >= 60_000  # a peer takes it at once
+    assert consumer.stats.handed_back == 1
+
+
+async def test_an_entry_still_running_when_the_grace_period_ends_keeps_its_delivery(
+    redis_client: redis.Redis, make_settings: Callable[..., WorkerSettings]
+) -> None:
+    started: list[str] = []
+    gate = threading.Event()
+
+    def stuck(entry: Entry) -> None:
+        started.append(entry.id)
+        gate.wait(20)
+
+    entry_id = redis_client.xadd(STREAM, {"n": "1"})
+    consumer = consumer_for(make_settings(claim_idle="1m", shutdown_grace="200ms"), stuck)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: started == [entry_id], what="handler started")
+        consumer.request_stop()
+        await asyncio.wait_for(task, 20)
+    finally:
+        gate.set()
+    assert consumer.abandoned == 1
+    [row] = redis_client.xpending_range(STREAM, GROUP, "-", "+", 10)
+    # The attempt was made (it may even have had effects): counted. Handed back for a peer to take now.
+    assert (row["message_id"], row["times_delivered"]) == (entry_id, 1)
+    assert row["time_since_delivered"] >= 60_000
 
 
 async def test_replay_moves_dead_letters_back_once(

@@ -66,6 +66,12 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def entry_id_order(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-5"`` -> ``(1700000000000, 5)``: stream ids compared as the server orders them."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
 def dedupe_key(stream: str, group: str, entry_id: str, fields: dict[str, str]) -> str:
     """The processed marker of an entry: its ``dedupe_key`` field if the producer set one, else its id."""
     return f"{stream}:dedupe:{group}:{fields.get(DEDUPE_KEY_FIELD) or entry_id}"
@@ -136,6 +142,11 @@ class Consumer:
         # Failed entries already handed back (or on their way to the DLQ) while their batch is still
         # in flight: the leaser must not renew them, or it would reset their backoff.
         self._released: set[str] = set()
+        # The highest entry id that reached this process (read, reclaimed, or left by a previous run).
+        # XREADGROUP ">" only delivers ids above every id the group delivered before, so an entry
+        # pending here above this mark came from a read whose reply never arrived: never attempted.
+        self._seen_up_to = (0, 0)
+        self._abandoned: list[str] = []  # in flight when the grace period ended (set at shutdown)
         self._acks: list[str] = []
         self._ack_markers: list[str] = []
         self._next_token = 0
@@ -199,6 +210,13 @@ class Consumer:
         _, pending = await asyncio.wait(workers, timeout=grace)
         if pending:
             self.abandoned = sum(len(batch) for batch in self._in_flight.values())
+            # Taken now: cancelling the batches below removes them from _in_flight.
+            self._abandoned = [
+                entry.id
+                for batch in self._in_flight.values()
+                for entry in batch
+                if entry.id not in self._released  # already handed back with their backoff
+            ]
             log.warning(
                 "grace period of %ss over: %d in-flight entries are handed back unfinished",
                 grace,
@@ -259,6 +277,7 @@ class Consumer:
                 await self._connection_lost("read", exc)
                 continue
             if batch:
+                self._note_seen(batch[-1][0])  # XREADGROUP replies in id order
                 stream, group = self.stream, self.group
                 await self._handle_entries([Entry(i, f, 1, stream, group) for i, f in batch], reclaimed=False)
 
@@ -783,6 +802,7 @@ class Consumer:
         deleted = [str(i) for i in reply[2]] if len(reply) > 2 else []
         if not entries:
             return next_cursor, [], deleted
+        self._note_seen(str(entries[-1][0]))  # XAUTOCLAIM scans in id order
         # XAUTOCLAIM does not say how often an entry was delivered; the PEL does (one round trip).
         pipe = self.client.pipeline(transaction=False)
         for entry_id, _ in entries:
@@ -880,16 +900,24 @@ class Consumer:
             return  # the reader reports it, and reconnects
         ids = [str(row["message_id"]) for row in rows]
         if ids:
+            self._note_seen(ids[-1])
             await self._claim_with_idle({self.claim_idle_ms: ids})
             log.info(
                 "handed back %d entries left pending by a previous run of consumer %s", len(ids), self.name
             )
 
+    def _note_seen(self, entry_id: str) -> None:
+        self._seen_up_to = max(self._seen_up_to, entry_id_order(entry_id))
+
     async def _hand_back_all(self, until: float) -> None:
-        """Everything still held goes back so a peer takes it now (or when its backoff ends)."""
+        """Everything still held goes back so a peer takes it now (or when its backoff ends).
+
+        Entries that failed here and were handed back for retry are left as they are: their idle
+        time holds the rest of their backoff and their delivery count the attempt they had.
+        """
         now = time.monotonic()
         unstarted = {entry.id: entry for entry in self._unstarted}
-        abandoned = [e.id for batch in self._in_flight.values() for e in batch if e.id not in unstarted]
+        abandoned = [entry_id for entry_id in self._abandoned if entry_id not in unstarted]
         by_count: dict[int, list[str]] = {}
         for entry in unstarted.values():
             # Never attempted here: give the delivery back so the attempt budget stays whole.
@@ -907,13 +935,14 @@ class Consumer:
                 rows = await self.client.xpending_range(
                     self.stream, self.group, "-", "+", 10_000, consumername=self.name
                 )
-                # E.g. entries a cancelled XREADGROUP delivered that never reached us: never
-                # attempted here, so their delivery is given back too.
+                # Entries a cancelled XREADGROUP delivered that never reached us: never attempted
+                # here, so their delivery is given back too. Ids at or below the mark reached us.
                 stray: dict[int, list[str]] = {}
                 for row in rows:
-                    if str(row["message_id"]) not in known:
+                    entry_id = str(row["message_id"])
+                    if entry_id not in known and entry_id_order(entry_id) > self._seen_up_to:
                         retry = max(int(row["times_delivered"]) - 1, 0)
-                        stray.setdefault(retry, []).append(str(row["message_id"]))
+                        stray.setdefault(retry, []).append(entry_id)
                 for count, ids in stray.items():
                     await self._claim_with_idle({self.claim_idle_ms: ids}, retrycount=count)
                 total = len(unstarted) + len(abandoned) + sum(len(ids) for ids in stray.values())
