@@ -75,11 +75,15 @@ class ReplicaSpec(BaseModel):
 
     @classmethod
     def for_worker(cls, name: str, env: Mapping[str, str], **options: object) -> ReplicaSpec:
-        """``python -m streampipe_worker`` with the worker's env; readiness on its metrics port."""
+        """``python -m streampipe_worker`` with the worker's env; readiness on its metrics port.
+
+        The metrics server binds loopback only: that is where readiness is probed, and a laptop's
+        worker has no business answering on the network.
+        """
         values: dict[str, object] = {
             "name": name,
             "command": (sys.executable, "-m", "streampipe_worker"),
-            "env": dict(env),
+            "env": {**env, WorkerSettings.env_name("metrics_host"): "127.0.0.1"},
             "port_env": WorkerSettings.env_name("metrics_port"),
         }
         values.update(options)

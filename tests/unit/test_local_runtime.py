@@ -262,6 +262,7 @@ def test_worker_spec_runs_the_worker_module_with_its_env_names() -> None:
     spec = ReplicaSpec.for_worker("orders-billing", {"STREAMPIPE_STREAM": "s"})
     assert spec.command == (sys.executable, "-m", "streampipe_worker")
     assert (spec.consumer_env, spec.port_env) == ("STREAMPIPE_CONSUMER", "STREAMPIPE_METRICS_PORT")
+    assert spec.env == {"STREAMPIPE_STREAM": "s", "STREAMPIPE_METRICS_HOST": "127.0.0.1"}
 
 
 EXITING_PARENT = textwrap.dedent(

@@ -56,6 +56,11 @@ def test_defaults_and_derived_values() -> None:
     assert settings.consumer  # the host name (the pod name in Kubernetes)
 
 
+def test_metrics_server_binds_all_addresses_unless_told_otherwise() -> None:
+    assert load_settings(BASE).metrics_host == "0.0.0.0"  # the kubelet probes the pod IP
+    assert load_settings({**BASE, "STREAMPIPE_METRICS_HOST": "127.0.0.1"}).metrics_host == "127.0.0.1"
+
+
 def test_every_bad_variable_is_named_in_one_message() -> None:
     env = {
         "STREAMPIPE_GROUP": "billing",

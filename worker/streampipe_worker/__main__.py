@@ -114,10 +114,11 @@ def run(settings: WorkerSettings) -> int:
     server = None
     if settings.metrics_port:
         try:
-            server = MetricsServer(metrics, health, settings.metrics_port).start()
+            server = MetricsServer(metrics, health, settings.metrics_port, settings.metrics_host).start()
         except OSError as exc:
             print(
-                f"streampipe-worker: cannot serve metrics on port {settings.metrics_port}: {exc} "
+                f"streampipe-worker: cannot serve metrics on {settings.metrics_host} port "
+                f"{settings.metrics_port}: {exc} "
                 f"({WorkerSettings.env_name('metrics_port')}=0 turns it off)",
                 file=sys.stderr,
             )

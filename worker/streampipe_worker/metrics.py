@@ -173,7 +173,7 @@ class Health:
 class MetricsServer:
     """``/metrics``, ``/healthz`` (event loop alive) and ``/readyz`` (connected, group present)."""
 
-    def __init__(self, metrics: WorkerMetrics, health: Health, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
+    def __init__(self, metrics: WorkerMetrics, health: Health, port: int, host: str) -> None:
         self.metrics = metrics
         self.health = health
         outer = self

@@ -130,6 +130,11 @@ class WorkerSettings(BaseSettings):
         default=None, description="Keep a processed marker this long; unset = no dedupe"
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="/metrics /healthz /readyz; 0 = off")
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - the kubelet probes the pod IP, not loopback
+        min_length=1,
+        description="IPv4 address the metrics and probe server binds; 127.0.0.1 keeps it on this host",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format")
     shutdown_grace: Duration = Field(
         default=timedelta(seconds=25),
