@@ -1,20 +1,13 @@
-"""Durations as people write them in manifests (``30s``, ``5m``, ``1h30m``, ``250ms``), parsed once.
+"""The API's duration type: a manifest's ``30s`` kept as written, with its parsed value.
 
-The syntax is the subset of Go's ``time.ParseDuration`` that CEL's ``duration()`` also accepts, so the
-API server's rules (``duration(self.max) >= duration(self.initial)``) and these models read every value
-the same way: whole numbers of ``ms``, ``s``, ``m`` or ``h``, concatenated (``1h30m``). No days (Go has
-none: write ``168h``), no fractions, no signs. At most 6 digits per term and 20 characters in all keeps
-every valid value below Go's ~292-year limit (three 6-digit hour terms would need 21 characters), so
-CEL never overflows on a value the pattern let through; and the canonical form of anything up to
-``999999h`` (``999999h59m59s999ms``, 18 characters) still fits.
-
-A :class:`Duration` is a ``str`` (it serializes back exactly as written, so a manifest round-trips and
-the server's defaults compare equal to ours) that carries its parsed :class:`~datetime.timedelta`.
+The syntax, its CRD pattern, parsing and formatting live in :mod:`streampipe_worker.durations`,
+shared with the worker's environment. A :class:`Duration` is a ``str`` (it serializes back exactly
+as written, so a manifest round-trips and the server's defaults compare equal to ours) that carries
+its parsed :class:`~datetime.timedelta`.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -22,50 +15,24 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-# The CRD's `pattern` for every duration field; Python's re and Go's RE2 read it the same way.
-DURATION_PATTERN = r"^([0-9]{1,6}(ms|s|m|h))+$"
-DURATION_MAX_LENGTH = 20
-DURATION_HINT = "a duration such as 30s, 5m, 1h30m or 250ms (units ms, s, m, h)"
+from streampipe_worker.durations import (
+    DURATION_HINT,
+    DURATION_MAX_LENGTH,
+    DURATION_PATTERN,
+    DurationError,
+    format_duration,
+    parse_duration,
+)
 
-_TERM = re.compile(r"([0-9]{1,6})(ms|s|m|h)")
-_WHOLE = re.compile(DURATION_PATTERN)
-_UNIT = {"ms": timedelta(milliseconds=1), "s": timedelta(seconds=1), "m": timedelta(minutes=1)}
-_UNIT["h"] = timedelta(hours=1)
-
-
-class DurationError(ValueError):
-    """A duration string that does not follow the syntax; the message says what would."""
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"1h30m"`` -> ``timedelta(hours=1, minutes=30)``; raises :class:`DurationError` when malformed."""
-    if len(text) > DURATION_MAX_LENGTH or not _WHOLE.fullmatch(text):
-        raise DurationError(f"{text!r} is not {DURATION_HINT}, at most {DURATION_MAX_LENGTH} characters")
-    total = timedelta()
-    for number, unit in _TERM.findall(text):
-        total += int(number) * _UNIT[unit]
-    return total
-
-
-def format_duration(delta: timedelta) -> str:
-    """The shortest canonical form: ``timedelta(seconds=90)`` -> ``"1m30s"``, zero -> ``"0s"``.
-
-    Sub-millisecond parts are dropped (nothing here is that precise); negative values are refused.
-    """
-    if delta < timedelta():
-        raise DurationError(f"negative duration {delta}")
-    millis = delta // timedelta(milliseconds=1)
-    if millis == 0:
-        return "0s"
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    seconds, millis = divmod(millis, 1000)
-    parts = [
-        f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms"))
-    ]
-    return "".join(
-        part for part, value in zip(parts, (hours, minutes, seconds, millis), strict=True) if value
-    )
+# The syntax's names are used through this module by the CRD generator and the CLI too.
+__all__ = [
+    "DURATION_PATTERN",
+    "Duration",
+    "DurationError",
+    "DurationRange",
+    "format_duration",
+    "parse_duration",
+]
 
 
 class Duration(str):

@@ -33,11 +33,12 @@ import redis.exceptions
 from streampipe_worker import crash_points
 from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 from streampipe_worker.deadletter import DeadLetterEnvelope, queue_dead_letter_move
+from streampipe_worker.durations import format_duration
 from streampipe_worker.metrics import Health, WorkerMetrics
 from streampipe_worker.producer import DEDUPE_KEY_FIELD
 from streampipe_worker.retry import RetryPolicy
 from streampipe_worker.router import Entry, LoadedHandler, Outcome, PermanentError
-from streampipe_worker.settings import WorkerSettings, format_duration
+from streampipe_worker.settings import WorkerSettings
 
 log = logging.getLogger("streampipe.worker")
 

@@ -7,7 +7,6 @@ field so that the operator can render it as a ``secretKeyRef`` instead of a lite
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Mapping
 from datetime import timedelta
@@ -24,40 +23,23 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "STREAMPIPE_"
+from streampipe_worker import durations
+from streampipe_worker.durations import format_duration
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+ENV_PREFIX = "STREAMPIPE_"
 
 
 def parse_duration(value: object) -> timedelta:
-    """``"250ms"``, ``"1s"``, ``"5m"``, ``"1h30m"`` -> timedelta. Bare numbers are refused (which unit?)."""
+    """A duration variable: ``"250ms"``, ``"1.5s"``, ``" 5m "``, ``"1h30m"`` -> timedelta.
+
+    The manifest syntax, also with decimal numbers; bare numbers are refused (which unit?). A
+    ``timedelta`` passes through: the operator renders the env from those.
+    """
     if isinstance(value, timedelta):
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a duration string such as 250ms, 1s, 5m or 1h, got {value!r}")
-    text = value.strip()
-    position = 0
-    seconds = 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if not text or position != len(text):
-        raise ValueError(
-            f"{value!r} is not a duration: use a number and a unit (ms, s, m, h), e.g. 250ms, 1s, 5m"
-        )
-    return timedelta(seconds=seconds)
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest exact string ``parse_duration`` reads back: 0.25 s -> ``250ms``, 300 s -> ``5m``."""
-    milliseconds = round(value.total_seconds() * 1000)
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if milliseconds and milliseconds % size == 0:
-            return f"{milliseconds // size}{unit}"
-    return f"{milliseconds}ms"
+    return durations.parse_duration(value.strip(), strict=False)
 
 
 Duration = Annotated[
