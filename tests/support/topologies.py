@@ -7,6 +7,7 @@ the test that started it (through the returned objects' ``stop()``).
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -150,6 +151,20 @@ class Cluster:
             node.stop()
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; a cluster node refuses ports > 55535."""
+    while True:
+        port = free_port()
+        if port > 65_535 - 10_000:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
 def start_cluster(kind: str, workdir: Path, masters: int = 3, timeout: float = 30.0) -> Cluster:
     cluster = Cluster()
     try:
@@ -162,7 +177,15 @@ def start_cluster(kind: str, workdir: Path, masters: int = 3, timeout: float = 3
                 "--cluster-node-timeout",
                 "5000",
             ]
-            cluster.nodes.append(start_server(kind, workdir / f"node-{index}", args))
+            for attempt in range(3):
+                try:
+                    node = start_server(kind, workdir / f"node-{index}", args, port=free_cluster_port())
+                    break
+                except ServerStartError:
+                    # Another process may have taken the port between free_cluster_port() and bind.
+                    if attempt == 2:
+                        raise
+            cluster.nodes.append(node)
         addresses = [f"127.0.0.1:{node.port}" for node in cluster.nodes]
         subprocess.run(
             [
