@@ -209,20 +209,6 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
-class _DefaultNode:
-    """A cluster client seen as one node: INFO and COMMAND DOCS name no key, so a cluster client cannot
-    route them; every node runs the same server, so the default node answers for all."""
-
-    def __init__(self, cluster: Any) -> None:
-        self._cluster = cluster
-
-    async def info(self, section: str) -> Any:
-        return await self._cluster.info(section, target_nodes=self._cluster.get_default_node())
-
-    async def execute_command(self, *args: Any) -> Any:
-        return await self._cluster.execute_command(*args, target_nodes=self._cluster.get_default_node())
-
-
 class RedisAdmin:
     """Observe and change one server's streams for the operator. Holds no state besides caches."""
 
@@ -265,11 +251,8 @@ class RedisAdmin:
         """What the server supports, asked once per client object and cached."""
         cached = _capabilities_cache.get(self.client)
         if cached is None:
-            target: Any = self.client
-            if hasattr(self.client, "get_default_node"):
-                target = _DefaultNode(self.client)
             async with self._errors("detecting server capabilities (INFO, COMMAND DOCS)"):
-                cached = await adetect_capabilities(target)
+                cached = await adetect_capabilities(self.client)
             _capabilities_cache[self.client] = cached
         return cached
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import redis
-from streampipe_worker.capabilities import detect_capabilities
+from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities, detect_capabilities
+from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
 from tests.support.servers import ServerProcess
+from tests.support.topologies import start_cluster
 
 
 def test_capabilities_are_read_from_the_server(
@@ -34,6 +38,31 @@ def test_capabilities_independent_of_reply_decoding(redis_server: ServerProcess)
     as_bytes = detect_capabilities(redis_server.client(decode_responses=False))
     as_resp3 = detect_capabilities(redis_server.client(protocol=3))
     assert as_text == as_bytes == as_resp3
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+def test_capabilities_through_a_cluster_client(kind: str, tmp_path: Path) -> None:
+    """INFO and COMMAND DOCS name no key: a cluster client asks one node (they all run the same)."""
+    cluster = start_cluster(kind, tmp_path)
+    settings = ConnectionSettings(url=cluster.url, mode="cluster")
+
+    async def detect_async() -> ServerCapabilities:
+        client = create_async_client(settings)  # fresh: not yet connected, slots unknown
+        try:
+            return await adetect_capabilities(client)
+        finally:
+            await client.aclose()
+
+    try:
+        with cluster.nodes[1].client() as node:
+            expected = detect_capabilities(node)
+        with create_client(settings) as client:
+            assert detect_capabilities(client) == expected
+        assert asyncio.run(detect_async()) == expected
+        assert expected.family == ("valkey" if kind == "valkey9" else "redis")
+    finally:
+        cluster.stop()
 
 
 def test_redis_client_starts_empty(redis_client: redis.Redis) -> None:

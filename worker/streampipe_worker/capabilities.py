@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import redis.asyncio.cluster
+import redis.cluster
 from pydantic import BaseModel, ConfigDict, Field
 
 ServerFamily = Literal["redis", "valkey"]
@@ -112,12 +114,23 @@ def _docs_for(reply: Any, name: str) -> Any:
     return reply
 
 
+def _one_node(client: Any) -> dict[str, Any]:
+    """Routing for INFO and COMMAND: they name no key, so a cluster client cannot route them by slot;
+    its default node answers (every node of a cluster runs the same server)."""
+    if isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster):
+        return {"target_nodes": client.get_default_node()}
+    return {}
+
+
 def detect_capabilities(client: Any) -> ServerCapabilities:
-    """Ask a synchronous redis-py client (standalone or cluster node) what it supports."""
-    info = dict(client.info("server"))
-    info.update(client.info("persistence"))
-    docs = {name: _docs_for(client.execute_command("COMMAND DOCS", name), name) for name in _DOC_COMMANDS}
-    has_xautoclaim = bool(client.execute_command("COMMAND INFO", "xautoclaim")[0])
+    """Ask a synchronous redis-py client (standalone, Sentinel master or cluster) what it supports."""
+    node = _one_node(client)
+    info = dict(client.info("server", **node))
+    info.update(client.info("persistence", **node))
+    docs = {
+        name: _docs_for(client.execute_command("COMMAND DOCS", name, **node), name) for name in _DOC_COMMANDS
+    }
+    has_xautoclaim = bool(client.execute_command("COMMAND INFO", "xautoclaim", **node)[0])
     return parse_capabilities(
         info,
         docs["xtrim"],
@@ -128,13 +141,16 @@ def detect_capabilities(client: Any) -> ServerCapabilities:
 
 
 async def adetect_capabilities(client: Any) -> ServerCapabilities:
-    """Ask a ``redis.asyncio`` client what it supports."""
-    info = dict(await client.info("server"))
-    info.update(await client.info("persistence"))
+    """Ask a ``redis.asyncio`` client (standalone, Sentinel master or cluster) what it supports."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        await client.initialize()  # its default node is known once it has read the cluster's slots
+    node = _one_node(client)
+    info = dict(await client.info("server", **node))
+    info.update(await client.info("persistence", **node))
     docs = {}
     for name in _DOC_COMMANDS:
-        docs[name] = _docs_for(await client.execute_command("COMMAND DOCS", name), name)
-    has_xautoclaim = bool((await client.execute_command("COMMAND INFO", "xautoclaim"))[0])
+        docs[name] = _docs_for(await client.execute_command("COMMAND DOCS", name, **node), name)
+    has_xautoclaim = bool((await client.execute_command("COMMAND INFO", "xautoclaim", **node))[0])
     return parse_capabilities(
         info,
         docs["xtrim"],
