@@ -60,7 +60,8 @@ class ResilientProducer(threading.Thread):
 
     The ledger holds only acknowledged XADDs (n -> entry id). A chunk that failed may still have been
     applied before the crash: the retry then adds those numbers twice, which the oracle sees as
-    duplicates, never as losses.
+    duplicates, never as losses. With ``wait=(replicas, timeout_ms)`` a chunk counts as acknowledged
+    only when ``WAIT`` says that many replicas have it; otherwise it is sent again.
     """
 
     def __init__(
@@ -72,10 +73,14 @@ class ResilientProducer(threading.Thread):
         *,
         start: int = 0,
         behaviour: Callable[[int], str] | None = None,
+        client_factory: Callable[[], Any] | None = None,
+        wait: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(name="chaos-producer", daemon=True)
         self.url, self.total, self.chunk, self.pause = url, total, chunk, pause
         self.start_at, self.behaviour = start, behaviour
+        self.client_factory, self.wait = client_factory, wait
+        self.unconfirmed_chunks = 0  # WAIT answered fewer replicas than asked
         self.ledger: dict[int, str] = {}
         self.failed_chunks = 0
         self.paused = threading.Event()
@@ -83,7 +88,10 @@ class ResilientProducer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+        if self.client_factory is not None:
+            client = self.client_factory()
+        else:
+            client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
         try:
             n = self.start_at
             end = self.start_at + self.total
@@ -101,9 +109,19 @@ class ResilientProducer(threading.Thread):
                         if self.behaviour is not None:
                             fields["behaviour"] = self.behaviour(number)
                         pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
+                    if self.wait is not None:
+                        pipe.execute_command("WAIT", *self.wait)
                     ids = pipe.execute()
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                    if isinstance(exc, redis.ResponseError) and not str(exc).startswith(
+                        ("READONLY", "LOADING", "MASTERDOWN")
+                    ):
+                        raise
                     self.failed_chunks += 1
+                    time.sleep(0.05)
+                    continue
+                if self.wait is not None and int(ids.pop()) < self.wait[0]:
+                    self.unconfirmed_chunks += 1
                     time.sleep(0.05)
                     continue
                 self.ledger.update(zip(numbers, (str(i) for i in ids), strict=True))
