@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import os
 import platform
 import time
 
-from harness import progress
+from harness import CLOCK_TICKS, cpu_seconds, progress
 from results_model import LoadSample, Machine
 
 PACKAGES = ("streampipe", "redis", "hiredis", "faststream", "pydantic", "kopf", "kubernetes")
@@ -56,9 +57,48 @@ def describe(servers: dict[str, str]) -> Machine:
     )
 
 
-def load_now(label: str) -> LoadSample:
+def load_now(label: str, live_pids: tuple[int, ...] = ()) -> LoadSample:
+    """Load averages plus CPU counters, so the report can tell this run's CPU from other work's.
+
+    The load average counts this run's own processes too (4 workers and a server make 5); the CPU
+    counters do not mix them up: other work = machine busy time - this run's time, between samples.
+    Children are counted once reaped (every benchmark stops its processes before the next sample);
+    ``live_pids`` are the long-lived ones (the server).
+    """
     one, five, fifteen = os.getloadavg()
-    return LoadSample(at=time.time(), label=label, load1=one, load5=five, load15=fifteen)
+    busy = steal = 0.0
+    with contextlib.suppress(OSError), open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal_ticks = (fields + [0] * 8)[:8]
+        busy = (user + nice + system + irq + softirq + steal_ticks) / CLOCK_TICKS
+        steal = steal_ticks / CLOCK_TICKS
+    mine = os.times()
+    ours = mine.user + mine.system + mine.children_user + mine.children_system
+    for pid in live_pids:
+        with contextlib.suppress(OSError):
+            ours += cpu_seconds(pid)
+    return LoadSample(
+        at=time.time(),
+        label=label,
+        load1=one,
+        load5=five,
+        load15=fifteen,
+        busy_s=busy,
+        steal_s=steal,
+        ours_s=ours,
+    )
+
+
+def other_work(samples: list[LoadSample]) -> list[tuple[str, float]]:
+    """(step, cores busy with work other than this run) between consecutive samples."""
+    found = []
+    for before, after in itertools.pairwise(samples):
+        elapsed = after.at - before.at
+        if elapsed <= 0 or not after.busy_s:
+            continue
+        others = (after.busy_s - before.busy_s) - (after.ours_s - before.ours_s)
+        found.append((before.label.removeprefix("before "), max(others, 0.0) / elapsed))
+    return found
 
 
 def wait_for_quiet(threshold: float, max_wait: float, every: float = 60.0) -> float:

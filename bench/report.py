@@ -17,7 +17,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from goals import best, best_batch
+import machine
+from goals import best, best_batch, best_latencies
 from harness import ROOT
 from results_model import Goal, Results
 from worker_throughput import CONSUMERS, DIAGNOSTIC, Sample
@@ -78,14 +79,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = ""
 def _load_line(results: Results) -> str:
     loads = results.load
     start, end = loads[0], loads[-1]
-    peak = max(sample.load1 for sample in loads)
     waited = (
-        f"; waited {results.waited_for_quiet_s:.0f} s for it to drop" if results.waited_for_quiet_s else ""
+        f" (after waiting {results.waited_for_quiet_s:.0f} s for it to drop)"
+        if results.waited_for_quiet_s
+        else ""
     )
-    return (
-        f"1-minute load average {start.load1:.2f} at the start, {end.load1:.2f} at the end, "
-        f"{peak:.2f} at the highest of {len(loads)} readings{waited}"
+    line = (
+        f"1-minute load average {start.load1:.2f} at the start{waited} and {end.load1:.2f} at the end (the "
+        "load average counts this run's own processes too)"
     )
+    others = machine.other_work(loads)
+    if others:
+        busiest = max(others, key=lambda step: step[1])
+        first, last = loads[0], loads[-1]
+        spent = max((last.busy_s - first.busy_s) - (last.ours_s - first.ours_s), 0.0)
+        total = max(last.at - first.at, 1e-9)
+        line += (
+            f"; other work on the machine used {spent / total:.2f} cores on average during the run, "
+            f"{busiest[1]:.2f} during {busiest[0]} (the most)"
+        )
+    return line
 
 
 def _machine_line(results: Results) -> str:
@@ -248,7 +261,9 @@ def latency_section(results: Results) -> list[str]:
     if not results.latency:
         return []
     rows = []
-    for lat in sorted(results.latency, key=lambda x: (x.rate, x.consumer != "streampipe")):
+    chosen = best_latencies(results.latency)
+    rounds = len(results.latency) // max(len(chosen), 1)
+    for lat in sorted(chosen, key=lambda x: (x.rate, x.consumer != "streampipe")):
         rows.append(
             [
                 f"{lat.rate:,}/s",
@@ -268,7 +283,9 @@ def latency_section(results: Results) -> list[str]:
         "",
         f"Open-loop producer at a fixed offered rate for {results.settings.latency_seconds:g} s (the first "
         "second dropped as warm-up), latency from each entry's *scheduled* send time to its no-op handler "
-        "(milliseconds). The worker runs with its defaults (batch 100, block 2 s).",
+        "(milliseconds). The worker runs with its defaults (batch 100, block 2 s). Of "
+        f"{rounds} interleaved round{'s' if rounds > 1 else ''}, each row is the one with the lowest p99; "
+        "every round is in the results file.",
         "",
         *_table(
             [
@@ -304,12 +321,26 @@ def producer_section(results: Results) -> list[str]:
         ["`Producer.send` (one XADD per round trip)", top(lambda r: r.send)],
         ["redis-benchmark XADD -c 1 -P 1", top(lambda r: r.redis_benchmark_p1)],
     ]
+    share = max(r.send_many for r in p) / max(r.redis_benchmark_p1000 for r in p)
+    note = []
+    if share < 0.5:
+        note = [
+            f"`send_many` reaches {share:.0%} of what the server takes from redis-benchmark at the same "
+            "pipeline depth: the time is the client's. A py-spy profile of `send_many` (2026-11-26) puts "
+            "about a fifth of it in `json.dumps` of the payloads and about a third in redis-py's per-command "
+            "pipeline machinery (`Pipeline.execute_command`, `HiredisRespSerializer.pack`, argument "
+            "handling of `xadd`). *Proposal:* pack each chunk's XADDs in one `hiredis.pack_command` loop "
+            "into a single buffer and send it on the connection directly (the replies still come back "
+            "through the parser); JSON is the smaller half and needs a faster encoder (orjson) to shrink.",
+            "",
+        ]
     return [
         "## 4. Producer",
         "",
         f"The example event over one connection, best of {len(p)} interleaved rounds (entries/s).",
         "",
         *_table(["producer", "entries/s"], rows),
+        *note,
     ]
 
 
@@ -512,8 +543,9 @@ def _why_scale_out(results: Results) -> list[str]:
 
 
 def _why_latency(results: Results) -> list[str]:
-    ours = next((x for x in results.latency if x.consumer == "streampipe" and x.rate == 10_000), None)
-    bare = next((x for x in results.latency if x.consumer == "bare_loop" and x.rate == 10_000), None)
+    chosen = best_latencies(results.latency)
+    ours = next((x for x in chosen if x.consumer == "streampipe" and x.rate == 10_000), None)
+    bare = next((x for x in chosen if x.consumer == "bare_loop" and x.rate == 10_000), None)
     if ours is None:
         return []
     lines = [
@@ -665,6 +697,14 @@ def machine_section(results: Results, source: Path) -> list[str]:
         ["servers", ", ".join(m.servers.values())],
         ["packages", ", ".join(f"{k} {v}" for k, v in m.packages.items())],
         ["load average (1 min)", ", ".join(f"{s.label} {s.load1:.2f}" for s in results.load)],
+        [
+            "other work (cores)",
+            ", ".join(f"{step} {cores:.2f}" for step, cores in machine.other_work(results.load)) or "-",
+        ],
+        [
+            "CPU steal (hypervisor)",
+            f"{results.load[-1].steal_s - results.load[0].steal_s:.1f} s during the run",
+        ],
         ["run", f"`{results.command}`, {results.finished_at - results.started_at:.0f} s"],
         ["raw results", f"`{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`"],
     ]
@@ -762,6 +802,12 @@ def _plot_scale_out(ax: Any, results: Results) -> None:
         )
     plot_ax.axhline(top, color="black", linestyle="--", label=f"server ceiling {_rate(top)}/s")
     plot_ax.axhline(0.6 * top, color="grey", linestyle=":", label="goal: 60 % of the ceiling")
+    most = max((s for s in data.samples if s.processes == counts[-1]), key=lambda s: s.rate)
+    if most.server_cpu_us:
+        cores = results.machine.usable_cores
+        bound = cores / (most.consumer_cpu_us + most.server_cpu_us) * 1e6
+        label = f"{cores} cores / (worker + server CPU per entry) = {_rate(bound)}/s"
+        plot_ax.axhline(bound, color=COLORS["streampipe"], linestyle="-.", label=label)
     plot_ax.set_xlabel(f"worker processes (batch {data.batch})")
     plot_ax.set_ylabel("entries/s")
     plot_ax.legend(fontsize=8)
@@ -773,13 +819,14 @@ def _plot_latency(ax: Any, results: Results) -> None:
     if not results.latency:
         return
     rates = sorted({x.rate for x in results.latency})
+    chosen = best_latencies(results.latency)
     width = 0.13
     series = [("streampipe", "p50_ms", 0.35), ("streampipe", "p99_ms", 0.7), ("streampipe", "p999_ms", 1.0)]
     series += [("bare_loop", "p50_ms", 0.35), ("bare_loop", "p99_ms", 0.7), ("bare_loop", "p999_ms", 1.0)]
     for index, (consumer, field, alpha) in enumerate(series):
         values = []
         for rate in rates:
-            found = next((x for x in results.latency if x.rate == rate and x.consumer == consumer), None)
+            found = next((x for x in chosen if x.rate == rate and x.consumer == consumer), None)
             values.append(getattr(found, field) if found else 0)
         positions = [i + (index - 2.5) * width for i in range(len(rates))]
         label = f"{LABELS[consumer]} {field.removesuffix('_ms').replace('p999', 'p99.9')}"

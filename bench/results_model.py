@@ -32,11 +32,16 @@ class Machine(Model):
 
 
 class LoadSample(Model):
+    """The machine's load at one moment; the CPU counters are cumulative seconds since boot / start."""
+
     at: float
     label: str
     load1: float
     load5: float
     load15: float
+    busy_s: float = 0.0  # all CPUs, /proc/stat (user+nice+system+irq+softirq+steal)
+    steal_s: float = 0.0  # taken by the hypervisor from this VM
+    ours_s: float = 0.0  # this run: itself, its reaped children and its live servers
 
 
 class Settings(Model):
