@@ -19,6 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 PIPELINE = ("namespace", "pipeline")
 GROUP = ("namespace", "pipeline", "group")
@@ -83,6 +84,19 @@ class OperatorMetrics:
             GROUP,
             registry=r,
         )
+        self.oldest_pending_age = Gauge(
+            "streampipe_operator_group_oldest_pending_age_seconds",
+            "Age of a group's oldest pending entry (now minus its ID's timestamp); 0 when nothing is "
+            "pending, absent while the group is missing.",
+            GROUP,
+            registry=r,
+        )
+        self.consumers = Gauge(
+            "streampipe_operator_group_consumers",
+            "Consumers registered in a group (running workers and ones not yet cleaned up).",
+            GROUP,
+            registry=r,
+        )
         self.replicas = Gauge(
             "streampipe_operator_group_replicas",
             "Replicas of a group's worker Deployment (spec.replicas).",
@@ -113,6 +127,25 @@ class OperatorMetrics:
             PIPELINE,
             registry=r,
         )
+        self.stream_length = Gauge(
+            "streampipe_operator_stream_length",
+            "Entries in the pipeline's stream (XLEN); 0 while the stream does not exist.",
+            PIPELINE,
+            registry=r,
+        )
+        self.stream_memory = Gauge(
+            "streampipe_operator_stream_memory_bytes",
+            "Memory the stream key takes on the server (MEMORY USAGE); absent when not permitted.",
+            PIPELINE,
+            registry=r,
+        )
+        self.stream_entries_added = Gauge(
+            "streampipe_operator_stream_entries_added",
+            "Entries ever added to the stream (the server's own counter, so rate() of it is the "
+            "produce rate; it restarts when the stream is recreated).",
+            PIPELINE,
+            registry=r,
+        )
         self.dead_letter_length = Gauge(
             "streampipe_operator_dead_letter_length",
             "Entries in the pipeline's dead-letter stream.",
@@ -137,20 +170,28 @@ class OperatorMetrics:
             known.clear()
             known.update(wanted)
         for group in gone:
-            self._remove_group(namespace, pipeline, group)
+            self._remove_series({"namespace": namespace, "pipeline": pipeline, "group": group})
 
     def forget_pipeline(self, namespace: str, pipeline: str) -> None:
-        """Remove every series of a deleted pipeline."""
+        """Remove every series of a pipeline that is gone (or no longer reconciled here): gauges and
+        counters alike, so that neither a stale figure nor a frozen counter stays behind."""
         with self._lock:
-            groups = self._groups.pop((namespace, pipeline), set())
-        for group in groups:
-            self._remove_group(namespace, pipeline, group)
-        for gauge in (self.ready, self.redis_up, self.retention_held, self.dead_letter_length):
-            _remove(gauge, namespace, pipeline)
+            self._groups.pop((namespace, pipeline), None)
+        self._remove_series({"namespace": namespace, "pipeline": pipeline})
 
-    def _remove_group(self, namespace: str, pipeline: str, group: str) -> None:
-        for gauge in (self.backlog, self.lag, self.pending, self.replicas, self.desired_replicas):
-            _remove(gauge, namespace, pipeline, group)
+    def _remove_series(self, labels: dict[str, str]) -> None:
+        for metric in vars(self).values():
+            if isinstance(metric, MetricWrapperBase):
+                with contextlib.suppress(ValueError):  # a metric without such a label has no such series
+                    metric.remove_by_labels(labels)
+
+    @staticmethod
+    def put(gauge: Gauge, value: float | None, *labels: str) -> None:
+        """Set a labelled gauge, or remove its series while the value is unknown (never a stale one)."""
+        if value is None:
+            _remove(gauge, *labels)
+        else:
+            gauge.labels(*labels).set(value)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside the pod
         """Serve ``/metrics`` on ``port`` from a background thread."""

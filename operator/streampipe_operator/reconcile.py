@@ -76,6 +76,7 @@ from streampipe_operator.status import (
     GroupWorkload,
     RetentionOutcome,
     build_status,
+    oldest_pending_seconds,
     status_document,
     worth_writing,
 )
@@ -302,6 +303,8 @@ class PipelineRuntime:
             if relay is not None:
                 relay.cancel()
             self.context.runtimes.pop(self.uid, None)
+            # Figures are only true while this loop runs (deleted, or another replica took over).
+            self.metrics.forget_pipeline(self.namespace, self.name)
             await self.connection.close()
             log.info("%s: stopped reconciling", self.label)
 
@@ -783,9 +786,10 @@ class PipelineRuntime:
         previous = pipeline.status if pipeline is not None else _status_of(body)
         if self.written is not None:
             previous = api.StreamPipelineStatus.model_validate(self.written)
-        status = build_status(findings, previous, now=datetime.now(UTC).replace(microsecond=0))
+        now = datetime.now(UTC).replace(microsecond=0)
+        status = build_status(findings, previous, now=now)
         document = status_document(status)
-        self._export(findings, status)
+        self._export(findings, status, now=now.timestamp())
         before = self.written if self.written is not None else _document_of(body)
         figures_due = time.monotonic() - self.figures_written_at >= self.options.figures_interval
         if not worth_writing(document, before, figures_due=figures_due):
@@ -802,20 +806,31 @@ class PipelineRuntime:
         self.figures_written_at = time.monotonic()
         await self._transition_events(before, status)
 
-    def _export(self, findings: Findings, status: api.StreamPipelineStatus) -> None:
+    def _export(self, findings: Findings, status: api.StreamPipelineStatus, *, now: float) -> None:
+        """The figures of this pass as gauges. While Redis is unreachable they keep their last values
+        (as status does); a figure that became unknown loses its series."""
+        metrics, pipeline = self.metrics, (self.namespace, self.name)
         ready = status.condition(ConditionType.READY)
-        self.metrics.ready.labels(self.namespace, self.name).set(1 if ready and ready.status == "True" else 0)
-        if findings.observation is None:
+        metrics.ready.labels(*pipeline).set(1 if ready and ready.status == "True" else 0)
+        observation = findings.observation
+        if observation is None:
             return
         for group in status.groups:
-            labels = (self.namespace, self.name, group.name)
-            if group.backlog is not None:
-                self.metrics.backlog.labels(*labels).set(group.backlog)
-            if group.lag is not None:
-                self.metrics.lag.labels(*labels).set(group.lag)
-            self.metrics.pending.labels(*labels).set(group.pending)
+            labels = (*pipeline, group.name)
+            state = observation.group(group.name)
+            metrics.put(metrics.backlog, group.backlog, *labels)
+            metrics.put(metrics.lag, group.lag, *labels)
+            metrics.pending.labels(*labels).set(group.pending)
+            metrics.put(metrics.consumers, group.consumers if state is not None else None, *labels)
+            age = oldest_pending_seconds(state, now=now) if state is not None else None
+            metrics.put(metrics.oldest_pending_age, age, *labels)
+        stream = status.stream
+        metrics.stream_length.labels(*pipeline).set(stream.length if stream is not None else 0)
+        metrics.put(metrics.stream_memory, stream.memory_bytes if stream is not None else None, *pipeline)
+        added = stream.entries_added if stream is not None else None
+        metrics.put(metrics.stream_entries_added, added, *pipeline)
         if status.dead_letter is not None:
-            self.metrics.dead_letter_length.labels(self.namespace, self.name).set(status.dead_letter.length)
+            metrics.dead_letter_length.labels(*pipeline).set(status.dead_letter.length)
 
     async def _transition_events(
         self, before: Mapping[str, Any] | None, status: api.StreamPipelineStatus

@@ -114,6 +114,14 @@ def _age(seconds: float) -> str:
     return f"{hours}h{minutes}m" if minutes else f"{hours}h"
 
 
+def oldest_pending_seconds(state: GroupState, *, now: float) -> float:
+    """Seconds since the group's oldest pending entry was added (its ID's timestamp); 0 when nothing
+    is pending. The same figure as ``oldestPendingAge`` in status, as a number for metrics."""
+    if not state.pending or state.oldest_pending_id is None:
+        return 0.0
+    return max(0.0, now - state.oldest_pending_id.unix_seconds)
+
+
 def group_status(
     name: str, state: GroupState | None, workload: GroupWorkload | None, *, now: float
 ) -> api.GroupStatus:
@@ -130,7 +138,7 @@ def group_status(
         status.entries_read = state.entries_read
         if state.oldest_pending_id is not None and state.pending:
             status.oldest_pending_id = str(state.oldest_pending_id)
-            status.oldest_pending_age = _age(now - state.oldest_pending_id.unix_seconds)
+            status.oldest_pending_age = _age(oldest_pending_seconds(state, now=now))
     if workload is not None:
         status.replicas = workload.replicas
         status.ready_replicas = workload.ready_replicas
