@@ -163,6 +163,11 @@ def test_alerts_cover_what_the_recipe_recommends(monitoring: list[dict[str, Any]
     assert "streampipe_operator_group_backlog" in backlog["expr"]
     assert backlog["expr"].endswith("> 10000")
     assert backlog["for"] == "10m"
+    # oldest pending entry older than a bound
+    oldest = rules["StreampipeOldestPendingTooOld"]
+    assert "streampipe_operator_group_oldest_pending_age_seconds" in oldest["expr"]
+    assert oldest["expr"].endswith("> 300")
+    assert oldest["for"] == "5m"
     # dead-letter stream growing, operator reconcile errors, Redis unreachable
     assert "streampipe_operator_dead_letter_length" in rules["StreampipeDeadLetterGrowing"]["expr"]
     assert "streampipe_operator_errors_total" in rules["StreampipeReconcileErrors"]["expr"]
@@ -185,11 +190,18 @@ def test_alert_thresholds_come_from_values() -> None:
         "prometheusRule.backlogFor=3m",
         "--set",
         "prometheusRule.deadLetterWindow=1h",
+        "--set",
+        "prometheusRule.oldestPendingSeconds=90",
+        "--set",
+        "prometheusRule.oldestPendingFor=2m",
         api_versions=MONITORING_APIS,
     )
     rules = {rule["alert"]: rule for rule in alert_rules(objects)}
     assert rules["StreampipeBacklogHigh"]["expr"].endswith("> 250")
     assert rules["StreampipeBacklogHigh"]["for"] == "3m"
+    assert rules["StreampipeOldestPendingTooOld"]["expr"].endswith("> 90")
+    assert rules["StreampipeOldestPendingTooOld"]["for"] == "2m"
+    assert "90 s ago" in rules["StreampipeOldestPendingTooOld"]["annotations"]["description"]
     assert "[1h]" in rules["StreampipeDeadLetterGrowing"]["expr"]
 
 
@@ -236,12 +248,16 @@ def test_dashboard_shows_what_an_operator_of_a_pipeline_needs(monitoring: list[d
     board = dashboard(monitoring)
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
     for metric in (
+        "streampipe_operator_stream_length",  # stream length
         "streampipe_operator_group_backlog",  # backlog per group
         "streampipe_operator_group_pending",  # pending per group
+        "streampipe_operator_group_oldest_pending_age_seconds",
         "streampipe_operator_group_replicas",  # replicas
         "streampipe_worker_processed_total",  # throughput
+        "streampipe_operator_stream_entries_added",
         "streampipe_operator_dead_letter_length",  # DLQ
         "streampipe_worker_dead_lettered_total",
+        "streampipe_operator_stream_memory_bytes",  # memory
     ):
         assert metric in exprs, metric
     assert board["uid"] == "streampipe-overview"
