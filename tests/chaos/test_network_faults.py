@@ -229,3 +229,31 @@ def test_an_entry_delivered_twice_to_one_worker_runs_once(
         time.sleep(1.0)  # a second copy would have run by now
     holds = [c for c in read_calls(records) if c.outcome == "hold"]
     assert [c.entry_id for c in holds] == [entry_id]
+
+
+@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+def test_a_late_dead_letter_move_is_not_written_twice(
+    kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Regression (found by the network fault test, 1 run in 6): a worker whose XREADGROUP reply was held
+    by a partition ran a poison entry that a peer had meanwhile reclaimed and dead-lettered, and wrote a
+    second envelope. A dead-letter move now first checks that the entry is still pending for this
+    consumer (as a retried move already did)."""
+    server = server_factory(kind)
+    admin = server.client()
+    admin.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
+    records = tmp_path / "records"
+    records.mkdir()
+    with running_proxy(server.port) as proxy, worker_processes(tmp_path / "logs") as workers:
+        late = worker_env(f"redis://127.0.0.1:{proxy.port}/0", records, claim_idle="500ms", block="2s")
+        workers.start("late", late)
+        wait_until(lambda: blocked_reads(admin) > 0, 30, "the late worker's XREADGROUP blocked")
+        proxy.blackhole()
+        entry_id = admin.xadd(STREAM, {"n": "0", "behaviour": "permanent"})  # delivered to "late"
+        workers.start("peer", worker_env(server.url, records, claim_idle="500ms"))
+        wait_until(lambda: admin.xlen(DEAD_LETTER) == 1, 30, "the peer reclaimed and dead-lettered it")
+        proxy.heal()  # "late" gets the entry now and runs it too
+        wait_until(lambda: len(read_calls(records)) == 2, 30, "the late worker ran the entry")
+        time.sleep(1.0)  # a second envelope would be written by now
+        assert drained(admin)
+    assert [e.original_id for e in dead_letters(admin, DEAD_LETTER)] == [entry_id]

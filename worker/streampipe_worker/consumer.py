@@ -679,7 +679,7 @@ class Consumer:
         await pipe.execute()
 
     async def _dead_letter(self, dead: list[tuple[Entry, BaseException | str, bool]]) -> None:
-        """MULTI { XADD envelope ... ; XACK ids }. After a lost reply, only still-pending ids are redone."""
+        """MULTI { XADD envelope ... ; XACK ids } for the ids still pending for this consumer."""
         envelopes = [
             DeadLetterEnvelope.for_failure(
                 entry_id=entry.id,
@@ -694,12 +694,18 @@ class Consumer:
         ]
         todo = envelopes
         attempt = 0
+        taken: set[str] = set()  # no longer ours before we tried: a peer took them (lease lapsed)
         while todo:
             try:
-                if attempt:
-                    todo = await self._still_pending(todo)
-                    if not todo:
-                        break
+                # Only ids still pending for this consumer: after a lost EXEC reply the move may have
+                # happened; after a lease lapsed (a partition, a stall) a peer may have taken the
+                # entry and moved it. Either way a second envelope would be a duplicate.
+                pending = await self._still_pending(todo)
+                if not attempt and len(pending) < len(todo):
+                    taken = {e.original_id for e in todo} - {e.original_id for e in pending}
+                todo = pending
+                if not todo:
+                    break
                 transaction = self.client.pipeline(transaction=True)
                 queue_dead_letter_move(
                     transaction,
@@ -729,7 +735,10 @@ class Consumer:
                     )
                     return
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
-        for (entry, error, rejected), _ in zip(dead, envelopes, strict=True):
+        for entry, error, rejected in dead:
+            if entry.id in taken:
+                log.info("entry %s is no longer pending here (a peer took it): not moved here", entry.id)
+                continue
             (self.metrics.dead_rejected if rejected else self.metrics.dead_max_deliveries).inc()
             log.warning(
                 "entry %s moved to %s after %d deliveries: %s",
@@ -738,7 +747,7 @@ class Consumer:
                 entry.deliveries,
                 error if isinstance(error, str) else f"{type(error).__name__}: {error}",
             )
-        self.stats.dead_lettered += len(dead)
+        self.stats.dead_lettered += len(dead) - len(taken)
 
     async def _still_pending(self, envelopes: list[DeadLetterEnvelope]) -> list[DeadLetterEnvelope]:
         owners = await self._owners([envelope.original_id for envelope in envelopes])
