@@ -737,6 +737,8 @@ def markdown(results: Results, source: Path, image: str) -> str:
     ]
     if results.skipped:
         lines += ["Skipped: " + "; ".join(f"{k}: {v}" for k, v in results.skipped.items()), ""]
+    if results.failed:
+        lines += ["**Failed:** " + "; ".join(f"{k}: {v}" for k, v in results.failed.items()), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -113,5 +113,6 @@ class Results(Model):
     operator: OperatorResult | None = None
     profile: Profile | None = None
     skipped: dict[str, str] = Field(default_factory=dict, description="benchmark -> why it did not run")
+    failed: dict[str, str] = Field(default_factory=dict, description="benchmark -> the error that stopped it")
     ratios: list[Ratio] = Field(default_factory=list)
     goals: list[Goal] = Field(default_factory=list)

@@ -204,7 +204,13 @@ def run(args: argparse.Namespace) -> Results:
             load = machine.load_now(f"before {name}", (valkey.pid,))
             results.load.append(load)
             progress(f"bench: {name} (load average {load.load1:.2f})")
-            STEPS[name](results, valkey)
+            try:
+                STEPS[name](results, valkey)
+            except Exception as exc:
+                # One broken benchmark must not cost the other figures of a long run: record it,
+                # go on, and fail the run at the end.
+                results.failed[name] = f"{type(exc).__name__}: {exc}"
+                progress(f"bench: {name} FAILED: {results.failed[name]}")
         results.load.append(machine.load_now("end", (valkey.pid,)))
     results.finished_at = time.time()
     results.ratios = goals.ratios(results)
@@ -243,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         measured = "-" if goal.measured is None else f"{goal.measured:.3g} {goal.unit}"
         progress(f"goal {goal.name} {goal.target}: {measured} -> {verdict} {goal.shortfall}")
     progress(f"bench: done in {results.finished_at - results.started_at:.0f}s")
+    if results.failed:
+        progress(f"bench: {len(results.failed)} benchmark(s) failed: {', '.join(results.failed)}")
+        return 1
     return 0
 
 
