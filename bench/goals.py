@@ -133,11 +133,14 @@ def _goal(name: str, target: str, measured: float | None, unit: str, limit: floa
     if measured is None:
         return Goal(name=name, target=target, measured=None, unit=unit, met=None, shortfall="not measured")
     met = measured <= limit if at_most else measured >= limit
+    margin = (limit - measured) / limit if at_most else (measured - limit) / limit
     shortfall = ""
     if not met:
         gap = measured - limit if at_most else limit - measured
         shortfall = f"missed by {gap:.3g} {unit} ({abs(gap) / limit:.0%} of the target)"
-    return Goal(name=name, target=target, measured=measured, unit=unit, met=met, shortfall=shortfall)
+    return Goal(
+        name=name, target=target, measured=measured, unit=unit, met=met, margin=margin, shortfall=shortfall
+    )
 
 
 def goals(results: Results) -> list[Goal]:

@@ -44,7 +44,12 @@ from harness import (
 RATES = (1_000, 10_000, 50_000)
 WARMUP_S = 1.0
 BATCH = 100
-CONSUMERS = ("streampipe", "bare_loop")
+CONSUMERS = ("streampipe", "bare_loop", "streampipe_gc")
+WORKER_HANDLERS = {
+    "streampipe": "probe_handlers:record_latency",
+    # Diagnostic: the same worker with its collector tuned (gc_tuned_handlers), for the tail.
+    "streampipe_gc": "gc_tuned_handlers:record_latency",
+}
 
 
 @dataclass
@@ -149,10 +154,9 @@ def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seco
     workdir = Path(tempfile.mkdtemp(prefix="streampipe-bench-latency-"))
     output = workdir / "latencies.bin"
     log = (workdir / "consumer.log").open("w+b")
-    if consumer == "streampipe":
-        env = worker_env(
-            url, stream, group, consumer="lat1", handler="probe_handlers:record_latency", batch_size=BATCH
-        )
+    if consumer in WORKER_HANDLERS:
+        handler = WORKER_HANDLERS[consumer]
+        env = worker_env(url, stream, group, consumer="lat1", handler=handler, batch_size=BATCH)
         env.update({"BENCH_LATENCY_FILE": str(output), "BENCH_LATENCY_EXPECTED": str(total)})
         command = WORKER_COMMAND
     else:

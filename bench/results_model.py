@@ -92,6 +92,7 @@ class Goal(Model):
     measured: float | None
     unit: str
     met: bool | None  # None: not measured in this run
+    margin: float | None = None  # how far past the target, as a fraction of it (negative: missed)
     shortfall: str = ""
 
 

@@ -47,7 +47,7 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     }  # fmt: skip
     assert all(s.rate > 0 and s.entries > 0 for s in samples)
     assert results.scale_out.ceilings[0].rate > 0
-    assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop"}
+    assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop", "streampipe_gc"}
     assert all(lat.samples > 0 for lat in results.latency)
     assert results.producer
     assert results.memory is not None
