@@ -7,17 +7,12 @@ that calls :meth:`PipelineRuntime.run`. A pass (:meth:`PipelineRuntime.reconcile
    is reported as ``Ready=False``/``InvalidSpec`` and nothing else is done;
 2. **conflict**: when an older StreamPipeline names the same server and stream, ``Ready=False``/
    ``Conflict`` and nothing else is done;
-3. **observe** the stream on Redis (one ``observe_stream``: stream, groups with a lag that is never a
-   guessed zero, pending summaries, consumers) and the worker Deployments (from kopf's index of them:
-   no API call);
-4. **groups**: create missing ones, recreate vanished ones where status last saw them (with a Warning
-   Event), destroy removed ones only under ``deletionPolicy: Delete``;
-5. **scaling**, per group when its ``pollInterval`` is due: ``plan.scaling.decide_replicas`` on
-   lag + pending, replicas changed through ``/scale`` with an Event;
-6. **Deployments**: create missing ones, revert drift (JSON patch), delete those of removed groups;
-7. **retention** every ``retention.interval`` (and the dead-letter stream's own ``maxLength``), and
-   **consumer cleanup** (idle past ``2 x claimIdle``, nothing pending);
-8. **status**, written only when it changed (see ``status.worth_writing``).
+3. **Deployments** that exist are brought to the spec (drift reverted); they come from kopf's index;
+4. **housekeeping** on Redis, the pass ``streampipe up`` runs too (``housekeeping.run_pass``: groups,
+   scaling through ``/scale`` by :class:`_DeploymentScaler`, retention, consumer cleanup); what it
+   did becomes Events, logs and metrics;
+5. **Deployments** that are missing are created with the decided replicas, removed groups' deleted;
+6. **status**, written only when it changed (see ``status.worth_writing``).
 
 State kept in memory (the scaling history, the last positions of groups, the last status written)
 only makes passes cheaper or decisions steadier; after a restart it is rebuilt from Redis, the
@@ -33,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -43,38 +38,31 @@ from pydantic import ValidationError
 from streampipe_operator import api, workloads
 from streampipe_operator.api import ConditionType
 from streampipe_operator.conflicts import PipelineRef, identity_of, others, owner, stream_identity
+from streampipe_operator.housekeeping import (
+    CONSUMER_IDLE_FLOOR,
+    FAILURES,
+    EventReason,
+    PassReport,
+    PipelineMemory,
+    run_pass,
+)
 from streampipe_operator.kube import KubeApi, KubeError, SecretMissingError
 from streampipe_operator.operator_metrics import OperatorMetrics
-from streampipe_operator.plan.backlog import Backlog, group_backlog
-from streampipe_operator.plan.consumers import plan_consumer_cleanup
 from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.groups import (
-    CreateGroup,
-    DesiredGroup,
-    DestroyGroup,
-    LastKnownPosition,
-    plan_groups,
-    plan_teardown,
-)
-from streampipe_operator.plan.observed import GroupState, Lag
-from streampipe_operator.plan.retention import TrimAction, plan_dead_letter_trim
-from streampipe_operator.plan.scaling import Recommendation, ScalingDecision, decide_replicas
+from streampipe_operator.plan.groups import LastKnownPosition, plan_teardown
+from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.redis_access import PipelineConnection
 from streampipe_operator.redis_admin import (
-    RedisAdmin,
     RedisAdminError,
     RedisAuthError,
     RedisUnreachableError,
-    StreamObservation,
 )
-from streampipe_operator.spec_mapping import retention_policy, scaling_policy
 from streampipe_operator.status import (
     CREDENTIALS_MISSING,
     REDIS_AUTH_FAILED,
     REDIS_UNREACHABLE,
     Findings,
     GroupWorkload,
-    RetentionOutcome,
     build_status,
     oldest_pending_seconds,
     status_document,
@@ -97,7 +85,10 @@ class StopFlag(Protocol):
 
 # How long a write of ours may take to show in kopf's index before the index is trusted again.
 WRITE_SETTLE_SECONDS = 5.0
-DEFAULT_DEAD_LETTER_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
+# What a housekeeping pass reports that becomes an Event on the StreamPipeline (the rest is logged).
+POSTED_EVENTS: frozenset[EventReason] = frozenset(
+    {"GroupCreated", "GroupRecreated", "GroupDestroyed", "GroupOrphaned", "RetentionHeld", "ConsumerRemoved"}
+)
 
 
 @dataclass
@@ -108,7 +99,7 @@ class ReconcileOptions:
     idle_interval: float = 30.0  # longest pause between passes
     max_error_delay: float = 30.0  # backoff cap after failures
     secret_refresh: float = 60.0  # re-read credentials at least this often
-    consumer_idle_floor: float = 5.0  # never remove a consumer idle for less than this
+    consumer_idle_floor: float = CONSUMER_IDLE_FLOOR  # never remove a consumer idle for less than this
     redis_socket_timeout: float = 5.0
 
 
@@ -127,40 +118,6 @@ def _utc(unix: float) -> datetime:
 def error_delay(failures: int, base: float, cap: float) -> float:
     """Exponential backoff: base, 2 base, 4 base ... at most ``cap``."""
     return min(cap, base * 2.0 ** max(0, failures - 1))
-
-
-def scaling_decision(
-    group: api.GroupSpec,
-    state: GroupState | None,
-    *,
-    current: int | None,
-    history: Sequence[Recommendation] | None,
-    now: float,
-) -> ScalingDecision:
-    """The replica decision for one group from its observed state (None: the group is missing, so
-    the backlog is unknown and replicas hold) and its Deployment's ``current`` replicas (None: there
-    is no Deployment yet). Pure.
-
-    ``history`` None means this process has made no decision for the group yet (it just started):
-    the current count then counts as recommended ``now``, so a restart delays a scale-down by one
-    stabilization window and never allows one at once.
-    """
-    backlog = (
-        group_backlog(state)
-        if state is not None
-        else Backlog(lag=Lag(value=None, source="unknown"), pending=0)
-    )
-    if history is None and current is not None:
-        history = (Recommendation(at=now, replicas=current),)
-    policy = scaling_policy(group.scaling)
-    return decide_replicas(
-        group.name,
-        policy,
-        backlog,
-        current_replicas=current if current is not None else policy.min_replicas,
-        history=history or (),
-        now=now,
-    )
 
 
 class OperatorContext:
@@ -221,9 +178,6 @@ class _Pass:
 
     pipeline: api.StreamPipeline
     findings: Findings
-    now: float
-    observation: StreamObservation | None = None
-    admin: RedisAdmin | None = None
     decisions: dict[str, ScalingDecision] = field(default_factory=dict)
     spec_changed: bool = False  # this generation was not acted on before (status's observedGeneration)
 
@@ -250,20 +204,13 @@ class PipelineRuntime:
         )
         self.wake = asyncio.Event()
         self.failures = 0
-        self.histories: dict[str, tuple[Recommendation, ...]] = {}
-        self.scale_due: dict[str, float] = {}
-        self.last_decision: dict[str, ScalingDecision] = {}
+        self.memory = PipelineMemory()
         self.last_scale_time: dict[str, datetime] = {}
-        self.positions: dict[str, LastKnownPosition] = {}
         self.desired_deployments: dict[str, dict[str, Any]] = {}
         self.writes: dict[str, _Write] = {}
         self.created: dict[str, float] = {}
-        self.retention_due = 0.0
-        self.cleanup_due = 0.0
-        self.retention_outcome: RetentionOutcome | None = None
         self.trimmed_total: int | None = None
         self.last_trim_at: datetime | None = None
-        self.orphans_reported: set[str] = set()
         self.written: dict[str, Any] | None = None
         self.figures_written_at = 0.0
         self.stopping = False
@@ -339,7 +286,6 @@ class PipelineRuntime:
     ) -> float:
         meta = body.get("metadata") or {}
         self.generation = meta.get("generation")
-        now = time.time()
         findings = Findings(generation=self.generation)
         try:
             pipeline = api.StreamPipeline.from_body(body)
@@ -366,43 +312,41 @@ class PipelineRuntime:
             return max(poll, 1.0)
 
         acted = (self.written or _document_of(body) or {}).get("observedGeneration")
-        work = _Pass(pipeline=pipeline, findings=findings, now=now, spec_changed=acted != self.generation)
+        work = _Pass(pipeline=pipeline, findings=findings, spec_changed=acted != self.generation)
         actual = {
             deployment["metadata"]["name"]: deployment
             for deployment in deployments.get((self.namespace, self.name), ())
         }
-        await self._observe_and_fix_groups(work)
-        self._decide_scaling(work, actual)
-        await self._apply_workloads(work, actual)
-        if work.observation is not None and work.admin is not None:
-            await self._retention(work)
-            await self._consumers(work)
+        scaler = _DeploymentScaler(self, work, actual)
+        await self._update_deployments(work, actual)
+        await self._housekeeping(work, scaler)
+        await self._place_deployments(work, actual, scaler)
         await self._finish(findings, body, pipeline)
 
         if findings.redis_problem is not None:
             self.failures += 1
             return error_delay(self.failures, poll, self.options.max_error_delay)
         self.failures = 0
-        native = [group.name for group in spec.groups if group.scaling.mode == "native"]
-        due = [
-            *(self.scale_due[g] for g in native if g in self.scale_due),
-            self.retention_due,
-            self.cleanup_due,
-        ]
-        until = min(due, default=time.monotonic() + poll) - time.monotonic()
+        until = self.memory.next_due(spec) - time.monotonic()
         return min(max(until, 0.05), self.options.idle_interval)
 
-    # --- Redis: observe and fix groups ---------------------------------------------------------------
+    # --- Redis: the housekeeping pass ----------------------------------------------------------------
 
-    async def _observe_and_fix_groups(self, work: _Pass) -> None:
+    async def _housekeeping(self, work: _Pass, scaler: _DeploymentScaler) -> None:
+        """Groups, scaling, retention and consumer cleanup (``housekeeping.run_pass``), and what they
+        did as Events, logs, metrics and findings; a server that cannot be used becomes a finding."""
         spec = work.pipeline.spec
         findings = work.findings
         try:
             admin = await self.connection.admin(spec.redis)
-            observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
-            findings.server = await admin.capabilities()
-            findings.where = admin.where
-            observation = await self._apply_group_plan(work, admin, observation)
+            report = await run_pass(
+                spec,
+                admin,
+                scaler,
+                self.memory,
+                known_positions=_positions_in(work.pipeline.status),
+                consumer_idle_floor=self.options.consumer_idle_floor,
+            )
         except SecretMissingError as exc:
             findings.redis_problem = (CREDENTIALS_MISSING, str(exc))
             self.metrics.errors.labels(self.namespace, self.name, "credentials").inc()
@@ -420,95 +364,49 @@ class PipelineRuntime:
             findings.group_problems = {name: str(exc) for name in findings.group_names}
             self.metrics.errors.labels(self.namespace, self.name, "redis_command").inc()
         else:
-            work.admin = admin
-            work.observation = observation
-            findings.observation = observation
+            work.decisions = report.decisions
+            findings.server = report.server
+            findings.where = admin.where
+            findings.observation = report.observation
+            findings.group_problems = report.group_problems
+            findings.orphaned = report.orphaned
+            findings.retention = report.retention
             self.metrics.redis_up.labels(self.namespace, self.name).set(1)
+            await self._publish(work, report)
             return
         self.metrics.redis_up.labels(self.namespace, self.name).set(0)
         log.warning("%s: %s", self.label, findings.redis_problem[1] if findings.redis_problem else "")
         await self.connection.reset()
 
-    def _last_known(self, previous: api.StreamPipelineStatus | None) -> dict[str, LastKnownPosition]:
-        known: dict[str, LastKnownPosition] = {}
-        for group in previous.groups if previous is not None else []:
-            if group.last_delivered_id is None:
-                continue
-            try:
-                known[group.name] = LastKnownPosition(
-                    last_delivered_id=EntryId.parse(group.last_delivered_id),
-                    entries_read=group.entries_read,
-                    oldest_pending_id=EntryId.parse(group.oldest_pending_id)
-                    if group.oldest_pending_id
-                    else None,
-                )
-            except ValueError:
-                continue  # a status someone edited by hand: no position rather than a wrong one
-        known.update(self.positions)  # what this process saw last is fresher than status
-        return known
+    async def _publish(self, work: _Pass, report: PassReport) -> None:
+        """A pass's events as logs, Events and metrics; its trims in the totals status reports."""
+        pipeline = (self.namespace, self.name)
+        for event in report.events:
+            log.log(logging.WARNING if event.warning else logging.INFO, "%s: %s", self.label, event.message)
+            if event.reason in FAILURES:
+                self.metrics.errors.labels(*pipeline, "redis_command").inc()
+            if event.reason == "ConsumerRemoved" and event.group is not None:
+                self.metrics.consumers_removed.labels(*pipeline, event.group).inc()
+            if event.reason in POSTED_EVENTS:
+                await self._event("Warning" if event.warning else "Normal", event.reason, event.message)
+        held = report.retention.held if report.retention is not None else None
+        self.metrics.retention_held.labels(*pipeline).set(held.entries.value if held is not None else 0)
+        if report.trimmed is not None:
+            self.metrics.trimmed.labels(*pipeline, "stream").inc(report.trimmed["stream"])
+            self.metrics.trimmed.labels(*pipeline, "dead_letter").inc(report.trimmed["dead_letter"])
+            if report.trimmed["stream"]:
+                if self.trimmed_total is None:
+                    self.trimmed_total = self._trimmed_so_far(work.pipeline)
+                self.trimmed_total += report.trimmed["stream"]
+                self.last_trim_at = datetime.now(UTC)
+        work.findings.trimmed_total = self.trimmed_total
+        work.findings.last_trim_at = self.last_trim_at
 
-    async def _apply_group_plan(
-        self, work: _Pass, admin: RedisAdmin, observation: StreamObservation
-    ) -> StreamObservation:
-        spec = work.pipeline.spec
-        desired = [DesiredGroup(name=group.name, start_id=group.start_id) for group in spec.groups]
-        plan = plan_groups(
-            desired,
-            [group.name for group in observation.groups],
-            self._last_known(work.pipeline.status),
-            spec.deletion_policy,
-        )
-        changed = False
-        for action in plan.actions:
-            changed = await self._apply_group_action(work, admin, action) or changed
-        for name in plan.orphaned:
-            if name not in self.orphans_reported:
-                self.orphans_reported.add(name)
-                await self._event(
-                    "Warning",
-                    "GroupOrphaned",
-                    f"group {name} is on stream {spec.stream} but not in the spec; left in place because "
-                    f"deletionPolicy is Retain (destroy it by hand, or use deletionPolicy Delete)",
-                )
-        work.findings.orphaned = plan.orphaned
-        if changed:
-            observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
-        for state in observation.groups:
-            self.positions[state.name] = LastKnownPosition(
-                last_delivered_id=state.last_delivered_id,
-                entries_read=state.entries_read,
-                oldest_pending_id=state.oldest_pending_id if state.pending else None,
-            )
-        return observation
-
-    async def _apply_group_action(
-        self, work: _Pass, admin: RedisAdmin, action: CreateGroup | DestroyGroup
-    ) -> bool:
-        """Run one group action; True when it changed the server."""
-        stream = work.pipeline.spec.stream
-        if isinstance(action, DestroyGroup):
-            self.positions.pop(action.group, None)
-            if not (await admin.destroy_group(stream, action)).changed:
-                return False
-            await self._event("Normal", "GroupDestroyed", action.reason)
-            return True
-        try:
-            result = await admin.create_group(stream, action)
-        except (RedisUnreachableError, RedisAuthError):
-            raise
-        except RedisAdminError as exc:
-            work.findings.group_problems = {**work.findings.group_problems, action.group: str(exc)}
-            return False
-        if not result.changed:
-            return False
-        log.info("%s: %s", self.label, action.reason)
-        if action.recreated:
-            await self._event("Warning", "GroupRecreated", action.reason)
-        else:
-            await self._event("Normal", "GroupCreated", f"{action.reason} on {stream}")
-        return True
-
-    # --- scaling -------------------------------------------------------------------------------------
+    def _trimmed_so_far(self, pipeline: api.StreamPipeline) -> int:
+        if self.written is not None:
+            return int((self.written.get("stream") or {}).get("trimmedTotal", 0))
+        stream = pipeline.status.stream if pipeline.status is not None else None
+        return stream.trimmed_total if stream is not None else 0
 
     def _current_replicas(self, name: str, deployment: Mapping[str, Any] | None) -> int | None:
         if deployment is None:
@@ -521,41 +419,37 @@ class PipelineRuntime:
                 return write.replicas  # the index has not caught up with our /scale yet
         return replicas
 
-    def _decide_scaling(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
-        clock = time.monotonic()
-        for group in work.pipeline.spec.groups:
-            if group.scaling.mode == "none":
-                continue
-            name = workloads.deployment_name(self.name, group.name)
-            current = self._current_replicas(name, actual.get(name))
-            if work.observation is None:
-                continue  # backlog unknown while Redis is unreachable: replicas stay as they are
-            if clock < self.scale_due.get(group.name, 0.0) and current is not None:
-                continue
-            self.scale_due[group.name] = clock + group.scaling.poll_interval.total_seconds()
-            decision = scaling_decision(
-                group,
-                work.observation.group(group.name),
-                current=current,
-                history=self.histories.get(group.name),
-                now=work.now,
-            )
-            self.histories[group.name] = decision.history
-            self.last_decision[group.name] = decision
-            work.decisions[group.name] = decision
-
     # --- Kubernetes: worker Deployments --------------------------------------------------------------
 
-    async def _apply_workloads(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
+    async def _update_deployments(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
+        """Bring existing worker Deployments to the spec (drift, or a changed spec) before scaling
+        touches them; replicas are not part of that."""
+        for group in work.pipeline.spec.groups:
+            name = workloads.deployment_name(self.name, group.name)
+            deployment = actual.get(name)
+            if deployment is None:
+                continue
+            replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+            desired = workloads.build_deployment(work.pipeline, group, replicas=replicas)
+            self.desired_deployments[name] = desired
+            try:
+                await self._revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
+            except KubeError as exc:
+                self._workload_failed(work, group.name, exc)
+
+    async def _place_deployments(
+        self, work: _Pass, actual: Mapping[str, Mapping[str, Any]], scaler: _DeploymentScaler
+    ) -> None:
+        """Create missing worker Deployments with the decided replicas, report every group's, and
+        delete the Deployments of groups no longer in the spec."""
         pipeline = work.pipeline
-        findings = work.findings
         report: dict[str, GroupWorkload] = {}
         wanted: set[str] = set()
         for group in pipeline.spec.groups:
             name = workloads.deployment_name(self.name, group.name)
             wanted.add(name)
             deployment = actual.get(name)
-            current = self._current_replicas(name, deployment)
+            current = scaler.current_replicas(group.name)
             decision = work.decisions.get(group.name)
             if group.scaling.mode == "none":
                 replicas = current if current is not None else group.scaling.min_replicas
@@ -565,10 +459,8 @@ class PipelineRuntime:
                 replicas = current
             else:
                 replicas = group.scaling.min_replicas
-            desired = workloads.build_deployment(pipeline, group, replicas=replicas)
-            self.desired_deployments[name] = desired
             workload = GroupWorkload(
-                replicas=current if current is not None else 0,
+                replicas=scaler.scaled.get(group.name, current if current is not None else 0),
                 ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
                 desired_replicas=replicas,
                 mode=group.scaling.mode,
@@ -576,20 +468,16 @@ class PipelineRuntime:
                 last_scale_time=self.last_scale_time.get(group.name),
             )
             report[group.name] = workload
-            try:
-                if deployment is None:
+            if deployment is None:
+                desired = workloads.build_deployment(pipeline, group, replicas=replicas)
+                self.desired_deployments[name] = desired
+                try:
                     await self._create(name, desired, group.name, workload)
-                    continue
-                await self._revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
-                if decision is not None and decision.desired_replicas != current and current is not None:
-                    await self._scale(name, decision, current, workload)
-            except KubeError as exc:
-                log.warning("%s: %s", self.label, exc)
-                self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
-                findings.workload_problems = {**findings.workload_problems, group.name: str(exc)}
+                except KubeError as exc:
+                    self._workload_failed(work, group.name, exc)
             self.metrics.replicas.labels(self.namespace, self.name, group.name).set(workload.replicas)
             self.metrics.desired_replicas.labels(self.namespace, self.name, group.name).set(replicas)
-        findings.workloads = report
+        work.findings.workloads = report
         self.metrics.track_groups(self.namespace, self.name, [group.name for group in pipeline.spec.groups])
         for name, deployment in actual.items():
             if name not in wanted and self._is_ours(deployment):
@@ -604,6 +492,11 @@ class PipelineRuntime:
                     "DeploymentDeleted",
                     f"deleted Deployment {name}: its group is no longer in the spec",
                 )
+
+    def _workload_failed(self, work: _Pass, group: str, exc: KubeError) -> None:
+        log.warning("%s: %s", self.label, exc)
+        self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+        work.findings.workload_problems = {**work.findings.workload_problems, group: str(exc)}
 
     def _is_ours(self, deployment: Mapping[str, Any]) -> bool:
         refs = (deployment.get("metadata") or {}).get("ownerReferences") or []
@@ -667,116 +560,16 @@ class PipelineRuntime:
             "Warning", "DriftReverted", f"Deployment {name} was changed ({shown}); put back as the spec says"
         )
 
-    async def _scale(
-        self, name: str, decision: ScalingDecision, current: int, workload: GroupWorkload
-    ) -> None:
+    async def _scale(self, name: str, decision: ScalingDecision, current: int) -> None:
         scale = await self.kube.scale_deployment(self.namespace, name, decision.desired_replicas)
-        now = datetime.now(UTC)
         self.writes[name] = _Write(
             scale["metadata"]["resourceVersion"], time.monotonic(), decision.desired_replicas
         )
-        self.last_scale_time[decision.group] = now
-        workload.replicas = decision.desired_replicas
-        workload.last_scale_time = now
+        self.last_scale_time[decision.group] = datetime.now(UTC)
         direction = "up" if decision.desired_replicas > current else "down"
         self.metrics.scale_changes.labels(self.namespace, self.name, decision.group, direction).inc()
         log.info("%s: %s", self.label, decision.reason)
         await self._event("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
-
-    # --- retention and consumers ---------------------------------------------------------------------
-
-    async def _retention(self, work: _Pass) -> None:
-        spec = work.pipeline.spec
-        clock = time.monotonic()
-        if clock < self.retention_due:
-            work.findings.retention = self.retention_outcome
-            self._report_trims(work)
-            return
-        interval = spec.retention.interval.total_seconds() if spec.retention else DEFAULT_DEAD_LETTER_INTERVAL
-        self.retention_due = clock + interval
-        assert work.admin is not None
-        assert work.observation is not None
-        actions: list[TrimAction] = []
-        outcome = None
-        if spec.retention is not None:
-            policy = retention_policy(spec.retention)
-            plan = await work.admin.retention_plan(work.observation, policy, now=work.now)
-            actions.extend(plan.actions)
-            outcome = RetentionOutcome(held=plan.held, protected=policy.protect_unprocessed)
-            if plan.held is not None and (
-                self.retention_outcome is None or self.retention_outcome.held is None
-            ):
-                await self._event("Warning", "RetentionHeld", plan.held.message)
-        dead_letter = plan_dead_letter_trim(
-            work.observation.dead_letter_length or 0, spec.dead_letter.max_length, approximate=True
-        )
-        if dead_letter is not None:
-            actions.append(dead_letter)
-        self.retention_outcome = outcome
-        work.findings.retention = outcome
-        if outcome is not None and outcome.held is not None:
-            self.metrics.retention_held.labels(self.namespace, self.name).set(outcome.held.entries.value)
-        else:
-            self.metrics.retention_held.labels(self.namespace, self.name).set(0)
-        if actions:
-            try:
-                removed = await work.admin.apply_trims(spec.stream, spec.dead_letter_stream, actions)
-            except RedisAdminError as exc:
-                log.warning("%s: retention: %s", self.label, exc)
-                self.metrics.errors.labels(self.namespace, self.name, "redis_command").inc()
-                removed = {}
-            from_stream = removed.get(spec.stream, 0)
-            from_dead_letter = removed.get(spec.dead_letter_stream, 0)
-            self.metrics.trimmed.labels(self.namespace, self.name, "stream").inc(from_stream)
-            self.metrics.trimmed.labels(self.namespace, self.name, "dead_letter").inc(from_dead_letter)
-            if from_stream:
-                if self.trimmed_total is None:
-                    self.trimmed_total = self._trimmed_so_far(work.pipeline)
-                self.trimmed_total += from_stream
-                self.last_trim_at = datetime.now(UTC)
-                log.info("%s: trimmed %d entries from %s", self.label, from_stream, spec.stream)
-        self._report_trims(work)
-
-    def _trimmed_so_far(self, pipeline: api.StreamPipeline) -> int:
-        if self.written is not None:
-            return int((self.written.get("stream") or {}).get("trimmedTotal", 0))
-        stream = pipeline.status.stream if pipeline.status is not None else None
-        return stream.trimmed_total if stream is not None else 0
-
-    def _report_trims(self, work: _Pass) -> None:
-        work.findings.trimmed_total = self.trimmed_total
-        work.findings.last_trim_at = self.last_trim_at
-
-    async def _consumers(self, work: _Pass) -> None:
-        spec = work.pipeline.spec
-        clock = time.monotonic()
-        if clock < self.cleanup_due or work.observation is None or work.admin is None:
-            return
-        claim_idle = spec.retry.claim_idle.total_seconds()
-        idle_after = max(2 * claim_idle, self.options.consumer_idle_floor)
-        self.cleanup_due = clock + max(claim_idle, self.options.consumer_idle_floor)
-        names = {group.name for group in spec.groups}
-        groups = [state for state in work.observation.groups if state.name in names]
-        cleanup = plan_consumer_cleanup(groups, idle_after=idle_after)
-        for action in cleanup.delete:
-            try:
-                result = await work.admin.delete_consumer(spec.stream, action)
-            except RedisAdminError as exc:
-                log.warning("%s: %s", self.label, exc)
-                continue
-            if result.deleted:
-                self.metrics.consumers_removed.labels(self.namespace, self.name, action.group).inc()
-                await self._event("Normal", "ConsumerRemoved", action.reason)
-        for stranded in cleanup.stranded:
-            log.info(
-                "%s: consumer %s of group %s is idle %.0fs with %d pending entries: kept; a running worker "
-                "claims them after claimIdle",
-                self.label,
-                stranded.consumer,
-                stranded.group,
-                stranded.idle,
-                stranded.pending,
-            )
 
     # --- status and events ---------------------------------------------------------------------------
 
@@ -853,6 +646,55 @@ class PipelineRuntime:
 
     async def _event(self, type_: EventType, reason: str, message: str) -> None:
         await post_event(self.kube, self.ref, type_, reason, message)
+
+
+class _DeploymentScaler:
+    """The operator's ``WorkloadBackend`` for one pass: worker Deployments as kopf's index shows them
+    (read before this pass writes anything), replicas changed through ``/scale``. Which consumers are
+    alive it cannot tell (pods are not listed), so their idle time alone decides."""
+
+    def __init__(self, runtime: PipelineRuntime, work: _Pass, actual: Mapping[str, Mapping[str, Any]]):
+        self.runtime = runtime
+        self.work = work
+        self.names = {
+            group.name: workloads.deployment_name(runtime.name, group.name)
+            for group in work.pipeline.spec.groups
+        }
+        self.current = {
+            group: runtime._current_replicas(name, actual.get(name)) for group, name in self.names.items()
+        }
+        self.scaled: dict[str, int] = {}
+
+    def current_replicas(self, group: str) -> int | None:
+        return self.current.get(group)
+
+    async def set_replicas(self, group: str, decision: ScalingDecision, current: int) -> None:
+        try:
+            await self.runtime._scale(self.names[group], decision, current)
+        except KubeError as exc:
+            self.runtime._workload_failed(self.work, group, exc)
+            return
+        self.scaled[group] = decision.desired_replicas
+
+    def live_consumers(self) -> None:
+        return None
+
+
+def _positions_in(status: api.StreamPipelineStatus | None) -> dict[str, LastKnownPosition]:
+    """Where status last saw each group (a group deleted by hand is recreated there)."""
+    known: dict[str, LastKnownPosition] = {}
+    for group in status.groups if status is not None else []:
+        if group.last_delivered_id is None:
+            continue
+        try:
+            known[group.name] = LastKnownPosition(
+                last_delivered_id=EntryId.parse(group.last_delivered_id),
+                entries_read=group.entries_read,
+                oldest_pending_id=EntryId.parse(group.oldest_pending_id) if group.oldest_pending_id else None,
+            )
+        except ValueError:
+            continue  # a status someone edited by hand: no position rather than a wrong one
+    return known
 
 
 def _status_of(body: Mapping[str, Any]) -> api.StreamPipelineStatus | None:

@@ -1,4 +1,4 @@
-"""Fixtures for worker tests on real servers: settings for a test's stream, and running consumers."""
+"""Fixtures for tests on real servers: settings for a test's stream, running consumers, a RedisAdmin."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 import redis
+from streampipe_operator.redis_admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.router import LoadedHandler, classify_handler
 from streampipe_worker.settings import WorkerSettings, load_settings
@@ -45,6 +47,14 @@ def make_settings(redis_url: str) -> Callable[..., WorkerSettings]:
         return worker_settings_for(redis_url, **overrides)
 
     return make
+
+
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[RedisAdmin]:
+    """The operator's RedisAdmin on the test's server."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield RedisAdmin(client)
+    await client.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,6 @@ STREAM = "{orders}:events"
 DLQ = "{orders}:dead"
 # redis-py retries a failed connection for ~5 s by default; the worker's client factory does not.
 NO_RETRY = Retry(NoBackoff(), 0)
-
-
-@pytest.fixture
-async def admin(redis_url: str) -> AsyncIterator[RedisAdmin]:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield RedisAdmin(client)
-    await client.aclose()
 
 
 def fill(client: redis.Redis, count: int, key: str = STREAM) -> list[str]:

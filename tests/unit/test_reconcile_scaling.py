@@ -1,4 +1,4 @@
-"""reconcile.scaling_decision: the planner's decision as the operator makes it per group, with the
+"""housekeeping.scaling_decision: the planner's decision as the operator makes it per group, with the
 restart rule (an operator that just started may delay a scale-down, never make one at once) and the
 missing-group rule (backlog unknown: replicas hold). Pure; the live behaviour is in tests/k8s."""
 
@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from streampipe_operator import api
+from streampipe_operator.housekeeping import scaling_decision
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import GroupState, Lag
 from streampipe_operator.plan.scaling import Recommendation
-from streampipe_operator.reconcile import error_delay, scaling_decision
+from streampipe_operator.reconcile import error_delay
 
 T0 = 1_800_000_000.0
 
