@@ -1,19 +1,12 @@
 """``streampipe up``: a StreamPipeline on one machine, with worker processes instead of pods.
 
-The decisions are the operator's own: the same pure planners (``plan.groups``, ``plan.scaling``,
-``plan.retention``, ``plan.consumers``) fed by the same observation (``RedisAdmin.observe_stream``),
-and the same spec-to-worker mapping (``spec_mapping``). What differs is only where they are applied:
-replica counts go to a :class:`~streampipe_operator.local.ReplicaSet` of ``python -m
-streampipe_worker`` processes instead of a Deployment's ``/scale``, and status goes to a live view
-instead of the resource. The loop, every tick (half a second):
-
-1. observe the stream, its groups and the dead-letter stream;
-2. recreate a group that vanished, at its last known position (``plan_groups``);
-3. per group, every ``pollInterval``: ``decide_replicas`` on backlog = lag + pending, then scale;
-4. every ``retention.interval``: the protected trims of ``plan_retention``, and the DLQ's maxLength;
-5. every claimIdle: remove consumers of workers that are gone, idle for 2 x claimIdle and owning
-   nothing (``plan_consumer_cleanup``, the operator's bounds);
-6. read the workers' own counters from their ``/metrics`` (retries are counted nowhere else).
+The decisions are the operator's own: every tick (half a second) runs its housekeeping pass
+(``housekeeping.run_pass``: groups, scaling on lag + pending, protected retention, consumer cleanup),
+with this pipeline as the workload backend: replica counts go to a
+:class:`~streampipe_operator.local.ReplicaSet` of ``python -m streampipe_worker`` processes instead of
+a Deployment's ``/scale``, consumers of running workers are known by name, and what the pass did goes
+to a live view instead of Events and status. Then the tick reads the workers' own counters from their
+``/metrics`` (retries are counted nowhere else) and the dead letters added since the last tick.
 
 The run ends after ``--duration`` or on Ctrl-C: the demo producer stops, the loop keeps scaling until
 every group's backlog is zero (at most ``--drain-timeout``; a second Ctrl-C skips the wait), then the
@@ -39,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import math
 import os
 import shutil
@@ -58,19 +52,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from streampipe_operator.api import GroupSpec, StreamPipeline
 from streampipe_operator.demo_producer import DemoCounts, DemoProducer
 from streampipe_operator.embedded import EmbeddedServerError, EmbeddedValkey, Persistence
+from streampipe_operator.housekeeping import EventReason, PassReport, PipelineMemory, run_pass
 from streampipe_operator.local import LocalRuntime, ReplicaSet, ReplicaSpec
 from streampipe_operator.plan.backlog import group_backlog
-from streampipe_operator.plan.consumers import plan_consumer_cleanup
 from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.groups import CreateGroup, DesiredGroup, LastKnownPosition, plan_groups
-from streampipe_operator.plan.observed import GroupState
-from streampipe_operator.plan.retention import plan_dead_letter_trim
-from streampipe_operator.plan.scaling import Recommendation, decide_replicas
+from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.redis_admin import RedisAdmin, RedisAdminError, StreamObservation
 from streampipe_operator.spec_mapping import (
     DEFAULT_TERMINATION_GRACE,
-    retention_policy,
-    scaling_policy,
     template_env,
     worker_settings_values,
 )
@@ -80,13 +69,24 @@ from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.settings import ENV_PREFIX, render_env
 
 TICK = 0.5
-CONSUMER_IDLE_FLOOR = 5.0  # as the operator: never remove a consumer idle for less than this
 COMPLETIONS_SUFFIX = ":done"
 READY_TIMEOUT = 90.0
 RATE_WINDOW = 3.0
 EVENTS_KEPT = 200
 
 EventKind = Literal["info", "warning", "group", "scale", "trim", "consumer", "dead-letter", "worker"]
+# How the live view shows what a housekeeping pass reports (reasons absent here are not shown).
+_EVENT_KINDS: dict[EventReason, EventKind] = {
+    "GroupCreated": "group",
+    "GroupRecreated": "warning",
+    "GroupDestroyed": "group",
+    "GroupOrphaned": "info",
+    "RetentionHeld": "trim",
+    "Trimmed": "trim",
+    "RetentionFailed": "warning",
+    "ConsumerRemoved": "consumer",
+    "ConsumerCleanupFailed": "warning",
+}
 
 
 class LogEvent(BaseModel):
@@ -251,7 +251,7 @@ def scrape_counters(port: int, timeout: float = 0.5) -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
             text = reply.read().decode()
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # e.g. a worker exiting mid-answer
         return None
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -301,9 +301,6 @@ class _GroupRun:
     def __init__(self, spec: GroupSpec, replicas: ReplicaSet) -> None:
         self.spec = spec
         self.replicas = replicas
-        self.policy = scaling_policy(spec.scaling)
-        self.history: tuple[Recommendation, ...] = ()
-        self.next_decision = 0.0
         self.max_replicas = 0
         self.backlog_start = 0
         self.final_replicas = 0
@@ -317,7 +314,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 class LocalPipeline:
-    """One StreamPipeline run locally: groups, workers, scaling, retention, accounting."""
+    """One StreamPipeline run locally: workers (the housekeeping pass's backend), accounting."""
 
     def __init__(
         self,
@@ -350,12 +347,9 @@ class LocalPipeline:
         self.trimmed = 0
         self.started_at = time.monotonic()
         self.observation: StreamObservation | None = None
-        self._last_known: dict[str, LastKnownPosition] = {}
-        self._orphans_reported: set[str] = set()
+        self.memory = PipelineMemory()
         self._backlog_start: dict[str, int] = {}
-        self._next_retention = 0.0
-        self._next_cleanup = 0.0
-        self._held_message: str | None = None
+        self._group_problems: str | None = None
         self._unreachable = False
         self._followers: set[asyncio.Task[None]] = set()
         self._added_start = 0
@@ -399,10 +393,12 @@ class LocalPipeline:
                 "the server runs without AOF: a crash of the server loses the stream "
                 "(--persistence aof for the embedded one)"
             )
-        await self._reconcile_groups(await self._observe())
+        report = await self._housekeep()  # groups, and the replicas each group's workers start with
+        if report.group_problems:
+            raise CommandError(self._group_problems or "")
         await self._baseline()
         for group in self.spec.groups:
-            await self._start_group(group)
+            await self._start_group(group, report.decisions.get(group.name))
         await self._wait_ready()
         # The run's clock starts now; what happened while starting happened at 0s.
         self.started_at = time.monotonic()
@@ -422,36 +418,26 @@ class LocalPipeline:
             self.observation = await self.admin.observe_stream(self.stream, dead_letter=self.dead_letter)
         except RedisAdminError as exc:
             raise CommandError(str(exc)) from exc
-        for group in self.observation.groups:
-            self._last_known[group.name] = LastKnownPosition(
-                last_delivered_id=group.last_delivered_id,
-                entries_read=group.entries_read,
-                oldest_pending_id=group.oldest_pending_id if group.pending else None,
-            )
         return self.observation
 
-    async def _reconcile_groups(self, observation: StreamObservation) -> None:
-        desired = [DesiredGroup(name=g.name, start_id=g.start_id) for g in self.spec.groups]
-        plan = plan_groups(
-            desired,
-            {group.name for group in observation.groups},
-            self._last_known,
-            self.spec.deletion_policy,
-        )
+    async def _housekeep(self) -> PassReport:
+        """One housekeeping pass with these workers as its backend; what it did goes to the event log."""
         try:
-            results = await self.admin.apply_group_plan(self.stream, plan)
+            report = await run_pass(self.spec, self.admin, self, self.memory)
         except RedisAdminError as exc:
             raise CommandError(str(exc)) from exc
-        for action, result in zip(plan.actions, results, strict=True):
-            if result.changed:
-                kind: EventKind = (
-                    "warning" if isinstance(action, CreateGroup) and action.recreated else "group"
-                )
-                self.log(kind, result.reason)
-        for name in plan.orphaned:
-            if name not in self._orphans_reported:
-                self._orphans_reported.add(name)
-                self.log("info", f"group {name} on the server is not in the file: left alone (Retain)")
+        self.observation = report.observation
+        for event in report.events:
+            kind = _EVENT_KINDS.get(event.reason)
+            if kind is not None:
+                self.log(kind, event.message)
+        if report.trimmed is not None:
+            self.trimmed += report.trimmed["stream"]
+        problems = "; ".join(f"group {g}: {m}" for g, m in sorted(report.group_problems.items())) or None
+        if problems is not None and problems != self._group_problems:
+            self.log("warning", problems)
+        self._group_problems = problems
+        return report
 
     async def _baseline(self) -> None:
         """Where the counters stand before any worker runs: the summary subtracts these."""
@@ -495,7 +481,7 @@ class LocalPipeline:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
 
-    async def _start_group(self, group: GroupSpec) -> None:
+    async def _start_group(self, group: GroupSpec, decision: ScalingDecision | None) -> None:
         env = self._worker_env(group)
         await self._preflight(group, env)
         template = group.template
@@ -514,11 +500,11 @@ class LocalPipeline:
         if group.scaling.mode == "none":
             run.replicas.scale(group.scaling.min_replicas)
             self.log("scale", f"{group.name}: {group.scaling.min_replicas} workers (scaling.mode none)")
-        elif observed is None:  # could not be created: its workers wait (not ready) until it exists
+        elif observed is None or decision is None:  # its workers wait (not ready) until it exists
             run.replicas.scale(max(group.scaling.min_replicas, 1))
             self.log("warning", f"group {group.name} is missing on the server; starting its workers anyway")
-        else:
-            await self._decide(run, observed, time.time())
+        elif decision.desired_replicas:
+            await self.set_replicas(group.name, decision, 0)
 
     async def _preflight(self, group: GroupSpec, env: dict[str, str]) -> None:
         """``streampipe-worker --check``: bad settings or a handler that does not import fail here,
@@ -559,45 +545,43 @@ class LocalPipeline:
 
     # --- the loop ----------------------------------------------------------------------------------
 
-    async def _decide(self, run: _GroupRun, group: GroupState, now: float) -> str:
-        current = run.replicas.desired
-        decision = decide_replicas(
-            run.spec.name,
-            run.policy,
-            group_backlog(group),
-            current_replicas=current,
-            history=run.history,
-            now=now,
-        )
-        run.history = decision.history
-        if decision.changed:
-            if decision.desired_replicas < current:
-                # The workers about to get SIGTERM report their counters one last time first; what
-                # they count while shutting down (their entry in flight) may still go unread.
-                await self._scrape()
-            run.replicas.scale(decision.desired_replicas)
-            if decision.desired_replicas < current:
-                self._followers.add(asyncio.create_task(self._follow_terminating(run)))
-                self._followers = {task for task in self._followers if not task.done()}
-            self.scale_events.append(
-                ScaleEvent(
-                    at=round(self.elapsed(), 1),
-                    group=run.spec.name,
-                    from_replicas=current,
-                    to_replicas=decision.desired_replicas,
-                    reason=decision.reason,
-                )
+    def current_replicas(self, group: str) -> int | None:
+        """WorkloadBackend: the group's replica count (None before its workers are started)."""
+        run = self.groups.get(group)
+        return run.replicas.desired if run is not None else None
+
+    async def set_replicas(self, group: str, decision: ScalingDecision, current: int) -> None:
+        """WorkloadBackend: scale the group's worker processes, and record the change."""
+        run = self.groups[group]
+        down = decision.desired_replicas < current
+        if down:
+            # The workers about to get SIGTERM report their counters one last time first; what
+            # they count while shutting down (their entry in flight) may still go unread.
+            await self._scrape()
+        run.replicas.scale(decision.desired_replicas)
+        if down:
+            self._followers.add(asyncio.create_task(self._follow_terminating(run)))
+            self._followers = {task for task in self._followers if not task.done()}
+        self.scale_events.append(
+            ScaleEvent(
+                at=round(self.elapsed(), 1),
+                group=group,
+                from_replicas=current,
+                to_replicas=decision.desired_replicas,
+                reason=decision.reason,
             )
-            self.log("scale", decision.reason)
-        return decision.reason
+        )
+        self.log("scale", decision.reason)
+
+    def live_consumers(self) -> set[str]:
+        """WorkloadBackend: every worker process is a consumer named after its replica."""
+        return {replica.name for run in self.groups.values() for replica in run.replicas.status().replicas}
 
     async def tick(self) -> None:
         """One pass of the loop (see the module docstring). While the server cannot be reached nothing
         is decided (replicas stay as they are, as the operator does) and the pass is retried."""
         try:
-            observation = await self._observe()
-            if any(observation.group(g.name) is None for g in self.spec.groups):
-                await self._reconcile_groups(observation)
+            report = await self._housekeep()
         except CommandError as exc:
             if not self._unreachable:
                 self._unreachable = True
@@ -606,27 +590,17 @@ class LocalPipeline:
         if self._unreachable:
             self._unreachable = False
             self.log("info", "the server answers again")
-        now = time.monotonic()
-        await self._scale(observation, now)
-        if now >= self._next_retention:
-            await self._retain(observation, time.time())
-        if now >= self._next_cleanup:
-            claim_idle = self.spec.retry.claim_idle.total_seconds()
-            self._next_cleanup = now + max(claim_idle, CONSUMER_IDLE_FLOOR)
-            await self._cleanup_consumers(observation)
+        self._sample(report.observation, time.monotonic())
         await self._new_dead_letters()
         await self._scrape()
         for event in self.runtime.drain_events():
             if event.kind in ("exited", "killed", "failed-to-start"):
                 self.log("worker", f"{event.replica}: {event.message}")
 
-    async def _scale(self, observation: StreamObservation, now: float) -> None:
-        """Each group's decision when its pollInterval is due; the samples the rates come from."""
+    def _sample(self, observation: StreamObservation, now: float) -> None:
+        """The samples the rates come from, and each group's highest replica count."""
         for name, run in self.groups.items():
             group = observation.group(name)
-            if group is not None and run.spec.scaling.mode == "native" and now >= run.next_decision:
-                run.next_decision = now + run.spec.scaling.poll_interval.total_seconds()
-                await self._decide(run, group, time.time())
             status = run.replicas.status()
             run.max_replicas = max(run.max_replicas, status.running, run.replicas.desired)
             if group is not None and group.entries_read is not None:
@@ -636,51 +610,6 @@ class LocalPipeline:
         if stream is not None and stream.entries_added is not None:
             self._produced_samples.append((now, stream.entries_added))
             _trim_window(self._produced_samples, now)
-
-    async def _retain(self, observation: StreamObservation, now: float) -> None:
-        retention = self.spec.retention
-        interval = retention.interval.total_seconds() if retention is not None else 30.0
-        self._next_retention = time.monotonic() + interval
-        try:
-            if retention is not None and observation.stream is not None:
-                plan = await self.admin.retention_plan(observation, retention_policy(retention), now=now)
-                removed = await self.admin.apply_trims(self.stream, self.dead_letter, plan.actions)
-                count = sum(removed.values())
-                if count:
-                    self.trimmed += count
-                    reasons = "; ".join(action.reason for action in plan.actions)
-                    self.log("trim", f"trimmed {count} entries from {self.stream}: {reasons}")
-                message = plan.held.message if plan.held is not None else None
-                if message != self._held_message:
-                    self._held_message = message
-                    if message is not None:
-                        self.log("trim", message)
-            dead_trim = plan_dead_letter_trim(
-                observation.dead_letter_length or 0, self.spec.dead_letter.max_length
-            )
-            if dead_trim is not None:
-                removed_dead = await self.admin.trim(self.dead_letter, dead_trim)
-                if removed_dead:
-                    self.log("trim", f"trimmed {removed_dead} dead letters: {dead_trim.reason}")
-        except RedisAdminError as exc:
-            self.log("warning", f"retention: {exc}")
-
-    async def _cleanup_consumers(self, observation: StreamObservation) -> None:
-        live = {replica.name for run in self.groups.values() for replica in run.replicas.status().replicas}
-        plan = plan_consumer_cleanup(
-            [group for group in observation.groups if group.name in self.groups],
-            # The operator's bound: idle for two claimIdle periods (a live worker reads far more often).
-            idle_after=max(2 * self.spec.retry.claim_idle.total_seconds(), CONSUMER_IDLE_FLOOR),
-            live_consumers=live,
-        )
-        for action in plan.delete:
-            try:
-                done = await self.admin.delete_consumer(self.stream, action)
-            except RedisAdminError as exc:
-                self.log("warning", f"consumer cleanup: {exc}")
-                return
-            if done.deleted:
-                self.log("consumer", done.reason)
 
     async def _new_dead_letters(self) -> None:
         try:
