@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,7 @@ def running_server(kind: str) -> Iterator[BenchServer]:
         yield BenchServer(kind, process)
     finally:
         process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def redis_benchmark_binary() -> Path:

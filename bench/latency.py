@@ -17,8 +17,8 @@ redis-py loop (XREADGROUP COUNT 100 BLOCK, XACK with the next read) as the same-
 from __future__ import annotations
 
 import json
-import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,7 +213,7 @@ def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seco
         latencies.frombytes(data.read())
     skip = int(rate * WARMUP_S)
     ordered = sorted(latencies[skip:])
-    os.unlink(output)
+    shutil.rmtree(workdir, ignore_errors=True)
     return Latency(
         consumer=consumer,
         rate=rate,
