@@ -47,3 +47,11 @@ atexit.register(_write)
 
 async def noop_async(entry: Any) -> None:
     """The async no-op: runs on the worker's event loop, so no hand-off to the handler thread."""
+
+
+def cyclic_garbage(entry: Any) -> None:
+    """Leaves one reference cycle behind per entry, as catching an exception does (its traceback
+    holds the frame that holds it): only the cyclic collector frees these, so how long it waits
+    shows as memory (the ``soak`` comparison of bench/compare.py)."""
+    node: dict[str, Any] = {"entry": entry.id}
+    node["self"] = node

@@ -83,3 +83,28 @@ def test_quick_operator_benchmark(tmp_path: Path) -> None:
     assert operator.ready_curve[-1][1] == 3
     assert operator.idle_rss_mb > 0
     assert "## 5. Operator" in report
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_compare_runs_both_revisions_and_prints_the_table() -> None:
+    """``bench/compare.py``: the worker at a git revision and the working tree, in one run."""
+    command = [
+        sys.executable, str(ROOT / "bench" / "compare.py"), "--base", "HEAD", "--max-load", "1000",
+        "--only", "throughput,producer,soak", "--batches", "100", "--rounds", "1", "--window", "0.3",
+        "--stream-entries", "400000", "--producer-events", "2000", "--soak-entries", "20000",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
+    assert names == [
+        "throughput, batch 100",
+        "worker CPU per entry, batch 100",
+        "Producer.send_many, 2,000 example events",
+        "soak, 20,000 entries: rate",
+        "soak, 20,000 entries: RSS after 0.5 s",
+        "soak, 20,000 entries: RSS peak",
+        "soak, 20,000 entries: RSS at the end",
+    ]
+    assert all("nan" not in row for row in rows)  # both revisions measured every figure
