@@ -71,8 +71,8 @@ SMALL = ChaosSizes(
     failover_entries=2_000,
     trim_examples=2,
     trim_entries=3_000,
-    model_examples=5,
-    model_steps=12,
+    model_examples=8,
+    model_steps=20,
     spec_examples=25,
     payload_examples=150,
 )
@@ -96,8 +96,8 @@ FULL = ChaosSizes(
     failover_entries=20_000,
     trim_examples=8,
     trim_entries=30_000,
-    model_examples=40,
-    model_steps=25,
+    model_examples=60,
+    model_steps=40,
     spec_examples=300,
     payload_examples=2_000,
 )

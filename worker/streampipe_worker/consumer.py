@@ -10,9 +10,12 @@ Three tasks share one ``redis.asyncio`` client:
   keeps them, and releases long-backoff entries once their remaining wait fits into claimIdle.
 
 A failed entry is handed back with ``XCLAIM ... IDLE (claimIdle - backoff) JUSTID``: Redis itself
-holds the retry time (see ``retry.py``). The PEL delivery count is the attempt counter. Sync handlers
-run on one handler thread (the event loop stays free for leases and signals); async handlers run on
-the loop, at most ``CONCURRENCY`` at a time.
+holds the retry time (see ``retry.py``). The PEL delivery count is the attempt counter.
+
+Sync handlers run one call at a time: on one handler thread, so the event loop stays free for leases
+and signals, or on the event loop itself once they have proven fast (see ``INLINE_BUDGET``): a
+batch's trip to the thread and back costs more than a thousand calls of a fast handler. Async
+handlers run on the loop, at most ``CONCURRENCY`` at a time.
 """
 
 from __future__ import annotations
@@ -56,6 +59,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 # replica that is loading): like a lost connection, they are waited out, never treated as bugs.
 TRANSIENT_REPLIES = frozenset({"UNBLOCKED", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
 CHUNK = 1000  # ids per XCLAIM / XACK command outside the hot path
+
+# A sync per-entry handler runs on the event loop while it is fast, on the handler thread otherwise.
+# On the loop, one batch holds it at most INLINE_BUDGET (plus the call running when that is spent):
+# the rest of the batch then goes to the thread, and the handler with it. It comes back to the loop
+# after INLINE_AFTER batches in a row took under half the budget on the thread with no call over
+# INLINE_CALL_LIMIT (a call that slow is I/O, which can stall: that belongs on the thread). Each time
+# a single call overran the whole budget on the loop, the handler needs twice as many fast batches
+# to come back (up to INLINE_AFTER_MAX).
+INLINE_BUDGET = 0.005
+INLINE_CALL_LIMIT = 0.0005
+INLINE_AFTER = 3
+INLINE_AFTER_MAX = 1024
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -152,6 +167,13 @@ class Consumer:
         self._ack_markers: list[str] = []
         self._next_token = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
+        # Handler calls never overlap: a call runs on the loop only when no thread job is queued or
+        # running. Each counter has one writer (the loop, the thread), so no lock is needed.
+        self._thread_submitted = 0
+        self._thread_finished = 0
+        self._inline = False
+        self._fast_batches = 0
+        self._inline_after = INLINE_AFTER
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
@@ -464,33 +486,75 @@ class Consumer:
         if handler.is_batch:
             if handler.is_async:
                 return await self._run_batch_async(entries)
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_batch_sync, entries
-            )
+            return await self._on_thread(self._run_batch_sync, entries)
         if handler.is_async:
             return await self._run_async(entries)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, entries)
+        return await self._run_sync_adaptive(entries)
 
-    def _run_sync(self, entries: list[Entry]) -> BatchResult:
-        """On the handler thread: each entry in order; stop starting new ones once stop is requested."""
+    async def _on_thread(self, work: Any, *args: Any) -> BatchResult:
+        def counted() -> BatchResult:
+            try:
+                result: BatchResult = work(*args)
+                return result
+            finally:
+                self._thread_finished += 1
+
+        self._thread_submitted += 1
+        return await asyncio.get_running_loop().run_in_executor(self._executor, counted)
+
+    async def _run_sync_adaptive(self, entries: list[Entry]) -> BatchResult:
+        """A sync per-entry handler on the loop while it is fast, on the handler thread otherwise."""
+        result = BatchResult()
+        if self._inline and self._thread_submitted == self._thread_finished:
+            self._run_sync(entries, result, time.perf_counter() + INLINE_BUDGET)
+            slowest = max(result.durations, default=0.0)
+            if result.started == len(entries) and slowest <= INLINE_CALL_LIMIT:
+                return result
+            self._inline = False
+            self._fast_batches = 0
+            if slowest > INLINE_BUDGET:
+                self._inline_after = min(self._inline_after * 2, INLINE_AFTER_MAX)
+            log.debug(
+                "sync handler back on the handler thread (slowest call %.2f ms, %d of %d entries done)",
+                slowest * 1000,
+                result.started,
+                len(entries),
+            )
+            if result.started == len(entries) or self._stop_now:
+                return result
+        await self._on_thread(self._run_sync, entries, result, float("inf"))
+        if not self._inline:
+            durations = result.durations
+            if durations and sum(durations) < INLINE_BUDGET / 2 and max(durations) <= INLINE_CALL_LIMIT:
+                self._fast_batches += 1
+                self._inline = self._fast_batches >= self._inline_after
+            else:
+                self._fast_batches = 0
+        return result
+
+    def _run_sync(self, entries: list[Entry], result: BatchResult, deadline: float) -> BatchResult:
+        """Entries from ``result.started`` on, in order, into ``result``; no new one is started once
+        stop is requested or the clock has passed ``deadline`` (then the caller runs the rest)."""
         function = self.handler.target
         clock = time.perf_counter
-        result = BatchResult()
         durations = result.durations
         failures = result.failures
         began = clock()
-        for index, entry in enumerate(entries):
+        for index in range(result.started, len(entries)):
             if self._stop_now:
                 result.started = index
                 return result
             try:
-                function(entry)
+                function(entries[index])
             except Exception as exc:
                 failures.append((index, exc))
             # One clock read per entry: this entry's end is the next one's start.
             ended = clock()
             durations.append(ended - began)
             began = ended
+            if ended > deadline:
+                result.started = index + 1
+                return result
         result.started = len(entries)
         return result
 
@@ -676,7 +740,25 @@ class Consumer:
                     retrycount=retrycount,
                     justid=True,
                 )
-        await pipe.execute()
+        replies = await pipe.execute()
+        claimed = {str(entry_id) for reply in replies for entry_id in reply}
+        missing = [entry_id for ids in by_idle.values() for entry_id in ids if entry_id not in claimed]
+        if missing:
+            await self._report_deleted(missing)
+
+    async def _report_deleted(self, ids: list[str]) -> None:
+        """XCLAIM drops a PEL entry whose stream entry was deleted (trimmed) without a word. Of the ids it
+        did not return, those gone from the stream are reported like XAUTOCLAIM's deleted IDs (the
+        others were acked meanwhile); except ids this worker processed and has yet to ack."""
+        processed = set(self._acks)
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(self.stream, entry_id, entry_id, count=1)
+        rows = await pipe.execute()
+        gone = [entry_id for entry_id, found in zip(ids, rows, strict=True) if not found]
+        gone = [entry_id for entry_id in gone if entry_id not in processed]
+        if gone:
+            self._count_trimmed(gone)
 
     async def _dead_letter(self, dead: list[tuple[Entry, BaseException | str, bool]]) -> None:
         """MULTI { XADD envelope ... ; XACK ids } for the ids still pending for this consumer."""
