@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streampipe_worker import __version__
-from streampipe_worker.settings import SettingsError, WorkerSettings, load_settings
+from streampipe_worker.settings import SettingsError, WorkerSettings, load_settings, redact_url
 
 # The collector's first threshold once start-up is done (CPython's is 700; the older generations keep
 # theirs). A batch keeps thousands of young container objects alive (reply lists, field dicts,
@@ -103,7 +103,8 @@ def check(settings: WorkerSettings, ping: bool) -> int:
         try:
             report["ping"] = asyncio.run(_ping(settings))
         except Exception as exc:
-            print(f"streampipe-worker: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+            where = redact_url(settings.redis_url)
+            print(f"streampipe-worker: cannot reach Redis at {where}: {exc}", file=sys.stderr)
             return 1
     print(json.dumps(report))
     return 0

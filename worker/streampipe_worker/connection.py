@@ -26,6 +26,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import redis
+from streampipe_worker.settings import redact_url
 
 if TYPE_CHECKING:
     from streampipe_worker.settings import WorkerSettings
@@ -77,7 +78,7 @@ def parse_url(url: str, default_port: int = 6379) -> ParsedUrl:
     """``redis[s]://[user:pass@]host[:port][,host[:port]...][/db]``; several hosts for Sentinel."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url!r}: expected redis://host:port/db or rediss://host:port/db")
+        raise ValueError(f"{redact_url(url)!r}: expected redis://host:port/db or rediss://host:port/db")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
         hostpart = rest
@@ -99,11 +100,11 @@ def parse_url(url: str, default_port: int = 6379) -> ParsedUrl:
         try:
             hosts.append((host, int(port) if port else default_port))
         except ValueError:
-            raise ValueError(f"{url!r}: port {port!r} is not a number") from None
+            raise ValueError(f"{redact_url(url)!r}: port {port!r} is not a number") from None
     try:
         db = int(path) if path else 0
     except ValueError:
-        raise ValueError(f"{url!r}: database {path!r} is not a number") from None
+        raise ValueError(f"{redact_url(url)!r}: database {path!r} is not a number") from None
     return ParsedUrl(tls=scheme == "rediss", hosts=hosts, db=db, username=username, password=password)
 
 

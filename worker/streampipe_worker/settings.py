@@ -42,6 +42,17 @@ def parse_duration(value: object) -> timedelta:
     return durations.parse_duration(value.strip(), strict=False)
 
 
+def redact_url(url: str) -> str:
+    """The URL with the password of its userinfo replaced by ``***``: for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}"
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
@@ -142,7 +153,9 @@ class WorkerSettings(BaseSettings):
         if self.redis_mode == "sentinel" and not self.sentinel_master:
             found.append((name("sentinel_master"), "required when STREAMPIPE_REDIS_MODE=sentinel"))
         if not self.redis_url.startswith(("redis://", "rediss://")):
-            found.append((name("redis_url"), f"{self.redis_url!r} must start with redis:// or rediss://"))
+            found.append(
+                (name("redis_url"), f"{redact_url(self.redis_url)!r} must start with redis:// or rediss://")
+            )
         if self.backoff_max < self.backoff_initial:
             found.append(
                 (
@@ -178,7 +191,7 @@ def _env_problem(error: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[
     message = message.removeprefix("Value error, ")
     raw = {k.upper(): v for k, v in environ.items()}.get(env)
     if raw is not None and field != "redis_password":
-        return env, f"{raw!r}: {message}"
+        return env, f"{redact_url(raw) if field == 'redis_url' else raw!r}: {message}"
     return env, message
 
 
