@@ -442,3 +442,67 @@ async def test_replay_moves_dead_letters_back_once(
     assert kept.replayed == 3
     assert replay(redis_client, DLQ, keep=True).already_replayed == 3
     assert redis_client.xlen(DLQ) == 3
+
+
+async def test_a_fast_sync_handler_runs_on_the_event_loop_and_a_slow_one_on_the_handler_thread(
+    redis_client: redis.Redis, make_settings: Callable[..., WorkerSettings]
+) -> None:
+    """Handing each batch to the handler thread costs more than a fast handler's calls: once its
+    batches have proven fast it runs on the loop; a handler sleeping per call never leaves the thread."""
+    threads: dict[str, set[str]] = defaultdict(set)
+
+    def fast(entry: Entry) -> None:
+        threads["fast"].add(threading.current_thread().name)
+
+    def slow(entry: Entry) -> None:
+        threads["slow"].add(threading.current_thread().name)
+        time.sleep(0.002)  # above the per-call limit for running on the loop, on any machine
+
+    for n in range(300):
+        redis_client.xadd(STREAM, {"n": str(n)})
+
+    def drained() -> bool:
+        return bool(redis_client.xinfo_groups(STREAM)[0]["lag"] == 0 and pending_count(redis_client) == 0)
+
+    async with running(consumer_for(make_settings(batch_size=1), fast)):
+        await eventually(drained, what="300 entries handled")
+    assert threading.current_thread().name in threads["fast"]
+    redis_client.xgroup_setid(STREAM, GROUP, "0")  # the same 300 entries again, for the slow one
+    async with running(consumer_for(make_settings(batch_size=1), slow)):
+        await eventually(drained, what="300 entries handled again")
+    assert threads["slow"]
+    assert all(name.startswith("handler") for name in threads["slow"])
+
+
+async def test_a_sync_handler_that_turns_slow_goes_back_to_the_thread_and_keeps_its_lease(
+    redis_client: redis.Redis, make_settings: Callable[..., WorkerSettings]
+) -> None:
+    """Fast for hundreds of entries (so it runs on the loop), then one slow call sends it back to
+    the handler thread: a call that then blocks for several claimIdle periods leaves the loop free to
+    renew the lease, and the stop still works."""
+    release = threading.Event()
+    blocked_on: list[str] = []
+    done: list[str] = []
+
+    def handle(entry: Entry) -> None:
+        kind = entry.fields["kind"]
+        if kind == "slow":
+            time.sleep(0.02)
+        elif kind == "stuck":
+            blocked_on.append(threading.current_thread().name)
+            release.wait(10)
+        done.append(entry.id)
+
+    ids = [redis_client.xadd(STREAM, {"kind": "fast"}) for _ in range(300)]
+    ids += [redis_client.xadd(STREAM, {"kind": "slow"}), redis_client.xadd(STREAM, {"kind": "stuck"})]
+    holder = consumer_for(make_settings(consumer="holder", claim_idle="1s", batch_size=1), handle)
+    peer = consumer_for(make_settings(consumer="peer", claim_idle="1s"), handle)
+    async with running(holder):
+        await eventually(lambda: len(blocked_on) == 1, what="the stuck entry started")
+        async with running(peer):
+            await asyncio.sleep(3)  # three claimIdle periods: the lease must be renewed meanwhile
+            release.set()
+            await eventually(lambda: pending_count(redis_client) == 0, what="holder acked")
+    assert blocked_on[0].startswith("handler")
+    assert done == ids  # each entry once, in order, by the holder
+    assert peer.stats.reclaimed == 0
