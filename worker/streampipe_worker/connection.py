@@ -8,11 +8,13 @@ behind its back.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
+import hiredis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
@@ -21,7 +23,6 @@ import redis.exceptions
 import redis.sentinel
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
 from redis.retry import Retry
 
@@ -183,23 +184,48 @@ def _sentinel_options(options: dict[str, Any], parsed: ParsedUrl) -> dict[str, A
     return sentinel
 
 
+def pack_command(args: Sequence[Any], encoder: Any = None) -> bytes:
+    """One command in RESP, packed by hiredis (C): the packer of the hot paths (the async client's
+    commands, ``Producer.send_many``'s XADDs).
+
+    hiredis encodes strings as strict UTF-8 and takes str, bytes, int and float only. A string it
+    cannot encode (an entry read with surrogateescape, sent back) is encoded by the client's
+    ``encoder`` first, with the client's encoding and error handler; that encoder also reports an
+    argument of another type (``None``) as ``DataError``, as redis-py does. Without an encoder such
+    arguments raise ``UnicodeEncodeError`` / ``TypeError``.
+    """
+    first = args[0]
+    if isinstance(first, str) and " " in first:
+        # redis-py names a few commands as one argument ("CLIENT SETNAME"); split it, as it does.
+        args = (*first.split(), *args[1:])
+    elif isinstance(first, bytes) and b" " in first:
+        args = (*first.split(), *args[1:])
+    try:
+        packed: bytes = hiredis.pack_command(tuple(args))
+    except (UnicodeEncodeError, TypeError):
+        if encoder is None:
+            raise
+        encode = encoder.encode
+        encoded: tuple[Any, ...] = tuple(
+            bytes(arg) if isinstance(arg, bytearray) else encode(arg) for arg in args
+        )
+        packed = hiredis.pack_command(encoded)
+    return packed
+
+
 class _HiredisPacking:
     """Packs commands with hiredis (C) instead of redis.asyncio's Python packer.
 
     redis.asyncio builds a command by re-joining a growing bytes buffer per argument; for the
-    1000-id XACK of every batch that was a third of the worker's CPU time. The sync client already
-    packs with hiredis; this gives the async one the same. Strings hiredis cannot encode (entries
-    read with surrogateescape) fall back to the Python packer, which knows the encoder's settings.
+    1000-id XACK of every batch that was a third of the worker's CPU time. ``pack_command`` hands
+    the arguments to hiredis as they are (redis-py's own hiredis serializer first copies them one by
+    one in Python).
     """
 
-    _serializer = HiredisRespSerializer()
+    encoder: Any  # the connection's, set by redis-py
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        try:
-            packed: list[bytes] = self._serializer.pack(*args)
-        except (UnicodeEncodeError, redis.exceptions.DataError):
-            return super().pack_command(*args)  # type: ignore[misc,no-any-return]
-        return packed
+        return [pack_command(args, self.encoder)]
 
 
 _FAST_CLASSES: dict[type[Any], type[Any]] = {}
