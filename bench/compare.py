@@ -190,9 +190,11 @@ def run_job(job: Job, server: BenchServer, args: argparse.Namespace) -> list[Fig
             env=env,
             capture_output=True,
             text=True,
-            check=True,
             timeout=600,
+            check=False,
         )
+        if done.returncode:
+            raise RuntimeError(f"send_many ({job.variant}) failed: {done.stderr[-3000:]}")
         rate = float(done.stdout.strip().splitlines()[-1])
         return [Figure(f"Producer.send_many, {job.param:,} example events", rate, "entries/s")]
     rate, rss = soak(server, args.soak_handler, job.param, args.soak_batch)
