@@ -218,6 +218,11 @@ class Consumer:
                     raise task.exception()  # type: ignore[misc]
             await self._shutdown(workers, helpers)
         finally:
+            # The loops also stop on _stopping, and no new entry is started: a cancellation can be lost
+            # (on Python 3.11, asyncio.wait_for, which redis-py sends with, swallows a cancel that lands
+            # just as the send completes), and the gather below must not wait for a loop that goes on.
+            self._stop_now = True
+            self._stopping.set()
             for task in [*workers, *helpers]:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
