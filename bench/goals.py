@@ -65,9 +65,15 @@ def ratios(results: Results) -> list[Ratio]:
         ]
         found += [
             _ratio(
-                "diagnostic: worker with GC tuned vs worker, batch 1000",
-                best(samples, "streampipe_gc", 1000),
+                "diagnostic: worker vs worker with CPython's default collector, batch 1000",
                 best(samples, "streampipe", 1000),
+                best(samples, "streampipe_gc_default", 1000),
+                "entries/s",
+            ),
+            _ratio(
+                "diagnostic: worker vs worker with its sync handler kept on the thread, batch 1",
+                best(samples, "streampipe", 1),
+                best(samples, "streampipe_thread", 1),
                 "entries/s",
             ),
             _ratio(

@@ -44,11 +44,11 @@ from harness import (
 RATES = (1_000, 10_000, 50_000)
 WARMUP_S = 1.0
 BATCH = 100
-CONSUMERS = ("streampipe", "bare_loop", "streampipe_gc")
+CONSUMERS = ("streampipe", "bare_loop", "streampipe_gc_default")
 WORKER_HANDLERS = {
     "streampipe": "probe_handlers:record_latency",
-    # Diagnostic: the same worker with its collector tuned (gc_tuned_handlers), for the tail.
-    "streampipe_gc": "gc_tuned_handlers:record_latency",
+    # Diagnostic: the same worker with CPython's default collector (gc_default_handlers), for the tail.
+    "streampipe_gc_default": "gc_default_handlers:record_latency",
 }
 
 

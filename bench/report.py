@@ -32,7 +32,8 @@ LABELS = {
     "tutorial_loop": "tutorial loop (COUNT 10)",
     "bare_async_loop": "diagnostic: bare loop on redis.asyncio",
     "streampipe_async": "diagnostic: worker, async no-op handler",
-    "streampipe_gc": "diagnostic: worker, GC tuned",
+    "streampipe_thread": "diagnostic: worker, sync handler kept on the thread",
+    "streampipe_gc_default": "diagnostic: worker, CPython's default collector",
 }
 COLORS = {
     "streampipe": "#1f77b4",
@@ -42,7 +43,8 @@ COLORS = {
     "tutorial_loop": "#2ca02c",
     "bare_async_loop": "#bcbd22",
     "streampipe_async": "#17becf",
-    "streampipe_gc": "#9467bd",
+    "streampipe_thread": "#8c564b",
+    "streampipe_gc_default": "#9467bd",
 }
 
 
@@ -208,9 +210,10 @@ def throughput_section(results: Results) -> list[str]:
         *_table(["consumer", "batch", "entries/s", "consumer CPU µs", "server CPU µs", "RSS MiB"], cost_rows),
         "Consumer CPU per entry (µs) by batch size, and the split into a fixed cost per read (XREADGROUP "
         "+ XACK round trip and everything done once per batch) and a cost per entry, fitted from batch 1 "
-        "and batch 100. The diagnostic rows split the worker's gap to the bare loop: redis.asyncio's share "
-        "(bare loop on redis.asyncio), the hand-off to the sync-handler thread (async handler), and the "
-        "garbage collector (GC tuned).",
+        "and batch 100. The diagnostic rows split the worker's cost: redis.asyncio's share (bare loop on "
+        "redis.asyncio), the hand-off to the handler thread that a fast sync handler no longer pays (sync "
+        "handler kept on the thread), and what the collector tuning is worth (CPython's default "
+        "collector).",
         "",
         *_table(
             ["consumer", *(f"batch {b}" for b in batches), "µs per read", "µs per entry"],
@@ -328,12 +331,12 @@ def producer_section(results: Results) -> list[str]:
     if share < 0.5:
         note = [
             f"`send_many` reaches {share:.0%} of what the server takes from redis-benchmark at the same "
-            "pipeline depth: the time is the client's. A py-spy profile of `send_many` (2026-11-26) puts "
-            "about a fifth of it in `json.dumps` of the payloads and about a third in redis-py's per-command "
-            "pipeline machinery (`Pipeline.execute_command`, `HiredisRespSerializer.pack`, argument "
-            "handling of `xadd`). *Proposal:* pack each chunk's XADDs in one `hiredis.pack_command` loop "
-            "into a single buffer and send it on the connection directly (the replies still come back "
-            "through the parser); JSON is the smaller half and needs a faster encoder (orjson) to shrink.",
+            "pipeline depth: the time is the client's. Each chunk's XADDs are packed by hiredis into one "
+            "buffer and written at once; a cProfile of `send_many` (2026-11-26, after that change) puts "
+            "about 40% of what is left in encoding the events (`json` alone about 30%) and about a quarter "
+            "in reading the replies one by one through redis-py's connection. *Proposal:* a faster JSON "
+            "encoder (orjson, a new dependency) for the first; the replies read in bulk from hiredis's "
+            "reader for the second.",
             "",
         ]
     return [
@@ -417,20 +420,22 @@ def _tail_lines(results: Results) -> list[str]:
     chosen = {(x.consumer, x.rate): x for x in best_latencies(results.latency)}
     lines = []
     for rate in sorted({x.rate for x in results.latency}):
-        ours, tuned, bare = (chosen.get((c, rate)) for c in ("streampipe", "streampipe_gc", "bare_loop"))
-        if ours and tuned and bare:
+        ours, default, bare = (
+            chosen.get((c, rate)) for c in ("streampipe", "streampipe_gc_default", "bare_loop")
+        )
+        if ours and default and bare:
             lines.append(
-                f"{rate:,}/s: p99.9 {ours.p999_ms:.1f} ms (GC tuned {tuned.p999_ms:.1f}, bare loop "
-                f"{bare.p999_ms:.1f}), p99 {ours.p99_ms:.1f} ms (GC tuned {tuned.p99_ms:.1f}, bare loop "
-                f"{bare.p99_ms:.1f})"
+                f"{rate:,}/s: p99.9 {ours.p999_ms:.1f} ms (default collector {default.p999_ms:.1f}, bare "
+                f"loop {bare.p999_ms:.1f}), p99 {ours.p99_ms:.1f} ms (default collector "
+                f"{default.p99_ms:.1f}, bare loop {bare.p99_ms:.1f})"
             )
     if not lines:
         return []
     return [
-        "The latency tail is the collector too: the GC-tuned worker differs from the worker only in its "
-        "collector settings. Left as they are, a full collection now and then walks every object the "
-        "worker imported (pydantic, redis, prometheus_client...) while the loop waits; frozen, the "
-        "start-up heap is not walked again. Lowest-p99 rounds: " + "; ".join(lines) + "."
+        "The latency tail is the collector's: the diagnostic worker with CPython's default collector "
+        "differs from the worker only there. Unfrozen, a full collection now and then walks every object "
+        "the worker imported (pydantic, redis, prometheus_client...) while the loop waits. Lowest-p99 "
+        "rounds: " + "; ".join(lines) + "."
     ]
 
 
@@ -444,7 +449,7 @@ def worker_time_section(results: Results) -> list[str]:
     for paragraph in costs:
         lines += [paragraph, ""]
     lines += profile
-    return [*lines, f"**Proposed changes.** {WORKER_PROPOSAL}", ""]
+    return [*lines, f"**What is left.** {WORKER_NEXT}", ""]
 
 
 def _profile_lines(results: Results) -> list[str]:
@@ -502,32 +507,37 @@ def _why_faststream(results: Results) -> list[str]:
 
 def _worker_costs(samples: Sequence[Sample]) -> list[str]:
     lines: list[str] = []
-    names = ("bare_loop", "bare_async_loop", "streampipe_async", "streampipe")
+    names = ("bare_loop", "bare_async_loop", "streampipe", "streampipe_thread")
     models = [cost_model(samples, name) for name in names]
     if all(models):
-        b, a, sa, sp = (m for m in models if m is not None)
-        asyncio_share, hand_off, own = max(a[0] - b[0], 0), max(sp[0] - sa[0], 0), max(sa[0] - a[0], 0)
+        b, a, sp, th = (m for m in models if m is not None)
+        asyncio_share, own, hand_off = max(a[0] - b[0], 0), max(sp[0] - a[0], 0), max(th[0] - sp[0], 0)
         lines.append(
             "Where the worker's CPU goes (fitted from batch 1 and 100, section 1), per read + per entry: "
             f"the synchronous bare loop {b[0]:.0f} µs + {b[1]:.2f} µs; the same loop on redis.asyncio "
-            f"{a[0]:.0f} + {a[1]:.2f}; the worker with an async handler {sa[0]:.0f} + {sa[1]:.2f}; the "
-            f"worker with its sync handler {sp[0]:.0f} + {sp[1]:.2f}. Of the worker's {sp[0] - b[0]:.0f} µs "
-            f"extra per read, about {asyncio_share:.0f} µs are redis.asyncio's, {hand_off:.0f} µs the "
-            f"hand-off of each batch to the handler thread, and {own:.0f} µs the worker's own bookkeeping "
-            "(tasks, metrics, in-flight and ack lists)."
+            f"{a[0]:.0f} + {a[1]:.2f}; the worker {sp[0]:.0f} + {sp[1]:.2f}. Of the worker's "
+            f"{sp[0] - b[0]:.0f} µs extra per read, about {asyncio_share:.0f} µs are redis.asyncio's and "
+            f"{own:.0f} µs the worker's own (tasks, metrics, in-flight and ack lists). Its sync handler "
+            f"kept on the handler thread costs {th[0]:.0f} + {th[1]:.2f}: {hand_off:.0f} µs per read for "
+            "the hand-off, which a fast handler no longer pays since it runs on the event loop "
+            "(docs/worker.md, *Where sync handlers run*)."
         )
-    tuned, plain = best(samples, "streampipe_gc", 1000), best(samples, "streampipe", 1000)
-    if tuned and plain:
+    default, ours = best(samples, "streampipe_gc_default", 1000), best(samples, "streampipe", 1000)
+    if default and ours:
         cpu = {
             name: max((s for s in samples if s.consumer == name and s.batch == 1000), key=lambda s: s.rate)
-            for name in ("streampipe", "streampipe_gc")
+            for name in ("streampipe", "streampipe_gc_default")
         }
-        tuned_cpu, plain_cpu = cpu["streampipe_gc"].consumer_cpu_us, cpu["streampipe"].consumer_cpu_us
+        default_cpu, ours_cpu = (
+            cpu["streampipe_gc_default"].consumer_cpu_us,
+            cpu["streampipe"].consumer_cpu_us,
+        )
         lines.append(
-            "At batch 1000 the garbage collector adds to that: with it tuned the worker moved "
-            f"{_rate(tuned)}/s against {_rate(plain)}/s ({tuned / plain:.2f}x), at {tuned_cpu:.2f} µs of "
-            f"CPU per entry instead of {plain_cpu:.2f}: with a 1000-entry batch alive, every generation-0 "
-            "collection walks thousands of young objects."
+            "At batch 1000 the collector tuning (docs/worker.md, *Garbage collector*) is worth "
+            f"{ours / default:.2f}x: with CPython's default collector the same worker moved "
+            f"{_rate(default)}/s against {_rate(ours)}/s, at {default_cpu:.2f} µs of CPU per entry instead "
+            f"of {ours_cpu:.2f}: with a 1000-entry batch alive, generation-0 collections at 700 walk "
+            "thousands of young objects that die by reference counting anyway."
         )
     return lines
 
@@ -559,7 +569,7 @@ def _why_scale_out(results: Results) -> list[str]:
     samples = _single(results)
     measured = [
         (LABELS[name], found.consumer_cpu_us)
-        for name in ("streampipe", "streampipe_gc", "bare_loop")
+        for name in ("streampipe", "bare_loop")
         if (found := _fastest(samples, name, data.batch)) is not None
     ]
     if measured:
@@ -629,27 +639,25 @@ WHY: dict[str, Callable[[Results], list[str]]] = {
     "200 StreamPipelines Ready": _why_ready,
 }
 
-# The change that would close each goal when it is missed (from the profiles of these runs).
-WORKER_PROPOSAL = (
-    "(1) In `streampipe_worker.__main__`, `gc.freeze()` once start-up is done and raise the first "
-    "collection threshold (`gc.set_threshold(100_000, 50, 50)`): the `streampipe_gc` rows measure exactly "
-    "this, for throughput and for the latency tail. (2) Run a sync handler on the event loop while it is "
-    "fast (say, while its last batch took under a millisecond) and hand batches to the handler thread only "
-    "once it is slow, so fast handlers stop paying the thread hand-off per read (the `streampipe_async` "
-    "row bounds that saving) while slow ones still leave the loop free for leases. (3) Keep per-entry "
-    "bookkeeping off the hot path: one clock read and one histogram observation per batch for sync "
-    "handlers instead of one per entry, and the in-flight and ack lists built once per batch (the "
-    "profile's `observe_many`, `_run_sync`, `_read_loop` list comprehension). (4) Make batch 1000 the "
-    "default `batchSize` once (1) is in: per read the fixed cost dominates below about 100."
+# What is left on the worker's side (from the profiles of these runs); the collector tuning, the
+# sync handler on the event loop, the batch histogram and hiredis packing are done (docs/worker.md).
+WORKER_NEXT = (
+    "The worker now pays what the bare loop pays plus redis.asyncio's cost per read. At batch 1000 most "
+    "of its time is redis-py turning the XREADGROUP reply into Python objects "
+    "(`_AsyncHiredisParser.read_response`, then `parse_stream_list` and `pairs_to_dict`, a tuple and a "
+    "field dict per entry), which the bare loop pays too. The next lever (proposed, not measured): the "
+    "hot path's XACK + XREADGROUP sent as one packed buffer on the connection and its two replies read "
+    "straight from hiredis into the worker's `Entry` objects, with no `Pipeline` object per read and no "
+    "intermediate tuples per entry. Beyond one process the lever is cores: worker replicas on other "
+    "nodes do not share the server's."
 )
 
 PROPOSALS = {
-    "Worker vs the tutorial loop": "the changes proposed under *Where the worker's time goes* below.",
-    "Worker vs FastStream batch": "the changes proposed under *Where the worker's time goes* below.",
+    "Worker vs the tutorial loop": "the lever under *Where the worker's time goes* below.",
+    "Worker vs FastStream batch": "the lever under *Where the worker's time goes* below.",
     "4 workers vs the server ceiling": (
-        "Less CPU per entry in the worker is the only lever on a fixed 2-core machine: the changes proposed "
-        "under *Where the worker's time goes* below ((1) the collector, (2) the thread hand-off, (3) "
-        "per-entry bookkeeping) apply to every replica. Beyond that the bound is the machine: in a cluster, "
+        "Less CPU per entry in the worker is the only lever on a fixed 2-core machine (*Where the worker's "
+        "time goes* below); it applies to every replica. Beyond that the bound is the machine: in a cluster, "
         "worker pods do not share the server's cores, and the goal is then a matter of replicas (the row "
         "per worker count and the CPU per entry give the number needed)."
     ),
@@ -808,7 +816,14 @@ def _plot_throughput(ax: Any, results: Results) -> None:
     if results.throughput is None:
         return
     samples: list[Sample] = [s for s in results.throughput.samples if s.processes == 1]
-    for consumer in ("streampipe", "bare_loop", "faststream_batch", "faststream_single", "streampipe_gc"):
+    for consumer in (
+        "streampipe",
+        "bare_loop",
+        "faststream_batch",
+        "faststream_single",
+        "streampipe_thread",
+        "streampipe_gc_default",
+    ):
         batches = sorted({s.batch for s in samples if s.consumer == consumer})
         if batches:
             rates = [best(samples, consumer, b) for b in batches]

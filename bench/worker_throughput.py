@@ -15,14 +15,16 @@ measurement gets a fresh consumer group at ``0``, so all of them read the very s
 - ``bare_loop``: redis-py + hiredis, XREADGROUP COUNT n and one multi-id XACK pipelined with the next
   read, a no-op call per entry: the ceiling for a Python consumer.
 
-Two diagnostic variants split the worker's cost (they are not competitors):
+Diagnostic variants split the worker's cost (they are not competitors):
 
 - ``bare_async_loop``: the bare loop on ``redis.asyncio`` through the worker's own client factory, so
   the gap to ``bare_loop`` is asyncio's and the gap to ``streampipe`` is the worker's own;
-- ``streampipe_async``: the real worker with an async no-op handler, which runs on the event loop:
-  the gap to ``streampipe`` is the hand-off of each batch to the sync-handler thread;
-- ``streampipe_gc``: the real worker whose handler module freezes the start-up heap and raises the
-  collector's first threshold at import (``gc_tuned_handlers``): what that change alone would give.
+- ``streampipe_async``: the real worker with an async no-op handler (on the event loop, through the
+  concurrency lanes);
+- ``streampipe_thread``: the real worker with its sync handler kept on the handler thread
+  (``thread_handlers``): the gap to ``streampipe`` is the hand-off a fast handler no longer pays;
+- ``streampipe_gc_default``: the real worker with CPython's default collector (``gc_default_handlers``
+  undoes the worker's tuning): what the tuning is worth.
 
 The rate is measured from outside, from the group's acked count (XINFO GROUPS: entries-read minus
 pending) over a fixed window that starts once the consumer is running and warm, so start-up is not
@@ -70,12 +72,13 @@ STREAM = "bench:orders"
 BATCH_SIZES = (1, 10, 100, 1000)
 TUTORIAL_BATCH = 10  # the seed's COUNT 10
 BATCHED = ("streampipe", "faststream_batch", "faststream_single", "bare_loop")
-DIAGNOSTIC = ("bare_async_loop", "streampipe_async", "streampipe_gc")
+DIAGNOSTIC = ("bare_async_loop", "streampipe_async", "streampipe_thread", "streampipe_gc_default")
 CONSUMERS = ("tutorial_loop", *BATCHED, *DIAGNOSTIC)
 WORKER_HANDLERS = {
     "streampipe": "probe_handlers:noop",
     "streampipe_async": "probe_handlers:noop_async",
-    "streampipe_gc": "gc_tuned_handlers:noop",
+    "streampipe_thread": "thread_handlers:noop",
+    "streampipe_gc_default": "gc_default_handlers:noop",
 }
 
 

@@ -43,11 +43,11 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     samples = results.throughput.samples
     assert {s.consumer for s in samples} == {
         "streampipe", "tutorial_loop", "faststream_batch", "faststream_single", "bare_loop",
-        "bare_async_loop", "streampipe_async", "streampipe_gc",
+        "bare_async_loop", "streampipe_async", "streampipe_thread", "streampipe_gc_default",
     }  # fmt: skip
     assert all(s.rate > 0 and s.entries > 0 for s in samples)
     assert results.scale_out.ceilings[0].rate > 0
-    assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop", "streampipe_gc"}
+    assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop", "streampipe_gc_default"}
     assert all(lat.samples > 0 for lat in results.latency)
     assert results.producer
     assert results.memory is not None
