@@ -936,8 +936,8 @@ class Consumer:
             if self._stopping.is_set():
                 return
             try:
-                await self._renew_leases()
-                self._connected()
+                if await self._renew_leases():
+                    self._connected()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -951,7 +951,8 @@ class Consumer:
         held.extend(self._waiting)
         return held
 
-    async def _renew_leases(self) -> None:
+    async def _renew_leases(self) -> bool:
+        """Renew the leases of held entries; False when there was nothing to send (no news of Redis)."""
         now = time.monotonic()
         release: dict[int, list[str]] = {}
         for entry_id, due in list(self._waiting.items()):
@@ -965,7 +966,7 @@ class Consumer:
                     self._waiting.pop(entry_id, None)
         held = list(dict.fromkeys(self._held_ids()))
         if not held:
-            return
+            return bool(release)
         owners = await self._owners(held)
         still_held = set(self._held_ids())  # the batch may have settled during the round trip
         mine = [entry_id for entry_id in held if owners.get(entry_id) == self.name and entry_id in still_held]
@@ -979,6 +980,7 @@ class Consumer:
                 self._waiting.pop(entry_id, None)
         if mine:
             await self._claim_with_idle({0: mine})
+        return True
 
     # --- shutdown hand-back -------------------------------------------------------------------
 
