@@ -240,6 +240,39 @@ def _use_hiredis_packing(client: Any) -> None:
     pool.connection_class = fast
 
 
+class _EncoderPacker:
+    """A sync connection's command packer: ``pack_command`` with the client's encoder."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+
+    def pack(self, *args: Any) -> list[bytes]:
+        return [pack_command(args, self._encoder)]
+
+
+class _SurrogateSafePacking:
+    """The synchronous twin of ``_HiredisPacking``: redis-py's sync connections pack with its own
+    hiredis serializer, which encodes strictly, so fields read with surrogateescape (an entry that is
+    not UTF-8, e.g. a dead letter being replayed) could not be written back."""
+
+    encoder: Any  # the connection's, set by redis-py
+
+    def _construct_command_packer(self, packer: Any) -> Any:
+        return packer if packer is not None else _EncoderPacker(self.encoder)
+
+
+_SAFE_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def _use_surrogate_safe_packing(client: Any) -> None:
+    pool = client.connection_pool
+    base = pool.connection_class
+    safe = _SAFE_CLASSES.get(base)
+    if safe is None:
+        safe = _SAFE_CLASSES[base] = type(f"SurrogateSafe{base.__name__}", (_SurrogateSafePacking, base), {})
+    pool.connection_class = safe
+
+
 def create_async_client(cs: ConnectionSettings) -> AsyncClient:
     """A ``redis.asyncio`` client for the configured mode (connections are opened lazily)."""
     parsed = parse_url(cs.url, default_port=26379 if cs.mode == "sentinel" else 6379)
@@ -280,6 +313,9 @@ def create_client(cs: ConnectionSettings) -> SyncClient:
             parsed.hosts, sentinel_kwargs=_sentinel_options(options, parsed), db=parsed.db, **options
         )
         sync_master: SyncClient = manager.master_for(cs.sentinel_master)
+        _use_surrogate_safe_packing(sync_master)
         return sync_master
     host, port = parsed.hosts[0]
-    return redis.Redis(host=host, port=port, db=parsed.db, **options)
+    client = redis.Redis(host=host, port=port, db=parsed.db, **options)
+    _use_surrogate_safe_packing(client)
+    return client
