@@ -53,7 +53,8 @@ _side_effects = (
 )
 
 
-def _record(entry: Entry, outcome: str) -> None:
+def record(entry: Entry, outcome: str) -> None:
+    """Append one call to this process's record file (one write(2))."""
     line = f"{entry.fields.get('n', '-')} {entry.id} {entry.deliveries} {outcome}\n"
     os.write(_FD, line.encode())
 
@@ -64,21 +65,21 @@ def handle(entry: Entry) -> None:
         time.sleep(_DELAY)
     behaviour = entry.fields.get("behaviour", "ok")
     if behaviour.startswith("hold:"):
-        _record(entry, "hold")
+        record(entry, "hold")
         time.sleep(float(behaviour.split(":", 1)[1]))
     if behaviour == "permanent":
-        _record(entry, "permanent")
+        record(entry, "permanent")
         raise PermanentError("this entry is poison by design (chaos suite)")
     if behaviour == "fail" or (
         behaviour.startswith("flaky:") and entry.deliveries <= int(behaviour.split(":", 1)[1])
     ):
-        _record(entry, "fail")
+        record(entry, "fail")
         raise RuntimeError(f"designed failure at delivery {entry.deliveries}")
     if _side_effects is not None:
         try:
             _side_effects.sadd(_SIDE_EFFECT_KEY, entry.fields.get("n", entry.id))
         except redis.RedisError as exc:
             # Ambiguous: the SADD may have happened. The entry must not be acked on it: raise.
-            _record(entry, "timeout")
+            record(entry, "timeout")
             raise RuntimeError(f"side effect unconfirmed: {exc}") from exc
-    _record(entry, "ok")
+    record(entry, "ok")

@@ -49,7 +49,8 @@ class ChaosSizes:
     model_steps: int
     # 10. fuzzing
     spec_examples: int
-    payload_examples: int
+    payload_examples: int  # entries per Hypothesis run
+    payload_runs: int
 
 
 SMALL = ChaosSizes(
@@ -75,6 +76,7 @@ SMALL = ChaosSizes(
     model_steps=20,
     spec_examples=25,
     payload_examples=150,
+    payload_runs=4,
 )
 
 FULL = ChaosSizes(
@@ -99,7 +101,8 @@ FULL = ChaosSizes(
     model_examples=60,
     model_steps=40,
     spec_examples=300,
-    payload_examples=2_000,
+    payload_examples=500,
+    payload_runs=12,
 )
 
 
