@@ -60,8 +60,11 @@ demo: setup ## a pipeline on an embedded Valkey, with a live view and a summary
 bench: setup ## benchmarks against same-run baselines; writes bench/results and docs/benchmarks.md
 	$(PY) bench/run.py
 
-chaos: setup ## the fault suite at full sizes
-	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+chaos: setup controlplane ## the fault suite at full sizes; renders its figures into docs/reliability.md
+	rm -rf .cache/chaos-results/full
+	started=$$(date +%s); \
+	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS); \
+	$(PY) -m tests.chaos.report --size full --runtime $$(( $$(date +%s) - started ))
 
 crds: $(VENV)/.installed ## regenerate crds/, the chart's copy and docs/api.md's reference from the API models
 	$(VENV)/bin/streampipe crd > crds/streampipeline.yaml
