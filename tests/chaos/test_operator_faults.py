@@ -85,24 +85,50 @@ def reconciles(operator: OperatorProcess, namespace: str) -> float:
     return total
 
 
+def _objects(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    pipelines = cluster.custom.list_namespaced_custom_object(
+        "streampipe.dev", "v1alpha1", namespace, "streampipelines"
+    )["items"]
+    objects = {f"StreamPipeline/{o['metadata']['name']}": o for o in pipelines}
+    objects.update({f"Deployment/{o['metadata']['name']}": o for o in cluster.deployments(namespace)})
+    return objects
+
+
+def _changes(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> list[str]:
+    """What differs between two reads, field by field (for the failure message)."""
+    found = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, {}), after.get(name, {})
+        for part in ("metadata", "spec", "status"):
+            a, b = old.get(part, {}), new.get(part, {})
+            for key in sorted(set(a) | set(b)):
+                if key not in ("resourceVersion", "managedFields") and a.get(key) != b.get(key):
+                    found.append(f"{name} {part}.{key}: {a.get(key)!r} -> {b.get(key)!r}"[:300])
+    return found
+
+
 def assert_quiet(operator: OperatorProcess, cluster: Cluster, namespace: str, passes: int = 4) -> None:
-    """The next ``passes`` reconcile passes change nothing: no write to pipelines or Deployments, no Event."""
+    """Once settled (two passes in a row that write nothing), the next ``passes`` passes change nothing:
+    no write to the pipelines or Deployments, no Event. A pass that keeps writing fails the wait."""
 
     def versions() -> list[str]:
-        objects = [
-            *cluster.custom.list_namespaced_custom_object(
-                "streampipe.dev", "v1alpha1", namespace, "streampipelines"
-            )["items"],
-            *cluster.deployments(namespace),
-        ]
-        return sorted(f"{o['metadata']['name']}@{o['metadata']['resourceVersion']}" for o in objects)
+        return sorted(
+            f"{k}@{o['metadata']['resourceVersion']}" for k, o in _objects(cluster, namespace).items()
+        )
 
-    # Status figures (lengths, lags) settle a moment after convergence: wait for two equal reads first.
-    before = eventually(lambda: (v := versions()) == versions() and v, within=60, what="settled objects")
+    def settled() -> bool:
+        seen = versions()
+        start = reconciles(operator, namespace)
+        eventually(lambda: reconciles(operator, namespace) >= start + 2, within=60, what="two passes")
+        return versions() == seen
+
+    eventually(settled, within=120, what="two passes in a row that write nothing")
+    before, objects = versions(), _objects(cluster, namespace)
     events = len(cluster.events(namespace))
     start = reconciles(operator, namespace)
     eventually(lambda: reconciles(operator, namespace) >= start + passes, within=60, what=f"{passes} passes")
-    assert versions() == before, "a pass after convergence wrote to the API server"
+    changes = _changes(objects, _objects(cluster, namespace))
+    assert versions() == before, f"a pass after convergence wrote to the API server: {changes}"
     assert len(cluster.events(namespace)) == events, "a pass after convergence posted an Event"
 
 
