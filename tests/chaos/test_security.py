@@ -391,13 +391,16 @@ def test_no_credential_in_worker_output(server_factory: Callable[..., ServerProc
     }
     outputs = []
     with worker_processes(tmp_path / "logs") as workers:
-        for name, env in cases.items():
-            workers.start(name, env)
+        procs = {name: workers.start(name, env) for name, env in cases.items()}
         wait_until(
             lambda: "invalid username-password pair" in workers.log_text("wrong-password"), 30, "WRONGPASS"
         )
         # A missing permission is not something to retry: that worker exits, with the reason.
         wait_until(lambda: "no permissions" in workers.log_text("no-permission"), 30, "NOPERM logged")
+        assert procs["no-permission"].wait(30) == 3
+        refused = workers.log_text("no-permission")
+        assert "streampipe-worker: the Redis user may not do what this worker needs" in refused, refused
+        assert "Traceback" not in refused, refused
         wait_until(lambda: drained(admin), 30, "the URL-password worker processing")
         server.kill()  # the server goes away under the URL-password worker
         wait_until(

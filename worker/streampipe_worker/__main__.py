@@ -1,7 +1,8 @@
 """``streampipe-worker`` / ``python -m streampipe_worker``: run one consumer from the environment.
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad settings or an unusable handler (one
-message, no traceback), 1 for anything unexpected. ``--check`` validates settings and imports the
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for bad settings or an unusable handler, 3 when
+the Redis user lacks a permission the worker needs (one message, no traceback), 1 for anything
+unexpected. ``--check`` validates settings and imports the
 handler without consuming (``--check --ping`` also connects), for image smoke tests.
 """
 
@@ -16,6 +17,8 @@ import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from redis.exceptions import NoPermissionError
 
 from streampipe_worker import __version__
 from streampipe_worker.settings import SettingsError, WorkerSettings, load_settings, redact_url
@@ -168,6 +171,14 @@ def run(settings: WorkerSettings) -> int:
     tune_collector()
     try:
         code = asyncio.run(main())
+    except NoPermissionError as exc:
+        # Not something a retry mends: the ACL user lacks a command or key this worker needs.
+        print(
+            f"streampipe-worker: the Redis user may not do what this worker needs: {exc} "
+            "(docs/acl/worker.acl lists the commands and keys a worker needs)",
+            file=sys.stderr,
+        )
+        return 3
     finally:
         if server is not None:
             server.stop()
