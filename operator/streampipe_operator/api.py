@@ -79,6 +79,22 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _DECIMAL = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 QUANTITY = rf"^(\+|-)?{_DECIMAL}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_DECIMAL}))?$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A Kubernetes qualified name (label and annotation keys, taint keys, extended resource names): a name of
+# 1-63 characters, optionally after a DNS subdomain and `/`. The subdomain's own limit (253) is checked
+# apart: `indexOf('/') <= 253`. `[.]` instead of `\.`: the same regex in Python, RE2 and a CEL literal.
+QUALIFIED_NAME = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+MAX_PREFIX = 253
+QUALIFIED_NAME_MESSAGE = (
+    "a name of at most 63 characters (alphanumerics, '-', '_' or '.', starting and ending with an "
+    "alphanumeric), optionally prefixed by a lowercase DNS subdomain of at most 253 characters and '/', "
+    "e.g. example.com/team"
+)
+# Container resource names the API server takes without a domain (hugepages-<size> is a prefix).
+STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+HUGEPAGES_PREFIX = "hugepages-"
 # Redis hashes only the part between the first `{` and the next `}` when that part is not empty.
 # `[{]` instead of `\{`: the same regex in Python, RE2 and inside a CEL string literal, no escaping.
 HASH_TAG = "^[^{]*[{][^}]+[}]"
@@ -89,6 +105,43 @@ DnsSubdomain = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_lengt
 SecretKey = Annotated[str, StringConstraints(pattern=DATA_KEY, max_length=253)]
 StreamKey = Annotated[str, StringConstraints(pattern=NO_WHITESPACE, max_length=MAX_KEY_LENGTH)]
 ShortText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def is_qualified_name(name: str) -> bool:
+    """Kubernetes' IsQualifiedName: ``team``, ``example.com/team`` (label, annotation and taint keys)."""
+    # fullmatch: `$` in re.match would also take a trailing newline, which RE2 does not.
+    return re.fullmatch(QUALIFIED_NAME, name) is not None and name.find("/") <= MAX_PREFIX
+
+
+# CEL twin of is_qualified_name() for the string expression ``name``.
+def _cel_qualified_name(name: str) -> str:
+    return f"({name}.matches('{QUALIFIED_NAME}') && {name}.indexOf('/') <= {MAX_PREFIX})"
+
+
+def is_container_resource_name(name: str) -> bool:
+    """A resource name the API server takes in a container's requests or limits.
+
+    Kubernetes' validateContainerResourceName: a qualified name that is either standard (cpu, memory,
+    ephemeral-storage, hugepages-<size>) or has a domain; a domain other than kubernetes.io's must make an
+    extended resource name, whose quota name ``requests.<name>`` is a qualified name too.
+    """
+    if not is_qualified_name(name):
+        return False
+    if "/" not in name:
+        return name in STANDARD_CONTAINER_RESOURCES or name.startswith(HUGEPAGES_PREFIX)
+    if "kubernetes.io/" in name:
+        return True
+    return not name.startswith("requests.") and name.find("/") <= MAX_PREFIX - len("requests.")
+
+
+# CEL twin of is_container_resource_name() for the string expression ``name``.
+def _cel_container_resource_name(name: str) -> str:
+    standard = ", ".join(f"'{resource}'" for resource in STANDARD_CONTAINER_RESOURCES)
+    return (
+        f"{_cel_qualified_name(name)} && ({name}.contains('/') ? ({name}.contains('kubernetes.io/') || "
+        f"(!{name}.startsWith('requests.') && {name}.indexOf('/') <= {MAX_PREFIX - len('requests.')})) : "
+        f"({name} in [{standard}] || {name}.startsWith('{HUGEPAGES_PREFIX}')))"
+    )
 
 
 def hash_tag(key: str) -> str | None:
@@ -432,6 +485,12 @@ class ScalingSpec(SpecModel):
         return self.activation_backlog == 0 or self.min_replicas == 0
 
 
+RESOURCE_NAME_MESSAGE = (
+    "resource names must be cpu, memory, ephemeral-storage, hugepages-<size> or fully qualified "
+    "(a domain, '/' and a name, e.g. nvidia.com/gpu)"
+)
+
+
 class ResourceRequirements(SpecModel):
     """Compute resources of the worker container (as in a Pod's `resources`)."""
 
@@ -441,6 +500,22 @@ class ResourceRequirements(SpecModel):
     requests: Annotated[dict[str, QuantityValue], Field(max_length=MAX_RESOURCE_NAMES)] | None = Field(
         default=None, description="Amounts the scheduler reserves, by resource name."
     )
+
+    @cel_rule(
+        f"!has(self.limits) || self.limits.all(k, {_cel_container_resource_name('k')})",
+        message=RESOURCE_NAME_MESSAGE,
+        field_path=".limits",
+    )
+    def _limit_names(self) -> bool:
+        return all(is_container_resource_name(name) for name in self.limits or {})
+
+    @cel_rule(
+        f"!has(self.requests) || self.requests.all(k, {_cel_container_resource_name('k')})",
+        message=RESOURCE_NAME_MESSAGE,
+        field_path=".requests",
+    )
+    def _request_names(self) -> bool:
+        return all(is_container_resource_name(name) for name in self.requests or {})
 
 
 class EnvVar(SpecModel):
@@ -502,14 +577,16 @@ class EnvFromSource(SpecModel):
 class Toleration(SpecModel):
     """Lets worker pods run on nodes with a matching taint (as in a Pod's `tolerations`)."""
 
-    key: Annotated[str, StringConstraints(max_length=316)] | None = Field(
-        default=None, description="Taint key; empty with operator Exists matches every taint."
+    key: Annotated[str, StringConstraints(max_length=317)] | None = Field(
+        default=None,
+        description="Taint key (a qualified name such as `example.com/dedicated`); empty with operator "
+        "Exists matches every taint.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="`Equal` (the default) compares value; `Exists` matches any value."
     )
-    value: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Taint value to match with operator Equal."
+    value: Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)] | None = Field(
+        default=None, description="Taint value to match with operator Equal (a label value)."
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches every effect."
@@ -526,6 +603,30 @@ class Toleration(SpecModel):
     )
     def _exists_has_no_value(self) -> bool:
         return self.operator != "Exists" or not self.value
+
+    @cel_rule(
+        "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        message="must be Exists when key is empty: an empty key with operator Exists tolerates every taint",
+        field_path=".operator",
+    )
+    def _no_key_needs_exists(self) -> bool:
+        return bool(self.key) or self.operator == "Exists"
+
+    @cel_rule(
+        f"!has(self.key) || self.key == '' || {_cel_qualified_name('self.key')}",
+        message=f"must be a qualified name: {QUALIFIED_NAME_MESSAGE}",
+        field_path=".key",
+    )
+    def _key_qualified(self) -> bool:
+        return not self.key or is_qualified_name(self.key)
+
+    @cel_rule(
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        message="must be NoExecute when tolerationSeconds is set: only a NoExecute taint evicts pods",
+        field_path=".effect",
+    )
+    def _seconds_need_no_execute(self) -> bool:
+        return self.toleration_seconds is None or self.effect == "NoExecute"
 
 
 class LocalObjectReference(SpecModel):
@@ -598,6 +699,32 @@ class PodTemplateSpec(SpecModel):
     )
     def _labels_not_reserved(self) -> bool:
         return not any(key.startswith(RESERVED_LABEL_PREFIXES) for key in self.labels or {})
+
+    @cel_rule(
+        f"!has(self.labels) || self.labels.all(k, {_cel_qualified_name('k')})",
+        message=f"label keys must be qualified names: {QUALIFIED_NAME_MESSAGE}",
+        field_path=".labels",
+    )
+    def _label_keys_qualified(self) -> bool:
+        return all(is_qualified_name(key) for key in self.labels or {})
+
+    @cel_rule(
+        f"!has(self.nodeSelector) || self.nodeSelector.all(k, {_cel_qualified_name('k')})",
+        message=f"node label keys must be qualified names: {QUALIFIED_NAME_MESSAGE}",
+        field_path=".nodeSelector",
+    )
+    def _node_selector_keys_qualified(self) -> bool:
+        return all(is_qualified_name(key) for key in self.node_selector or {})
+
+    @cel_rule(
+        # The API server checks annotation keys in lower case: `Example.com/x` is a valid key.
+        f"!has(self.annotations) || self.annotations.all(k, {_cel_qualified_name('k.lowerAscii()')})",
+        message=f"annotation keys must be qualified names: {QUALIFIED_NAME_MESSAGE}",
+        field_path=".annotations",
+    )
+    def _annotation_keys_qualified(self) -> bool:
+        # ASCII only, as CEL lowerAscii(): a non-ASCII key is no qualified name in either case.
+        return all(key.isascii() and is_qualified_name(key.lower()) for key in self.annotations or {})
 
     @model_validator(mode="after")
     def _env_names_unique(self) -> PodTemplateSpec:

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from streampipe_operator import api
+from streampipe_operator.workloads import build_deployment
 from tests.support.controlplane import Kubectl, unique_name
-from tests.support.invalid_specs import INVALID_SPECS, InvalidSpec, minimal_manifest
+from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]
 
@@ -68,6 +69,26 @@ def test_invalid_spec_refused_by_server(kubectl: Kubectl, dry_run_namespace: str
     assert done.returncode != 0, f"the API server accepted {case.id}:\n{done.stdout}"
     assert case.path in done.stderr, done.stderr
     assert case.expected_server_message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)
+def test_edge_of_a_rule_accepted_with_its_worker_deployment(
+    kubectl: Kubectl, dry_run_namespace: str, case: ValidSpec
+) -> None:
+    # The pod-field rules must not refuse what Kubernetes takes, and what they let through must make a
+    # worker Deployment the API server takes too (the gap tests/chaos/test_fuzz.py found).
+    document = case.manifest()
+    document["metadata"] |= {"namespace": dry_run_namespace}
+    done = kubectl("apply", "--dry-run=server", "-f", "-", input=_dump(document), check=False)
+    assert done.returncode == 0, f"{case.id}: {done.stderr}"
+    pipeline = api.StreamPipeline.model_validate(
+        {**document, "metadata": {**document["metadata"], "uid": "0c0ffee0-0000-4000-8000-000000000000"}}
+    )
+    deployment = build_deployment(pipeline, pipeline.spec.groups[0], replicas=1)
+    done = kubectl(
+        "apply", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=_dump(deployment), check=False
+    )
+    assert done.returncode == 0, f"{case.id}: worker Deployment refused: {done.stderr}"
 
 
 def _example_documents() -> list[tuple[str, dict[str, Any]]]:

@@ -382,9 +382,151 @@ INVALID_SPECS: list[InvalidSpec] = [
         "must be empty when operator is Exists",
     ),
     InvalidSpec(
+        "toleration-empty-key-not-exists",
+        _set(*TEMPLATE, value={"tolerations": [{"operator": "Equal", "effect": "NoSchedule"}]}),
+        "spec.groups[0].template.tolerations[0].operator",
+        "must be Exists when key is empty",
+        notes="found by tests/chaos/test_fuzz.py: the API server refused the worker Deployment",
+    ),
+    InvalidSpec(
+        "toleration-key-not-qualified",
+        _set(*TEMPLATE, value={"tolerations": [{"key": "dedicated node", "operator": "Exists"}]}),
+        "spec.groups[0].template.tolerations[0].key",
+        "must be a qualified name: a name of at most 63 characters",
+    ),
+    InvalidSpec(
+        "toleration-value-not-label-value",
+        _set(*TEMPLATE, value={"tolerations": [{"key": "dedicated", "value": "pipelines only"}]}),
+        "spec.groups[0].template.tolerations[0].value",
+        "should match '^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'",
+    ),
+    InvalidSpec(
+        "toleration-seconds-without-no-execute",
+        _set(
+            *TEMPLATE,
+            value={
+                "tolerations": [
+                    {
+                        "key": "dedicated",
+                        "operator": "Exists",
+                        "effect": "NoSchedule",
+                        "tolerationSeconds": 60,
+                    }
+                ]
+            },
+        ),
+        "spec.groups[0].template.tolerations[0].effect",
+        "must be NoExecute when tolerationSeconds is set",
+    ),
+    InvalidSpec(
+        "resource-limit-name-not-standard",
+        _set(*TEMPLATE, value={"resources": {"limits": {"gpu": 1}}}),
+        "spec.groups[0].template.resources.limits",
+        "resource names must be cpu, memory, ephemeral-storage, hugepages-<size> or fully qualified",
+        notes="found by tests/chaos/test_fuzz.py: the API server refused the worker Deployment",
+    ),
+    InvalidSpec(
+        "resource-request-name-not-extended",
+        _set(*TEMPLATE, value={"resources": {"requests": {"requests.example.com/gpu": 1}}}),
+        "spec.groups[0].template.resources.requests",
+        "resource names must be cpu, memory, ephemeral-storage, hugepages-<size> or fully qualified",
+        notes="an extended resource's quota name requests.<name> must be a qualified name too",
+    ),
+    InvalidSpec(
+        "label-key-not-qualified",
+        _set(*TEMPLATE, value={"labels": {"team name": "billing"}}),
+        "spec.groups[0].template.labels",
+        "label keys must be qualified names",
+    ),
+    InvalidSpec(
+        "label-value-not-label-value",
+        _set(*TEMPLATE, value={"labels": {"team": "-billing"}}),
+        "spec.groups[0].template.labels.team",
+        "should match '^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'",
+    ),
+    InvalidSpec(
+        "node-selector-key-not-qualified",
+        _set(*TEMPLATE, value={"nodeSelector": {"Example.com/zone": "a"}}),
+        "spec.groups[0].template.nodeSelector",
+        "node label keys must be qualified names",
+        notes="the prefix of a label key is a lowercase DNS subdomain",
+    ),
+    InvalidSpec(
+        "annotation-key-not-qualified",
+        _set(*TEMPLATE, value={"annotations": {"scrape me": "true"}}),
+        "spec.groups[0].template.annotations",
+        "annotation keys must be qualified names",
+    ),
+    InvalidSpec(
         "grace-period-negative",
         _set(*TEMPLATE, value={"terminationGracePeriodSeconds": -1}),
         "spec.groups[0].template.terminationGracePeriodSeconds",
         "should be greater than or equal to 0",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ValidSpec:
+    """A valid manifest near the edge of a rule: what the rule must not refuse."""
+
+    id: str
+    mutate: Callable[[Manifest], None]
+
+    def manifest(self) -> Manifest:
+        document = minimal_manifest()
+        self.mutate(document)
+        return document
+
+
+# The counterparts of the pod-field rules above: each is accepted offline and by the API server
+# (tests/unit/test_api_invalid.py, tests/k8s/test_crd_server.py), and its worker Deployment by the API
+# server too (tests/k8s/test_crd_server.py).
+VALID_SPECS: list[ValidSpec] = [
+    ValidSpec("extended-resource", _set(*TEMPLATE, value={"resources": {"limits": {"nvidia.com/gpu": 1}}})),
+    ValidSpec(
+        "hugepages",
+        _set(*TEMPLATE, value={"resources": {"limits": {"hugepages-2Mi": "4Mi", "memory": "128Mi"}}}),
+    ),
+    ValidSpec(
+        "standard-resources",
+        _set(
+            *TEMPLATE,
+            value={"resources": {"requests": {"cpu": "100m", "memory": "64Mi", "ephemeral-storage": "1Gi"}}},
+        ),
+    ),
+    ValidSpec(
+        "toleration-exists-without-key", _set(*TEMPLATE, value={"tolerations": [{"operator": "Exists"}]})
+    ),
+    ValidSpec(
+        "toleration-prefixed-key-no-execute",
+        _set(
+            *TEMPLATE,
+            value={
+                "tolerations": [
+                    {
+                        "key": "node.kubernetes.io/unreachable",
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": 300,
+                    },
+                    {"key": "dedicated", "value": ""},
+                ]
+            },
+        ),
+    ),
+    ValidSpec(
+        "prefixed-label-keys",
+        _set(
+            *TEMPLATE,
+            value={
+                "labels": {"example.com/team": "billing", "Tier_2.x": ""},
+                "nodeSelector": {"kubernetes.io/os": "linux", "topology.kubernetes.io/zone": "eu-1a"},
+            },
+        ),
+    ),
+    ValidSpec(
+        "annotation-key-upper-case-prefix",
+        _set(*TEMPLATE, value={"annotations": {"Example.com/Scrape": "true", "prometheus.io/port": "9102"}}),
     ),
 ]

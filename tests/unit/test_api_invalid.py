@@ -10,7 +10,7 @@ import pytest
 from streampipe_operator import api
 from streampipe_operator.cel import RuleModel
 from streampipe_operator.validation import validate_manifest
-from tests.support.invalid_specs import INVALID_SPECS, InvalidSpec, minimal_manifest
+from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
 
 
 def test_the_table_is_big_enough_and_ids_are_unique() -> None:
@@ -29,6 +29,11 @@ def test_refused_offline(case: InvalidSpec) -> None:
     assert len(errors) == 1, [str(error) for error in errors]
     assert errors[0].path == case.path
     assert case.message in errors[0].message
+
+
+@pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)
+def test_edge_of_a_rule_accepted_offline(case: ValidSpec) -> None:
+    assert validate_manifest(case.manifest()) == []
 
 
 def _rule_models() -> list[type[RuleModel]]:
