@@ -53,7 +53,14 @@ from tests.support.servers import ServerProcess
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "streampipeline.yaml").read_text())
 SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-MAP_KEYS = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+# Map keys: short names, plus keys that are (or are not) resource names and qualified names, so that the
+# key rules (resource names, label, nodeSelector and annotation keys) are met on both sides of the line.
+EDGE_KEYS = ["cpu", "memory", "ephemeral-storage", "hugepages-2Mi", "nvidia.com/gpu", "kubernetes.io/os",
+             "example.com/team", "Team_2.x", "Example.com/Note", "requests.example.com/gpu", "example.com/",
+             "a b", "-x", "x" * 64, "pods"]  # fmt: skip
+MAP_KEYS = st.one_of(
+    st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True), st.sampled_from(EDGE_KEYS)
+)
 WRONG_VALUES = [-1, 0, 10**13, "", "x" * 300, "1 hour", True, 3.5, [], {}, None]
 
 
@@ -146,19 +153,32 @@ def specs(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     return mutated, f"{'.'.join(map(str, path))} = {wrong!r}"[:80]
 
 
-# Pod fields a spec's template passes to the worker Deployment without checking them the way the API
-# server's Pod validation does. Found by this test (reported to the API's owners): an empty toleration
-# key needs operator Exists, toleration keys and label keys must be qualified names, resource names must
-# be standard or fully qualified. Until the CRD checks them, the operator meets them when it creates the
-# Deployment.
-PASS_THROUGH = (
-    "spec.template.spec.tolerations",
-    "spec.template.spec.containers[0].resources",
-    "spec.template.spec.nodeSelector",
-    "spec.template.spec.affinity",
-    "spec.template.metadata.labels",
-    "spec.selector",
-)
+# What a spec's template may still carry to the worker Deployment that the API server's Pod validation
+# refuses, with the messages it refuses it with. Tolerations, resource names and label, nodeSelector and
+# annotation keys were on this list until the CRD checked them as Kubernetes does (found by this test);
+# a refusal there now fails. Left: affinity, kept as written by design (its schema is not copied), and
+# relations between quantities (request above limit, a fraction of an extended resource, hugepages
+# not a multiple of their size or without cpu or memory), which CEL would have to parse quantities for.
+PASS_THROUGH: dict[str, tuple[str, ...]] = {
+    "spec.template.spec.affinity": ("",),
+    "spec.template.spec.containers[0].resources": (
+        "must be less than or equal to",
+        "must be equal to",
+        "must be an integer",
+        "is not positive integer multiple of",
+        "HugePages require cpu or memory",
+        "Limit must be set for non overcommitable resources",
+    ),
+}
+
+
+def passed_through(cause: dict[str, str]) -> bool:
+    """A refusal of the worker Deployment that the CRD leaves to the API server (PASS_THROUGH)."""
+    field, message = cause.get("field", ""), cause.get("message", "")
+    return any(
+        field.startswith(prefix) and any(text in message for text in messages)
+        for prefix, messages in PASS_THROUGH.items()
+    )
 
 
 def null_in_a_map(how: str, offline: list[Any]) -> bool:
@@ -255,10 +275,10 @@ def test_fuzzed_specs_agree_offline_and_on_the_api_server(
                 continue
             # Only what the spec passes through to the pod unchecked may be refused here; what the
             # operator renders itself (container, env, probes, security context) must always pass.
-            fields = [cause.get("field", "") for cause in json.loads(refused)["details"]["causes"]]
-            assert all(field.startswith(PASS_THROUGH) for field in fields), refused
+            causes = json.loads(refused)["details"]["causes"]
+            assert all(passed_through(cause) for cause in causes), f"{how}: {refused}"
             counts["deployments_refused"] += 1
-            findings.update(re.sub(r"\[[^]]*\]", "[]", field) for field in fields)
+            findings.update(re.sub(r"\[[^]]*\]", "[]", cause.get("field", "")) for cause in causes)
 
     try:
         check()
