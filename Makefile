@@ -63,7 +63,7 @@ bench: setup ## benchmarks against same-run baselines; writes bench/results and 
 chaos: setup controlplane ## the fault suite at full sizes; renders its figures into docs/reliability.md
 	rm -rf .cache/chaos-results/full
 	started=$$(date +%s); \
-	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS); \
+	STREAMPIPE_CHAOS_SIZE=full $(PY) -m pytest -m chaos $(PYTEST_ARGS) && \
 	$(PY) -m tests.chaos.report --size full --runtime $$(( $$(date +%s) - started ))
 
 crds: $(VENV)/.installed ## regenerate crds/, the chart's copy and docs/api.md's reference from the API models
