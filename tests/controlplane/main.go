@@ -7,7 +7,7 @@
 //
 // Contract used by the test fixtures:
 //
-//	streampipe-controlplane --kubeconfig PATH [--data-dir DIR] [--ready-file PATH] [-v N]
+//	streampipe-controlplane --kubeconfig PATH [--data-dir DIR] [--port N] [--ready-file PATH] [-v N]
 //
 // When the server is ready it writes an admin kubeconfig to PATH, writes the
 // ready file (JSON {"kubeconfig","server","pid"}) if asked, and prints one line
@@ -15,6 +15,13 @@
 // SIGINT shuts down the API server, then etcd, removes the ready file (and the
 // data dir if it was a temporary one) and exits 0; the kubeconfig is left in
 // place. Any failure exits non-zero (2 for bad usage).
+//
+// A restart is a stop and a start with the same --data-dir and --port: etcd's
+// data, the serving certificate and CA, the admin token and the
+// service-account signing key are all kept in the data dir and reused, so the
+// kubeconfig written before and ServiceAccount tokens minted before still
+// work, and every object is still there. Without --data-dir each start is
+// fresh.
 package main
 
 import (
@@ -46,16 +53,17 @@ func main() {
 	log.SetPrefix("streampipe-controlplane: ")
 
 	kubeconfig := flag.String("kubeconfig", "", "where to write the admin kubeconfig (required)")
-	dataDir := flag.String("data-dir", "", "etcd data and certificates (default: a temporary dir removed on exit)")
+	dataDir := flag.String("data-dir", "", "etcd data, certificates and tokens, reused by the next start on it (default: a temporary dir removed on exit)")
+	port := flag.Int("port", 0, "kube-apiserver's port on 127.0.0.1 (0: a free one); give the same one to restart on a --data-dir")
 	readyFile := flag.String("ready-file", "", `written once ready: JSON {"kubeconfig","server","pid"}`)
 	verbosity := flag.Int("v", 0, "log verbosity of kube-apiserver (klog) and etcd; 0 logs errors only")
 	flag.Parse()
-	if *kubeconfig == "" || flag.NArg() > 0 {
+	if *kubeconfig == "" || flag.NArg() > 0 || *port < 0 || *port > 65535 {
 		flag.Usage()
 		os.Exit(2)
 	}
 	setupLogging(*verbosity)
-	os.Exit(run(*kubeconfig, *dataDir, *readyFile, *verbosity))
+	os.Exit(run(*kubeconfig, *dataDir, *port, *readyFile, *verbosity))
 }
 
 // setupLogging keeps kube-apiserver's klog output to errors unless -v is given:
@@ -78,7 +86,7 @@ func setupLogging(v int) {
 	klog.SetOutput(io.Discard)
 }
 
-func run(kubeconfig, dataDir, readyFile string, verbosity int) int {
+func run(kubeconfig, dataDir string, port int, readyFile string, verbosity int) int {
 	kubeconfig, err := filepath.Abs(kubeconfig)
 	if err != nil {
 		log.Print(err)
@@ -113,7 +121,7 @@ func run(kubeconfig, dataDir, readyFile string, verbosity int) int {
 	// Deferred, so it runs after the API server below has stopped using it.
 	defer etcd.Close()
 
-	api, err := newAPIServer(ctx, dataDir, etcd.url)
+	api, err := newAPIServer(ctx, dataDir, etcd.url, port)
 	if err != nil {
 		log.Printf("configuring kube-apiserver: %v", err)
 		return 1
