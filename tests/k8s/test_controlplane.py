@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.controlplane import KUBECTL, ControlPlane, Kubectl, decode_jwt_subject
+from tests.support.controlplane import (
+    KUBECTL,
+    ControlPlane,
+    Kubectl,
+    decode_jwt_subject,
+    running_control_plane,
+    service_account_kubeconfig,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -167,3 +174,37 @@ def test_rbac_is_enforced_for_service_account_tokens(
     assert can_i.stdout.strip() == "yes"
     cannot = as_reader("auth", "can-i", "create", "deployments", "-n", namespace, check=False)
     assert cannot.stdout.strip() == "no"
+
+
+@pytest.mark.k8s
+def test_restart_keeps_objects_kubeconfig_and_service_account_tokens(tmp_path: Path) -> None:
+    """A restart (SIGTERM, start again on the same data dir and port) is what a client of a real cluster
+    sees: same address, same CA, the admin token and ServiceAccount tokens minted before still valid,
+    every object still there. A control plane of its own: the session one is shared."""
+    with running_control_plane(tmp_path / "controlplane") as plane:
+        kubectl = Kubectl(plane.kubeconfig)
+        kubectl("create", "namespace", "kept")
+        kubectl("create", "configmap", "settings", "-n", "kept", "--from-literal=colour=blue")
+        reader = service_account_kubeconfig(
+            kubectl, plane, "kept", "reader", tmp_path / "reader.kubeconfig",
+            rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        )  # fmt: skip
+        assert plane.proc is not None
+        server, kubeconfig, pid = plane.server, plane.kubeconfig.read_text(), plane.proc.pid
+
+        plane.restart()
+
+        assert plane.proc is not None
+        assert plane.proc.pid != pid, "a new process"
+        assert plane.server == server
+        assert plane.kubeconfig.read_text() == kubeconfig, "same server, CA and admin token"
+        settings = kubectl.json("get", "configmap", "settings", "-n", "kept")
+        assert settings["data"] == {"colour": "blue"}
+        as_reader = Kubectl(reader)
+        whoami = as_reader.json("auth", "whoami")
+        assert whoami["status"]["userInfo"]["username"] == "system:serviceaccount:kept:reader"
+        assert as_reader.json("get", "configmap", "settings", "-n", "kept")["data"] == {"colour": "blue"}
+        # And the server works after the restart, not just reads from before: RBAC still enforced.
+        denied = as_reader("delete", "configmap", "settings", "-n", "kept", check=False)
+        assert "Forbidden" in denied.stderr, denied.stderr
+        kubectl("create", "configmap", "after", "-n", "kept")

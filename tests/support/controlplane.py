@@ -37,13 +37,18 @@ class ControlPlaneError(RuntimeError):
 
 @dataclass
 class ControlPlane:
-    """One running streampipe-controlplane process owned by the test session."""
+    """One streampipe-controlplane process, with its etcd data, certificates and tokens in
+    ``workdir/data``. ``port`` 0 lets the first start pick a free one; it is then kept, so ``restart()``
+    (and a ``start()`` after ``stop()``) comes back on the same address with the same CA, admin token
+    and service-account signing key: the kubeconfig and ServiceAccount tokens from before still work."""
 
     workdir: Path
+    port: int = 0
     kubeconfig: Path = field(init=False)
     server: str = field(init=False, default="")
     proc: subprocess.Popen[str] | None = field(init=False, default=None, repr=False)
     startup_seconds: float = field(init=False, default=0.0)
+    stop_seconds: float = field(init=False, default=0.0)  # the last stop: SIGTERM to exit
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -52,14 +57,26 @@ class ControlPlane:
     def logfile(self) -> Path:
         return self.workdir / "controlplane.log"
 
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
     def start(self, timeout: float = 180.0) -> ControlPlane:
+        """Start the process (on ``data_dir``, on ``port`` unless 0) and wait until it is ready."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise ControlPlaneError(f"control plane already running (pid {self.proc.pid})")
         if not BINARY.exists():
             raise ControlPlaneError(f"{BINARY} missing: run `make controlplane` (make test does it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        log = self.logfile.open("w")
+        args = [
+            str(BINARY), "--kubeconfig", str(self.kubeconfig), "--data-dir", str(self.data_dir),
+            "--port", str(self.port),
+        ]  # fmt: skip
+        # Appended to: a restart keeps the log of the run before it.
+        log = self.logfile.open("a")
         self.proc = subprocess.Popen(
-            [str(BINARY), "--kubeconfig", str(self.kubeconfig), "--data-dir", str(self.workdir / "data")],
+            args,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -84,18 +101,36 @@ class ControlPlane:
             tail = self.logfile.read_text(errors="replace")[-3000:]
             raise ControlPlaneError(f"control plane not ready within {timeout}s:\n{tail}")
         self.server = ready["server"]
+        self.port = int(self.server.rsplit(":", 1)[1])
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM to this process's PID (a clean shutdown of the API server, then etcd), then wait;
+        SIGKILL if it has not exited within ``timeout``. The exit code (None: never started)."""
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return None if self.proc is None else self.proc.returncode
+        started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(timeout)
+            return self.proc.wait(timeout)
+        finally:
+            self.stop_seconds = time.monotonic() - started
+
+    def restart(self, down: float = 0.0, timeout: float = 180.0) -> ControlPlane:
+        """Stop the process, stay down ``down`` seconds more, start it again on the same data dir and
+        port, and wait until it is ready. Objects, the kubeconfig and minted tokens carry over."""
+        if not self.port:
+            raise ControlPlaneError("restart() needs a control plane that was started (its port is unknown)")
+        code = self.stop()
+        if code != 0:
+            tail = self.logfile.read_text(errors="replace")[-3000:]
+            raise ControlPlaneError(f"control plane exited with {code} on SIGTERM, not 0:\n{tail}")
+        time.sleep(down)
+        return self.start(timeout)
 
     def admin_token(self) -> str:
         config = yaml.safe_load(self.kubeconfig.read_text())

@@ -50,6 +50,12 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.fixture(scope="session")
 def crd_installed(kubectl: Kubectl) -> str:
     """The generated StreamPipeline CRD from crds/, applied and Established."""
+    return install_crd(kubectl)
+
+
+def install_crd(kubectl: Kubectl) -> str:
+    """Apply crds/streampipeline.yaml with ``kubectl`` and wait until the resource is served (also for a
+    test's own control plane); returns the CRD's name."""
     if not CRD_FILE.exists():
         raise ControlPlaneError(f"{CRD_FILE} missing: run `make crds`")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
