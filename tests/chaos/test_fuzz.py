@@ -50,6 +50,8 @@ from tests.chaos.sizes import SIZES
 from tests.support.controlplane import ControlPlane, Kubectl, unique_name
 from tests.support.servers import ServerProcess
 
+pytestmark = pytest.mark.chaos
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "streampipeline.yaml").read_text())
 SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
