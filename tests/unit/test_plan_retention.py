@@ -252,6 +252,20 @@ def test_held_message_names_groups_and_count() -> None:
     ]
 
 
+def test_groups_read_after_the_stream_grew_hold_the_length_trim() -> None:
+    """Regression (found by the fault suite's trim test under live traffic): XINFO STREAM is read before
+    XINFO GROUPS and the counts, so a group's position and lag can include entries added after the
+    length was read, and the entries from the bound on then outnumber the length. The plan failed on
+    a negative count; now it knows of nothing before the bound and trims nothing by length."""
+    late = group("billing", 210, 15, pending=5, oldest=120)
+    in_flight = CountRequest(start=EntryId(120), end=EntryId(210), cap=10_000)
+    plan = plan_retention(
+        RetentionPolicy(max_length=60), STREAM, [late], now=NOW, counts={in_flight: EntryCount(value=91)}
+    )
+    assert plan.actions == ()
+    assert plan.held is not None and plan.held.entries == EntryCount(value=46)
+
+
 def test_empty_stream_needs_nothing() -> None:
     empty = StreamState(length=0, last_generated_id=EntryId(5), entries_added=5)
     assert plan_retention(BOTH, empty, [group("g", 1, 0)], now=NOW) == RetentionPlan()

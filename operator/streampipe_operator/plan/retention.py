@@ -274,7 +274,10 @@ class _Counter:
         before_bound: EntryCount | None = None
         held = held_at_least
         if exact_from_bound is not None:
-            before_bound = EntryCount(value=self.stream.length - exact_from_bound)
+            # The stream's length is read before the groups and the counts (separate round trips), so
+            # entries added in between make the count from the bound larger than the length: then fewer
+            # entries are known to lie before the bound, never more (the trim stays short of it).
+            before_bound = EntryCount(value=max(0, self.stream.length - exact_from_bound))
             held = EntryCount(value=max(0, exact_from_bound - max_length))
         elif len(self.missing) == asked_before:
             # The entries from the bound on could not be settled: count those before it instead.
