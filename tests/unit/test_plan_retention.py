@@ -263,7 +263,8 @@ def test_groups_read_after_the_stream_grew_hold_the_length_trim() -> None:
         RetentionPolicy(max_length=60), STREAM, [late], now=NOW, counts={in_flight: EntryCount(value=91)}
     )
     assert plan.actions == ()
-    assert plan.held is not None and plan.held.entries == EntryCount(value=46)
+    assert plan.held is not None
+    assert plan.held.entries == EntryCount(value=46)
 
 
 def test_empty_stream_needs_nothing() -> None:
