@@ -228,18 +228,6 @@ class _HiredisPacking:
         return [pack_command(args, self.encoder)]
 
 
-_FAST_CLASSES: dict[type[Any], type[Any]] = {}
-
-
-def _use_hiredis_packing(client: Any) -> None:
-    pool = client.connection_pool
-    base = pool.connection_class
-    fast = _FAST_CLASSES.get(base)
-    if fast is None:
-        fast = _FAST_CLASSES[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    pool.connection_class = fast
-
-
 class _EncoderPacker:
     """A sync connection's command packer: ``pack_command`` with the client's encoder."""
 
@@ -261,16 +249,19 @@ class _SurrogateSafePacking:
         return packer if packer is not None else _EncoderPacker(self.encoder)
 
 
-_SAFE_CLASSES: dict[type[Any], type[Any]] = {}
+_MIXED_CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 
 
-def _use_surrogate_safe_packing(client: Any) -> None:
+def _mix_into_connections(client: Any, mixin: type[Any]) -> None:
+    """Make the client's pool open connections of its class with ``mixin`` in front (one class per
+    pair, made once)."""
     pool = client.connection_pool
     base = pool.connection_class
-    safe = _SAFE_CLASSES.get(base)
-    if safe is None:
-        safe = _SAFE_CLASSES[base] = type(f"SurrogateSafe{base.__name__}", (_SurrogateSafePacking, base), {})
-    pool.connection_class = safe
+    mixed = _MIXED_CLASSES.get((mixin, base))
+    if mixed is None:
+        name = f"{mixin.__name__.strip('_')}{base.__name__}"
+        mixed = _MIXED_CLASSES[(mixin, base)] = type(name, (mixin, base), {})
+    pool.connection_class = mixed
 
 
 def create_async_client(cs: ConnectionSettings) -> AsyncClient:
@@ -289,11 +280,11 @@ def create_async_client(cs: ConnectionSettings) -> AsyncClient:
             parsed.hosts, sentinel_kwargs=_sentinel_options(options, parsed), db=parsed.db, **options
         )
         master: AsyncClient = manager.master_for(cs.sentinel_master)
-        _use_hiredis_packing(master)
+        _mix_into_connections(master, _HiredisPacking)
         return master
     host, port = parsed.hosts[0]
     client = redis.asyncio.Redis(host=host, port=port, db=parsed.db, **options)
-    _use_hiredis_packing(client)
+    _mix_into_connections(client, _HiredisPacking)
     return client
 
 
@@ -313,9 +304,9 @@ def create_client(cs: ConnectionSettings) -> SyncClient:
             parsed.hosts, sentinel_kwargs=_sentinel_options(options, parsed), db=parsed.db, **options
         )
         sync_master: SyncClient = manager.master_for(cs.sentinel_master)
-        _use_surrogate_safe_packing(sync_master)
+        _mix_into_connections(sync_master, _SurrogateSafePacking)
         return sync_master
     host, port = parsed.hosts[0]
     client = redis.Redis(host=host, port=port, db=parsed.db, **options)
-    _use_surrogate_safe_packing(client)
+    _mix_into_connections(client, _SurrogateSafePacking)
     return client
