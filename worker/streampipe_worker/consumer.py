@@ -88,6 +88,15 @@ def entry_id_order(entry_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
+def _raise_if_a_cancellation_was_lost() -> None:
+    """Raise the cancellation a redis-py call swallowed. On Python 3.11, ``asyncio.wait_for`` (which
+    redis-py sends commands with) returns normally when a cancel lands just as the send completes
+    (CPython gh-86296); the request is still counted on the task, so it can be honoured here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def dedupe_key(stream: str, group: str, entry_id: str, fields: dict[str, str]) -> str:
     """The processed marker of an entry: its ``dedupe_key`` field if the producer set one, else its id."""
     return f"{stream}:dedupe:{group}:{fields.get(DEDUPE_KEY_FIELD) or entry_id}"
@@ -202,6 +211,7 @@ class Consumer:
     async def run(self) -> None:
         """Consume until ``request_stop()``; then settle, hand back what is left, and return."""
         await self._hand_back_previous_run()
+        _raise_if_a_cancellation_was_lost()
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
         helpers = [
             asyncio.create_task(self._reclaim_loop(), name="reclaimer"),
