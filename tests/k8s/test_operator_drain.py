@@ -13,7 +13,13 @@ import pytest
 
 import redis
 from tests.support.controlplane import Kubectl
-from tests.support.operator_process import Cluster, eventually, pipeline_manifest, worker_group
+from tests.support.operator_process import (
+    Cluster,
+    OperatorProcess,
+    eventually,
+    pipeline_manifest,
+    worker_group,
+)
 from tests.support.pod_runner import PodRunner
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
@@ -28,9 +34,9 @@ def drained(client: redis.Redis) -> bool:
     return bool(group["lag"] == 0 and group["pending"] == 0)
 
 
-@pytest.mark.usefixtures("operator")
 def test_flood_scales_up_workers_drain_it_and_scale_to_zero_then_one_entry_wakes_them(
     *,
+    operator: OperatorProcess,
     kubectl: Kubectl,
     cluster: Cluster,
     namespace: str,
@@ -80,7 +86,24 @@ def test_flood_scales_up_workers_drain_it_and_scale_to_zero_then_one_entry_wakes
     print(f"\n50K flood: replicas rose {rose:.2f}s after the last XADD, {peak} workers ran at once")
 
     redis_client.xadd(STREAM, {"n": "one more"})
-    eventually(lambda: cluster.replicas(namespace, DEPLOYMENT) == 1, what="one entry wakes the group")
+
+    def woken() -> bool:
+        replicas = cluster.replicas(namespace, DEPLOYMENT)
+        if replicas == 1:
+            return True
+        # What the operator saw, should it not wake the group (a failure then says why).
+        groups = ((cluster.pipeline(namespace, "orders") or {}).get("status") or {}).get("groups")
+        figures = [
+            line
+            for line in operator.metrics().splitlines()
+            if line.startswith(("streampipe_operator_reconciles_total", "streampipe_operator_group_backlog"))
+        ]
+        raise AssertionError(
+            f"replicas {replicas}; status groups {groups}; XINFO GROUPS {redis_client.xinfo_groups(STREAM)}; "
+            f"operator metrics {figures}"
+        )
+
+    eventually(woken, what="one entry wakes the group")
     eventually(lambda: drained(redis_client), within=60, what="the entry processed")
     eventually(lambda: cluster.replicas(namespace, DEPLOYMENT) == 0, within=60, what="back to zero")
     status = cluster.status(namespace, "orders")
