@@ -67,7 +67,9 @@ DEFAULT_DEAD_LETTER_SUFFIX = ":dlq"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+# A Secret or ConfigMap data key, as Kubernetes checks it (IsConfigMapKey): these characters, and not
+# `.`, `..` or anything starting with `..` (RE2 has no lookahead: an optional dot, then a non-dot).
+DATA_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 NO_WHITESPACE = r"^\S+$"
 REDIS_URL = r"^rediss?://\S+$"
 # A password in the URL's userinfo (`redis://user:secret@host`, `redis://:secret@host`).

@@ -190,6 +190,19 @@ INVALID_SPECS: list[InvalidSpec] = [
         "should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'",
     ),
     InvalidSpec(
+        "auth-password-key-dot",
+        _set("spec", "redis", "auth", value={"secretName": "redis-creds", "passwordKey": "."}),
+        "spec.redis.auth.passwordKey",
+        "should match '^\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$'",
+        notes="Found by the spec fuzzing: the API server refuses such a secretKeyRef key in the Deployment.",
+    ),
+    InvalidSpec(
+        "tls-ca-key-double-dot-prefix",
+        _set("spec", "redis", "tls", value={"caSecretName": "redis-ca", "caKey": "..data"}),
+        "spec.redis.tls.caKey",
+        "should match '^\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$'",
+    ),
+    InvalidSpec(
         "cluster-without-hash-tag",
         _all(_set("spec", "redis", "mode", value="cluster"), _set("spec", "stream", value="orders:events")),
         "spec.stream",
