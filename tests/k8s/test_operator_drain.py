@@ -92,15 +92,16 @@ def test_flood_scales_up_workers_drain_it_and_scale_to_zero_then_one_entry_wakes
         if replicas == 1:
             return True
         # What the operator saw, should it not wake the group (a failure then says why).
-        groups = ((cluster.pipeline(namespace, "orders") or {}).get("status") or {}).get("groups")
+        status = (cluster.pipeline(namespace, "orders") or {}).get("status") or {}
+        groups, conditions = status.get("groups"), status.get("conditions")
         figures = [
             line
             for line in operator.metrics().splitlines()
             if line.startswith(("streampipe_operator_reconciles_total", "streampipe_operator_group_backlog"))
         ]
         raise AssertionError(
-            f"replicas {replicas}; status groups {groups}; XINFO GROUPS {redis_client.xinfo_groups(STREAM)}; "
-            f"operator metrics {figures}"
+            f"replicas {replicas}; status groups {groups}, conditions {conditions}; "
+            f"XINFO GROUPS {redis_client.xinfo_groups(STREAM)}; operator metrics {figures}"
         )
 
     eventually(woken, what="one entry wakes the group")
