@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -520,6 +520,90 @@ class ResourceRequirements(SpecModel):
         return all(is_container_resource_name(name) for name in self.requests or {})
 
 
+class KeySelector(SpecModel):
+    """One key of a Secret or ConfigMap in the pipeline's namespace (as in a Pod's `secretKeyRef`)."""
+
+    name: DnsSubdomain = Field(description="Name of the Secret or ConfigMap.")
+    key: SecretKey = Field(description="The key to read.")
+    optional: bool | None = Field(default=None, description="Start the pod even when it does not exist.")
+
+
+# What a Pod's env may read from its own object (Kubernetes' downward API for env, without the
+# `metadata.labels['...']` and `metadata.annotations['...']` forms).
+FieldPath = Literal[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+]
+ResourceField = Literal[
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+]
+Divisor = Literal["1m", "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei"]
+CPU_DIVISORS = ("1m", "1")
+BYTE_DIVISORS = tuple(divisor for divisor in get_args(Divisor) if divisor != "1m")
+
+
+class ObjectFieldSelector(SpecModel):
+    """A field of the worker's own pod (as in a Pod's `fieldRef`)."""
+
+    api_version: Literal["v1"] | None = Field(default=None, description="Version of the field path: v1.")
+    field_path: FieldPath = Field(description="The pod field to read.")
+
+
+class ResourceFieldSelector(SpecModel):
+    """A resource request or limit of the worker container (as in a Pod's `resourceFieldRef`)."""
+
+    container_name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)] | None = Field(
+        default=None, description="Container; the worker's own when empty."
+    )
+    resource: ResourceField = Field(description="The request or limit to read.")
+    divisor: Divisor | None = Field(
+        default=None, description="Unit the value is expressed in: 1m or 1 for cpu, a byte unit otherwise."
+    )
+
+    @cel_rule(
+        "!has(self.divisor) || (self.resource.endsWith('.cpu') ? self.divisor in ['1m', '1'] : "
+        "self.divisor != '1m')",
+        message="divisor: 1m or 1 for cpu; 1, 1k, 1M ... 1Ei or 1Ki ... 1Ei for memory and ephemeral-storage",
+        field_path=".divisor",
+    )
+    def _divisor_fits(self) -> bool:
+        if self.divisor is None:
+            return True
+        return self.divisor in (CPU_DIVISORS if self.resource.endswith(".cpu") else BYTE_DIVISORS)
+
+
+class EnvVarSource(SpecModel):
+    """Where an environment variable's value comes from (as in a Pod's `valueFrom`): exactly one."""
+
+    secret_key_ref: KeySelector | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the worker's pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource request or limit of the worker container."
+    )
+
+    @cel_rule(
+        "[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef), "
+        "has(self.resourceFieldRef)].filter(x, x).size() == 1",
+        message="set exactly one of secretKeyRef, configMapKeyRef, fieldRef or resourceFieldRef",
+    )
+    def _exactly_one(self) -> bool:
+        sources = (self.secret_key_ref, self.config_map_key_ref, self.field_ref, self.resource_field_ref)
+        return sum(source is not None for source in sources) == 1
+
+
 class EnvVar(SpecModel):
     """An extra environment variable of the worker container (as in a Pod's `env`)."""
 
@@ -529,10 +613,10 @@ class EnvVar(SpecModel):
     value: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
         default=None, description="Literal value."
     )
-    value_from: dict[str, Any] | None = Field(
+    value_from: EnvVarSource | None = Field(
         default=None,
-        description="Source of the value, as in a Pod (`secretKeyRef`, `configMapKeyRef`, `fieldRef`, "
-        "`resourceFieldRef`); checked by the API server when the operator creates the Deployment.",
+        description="Source of the value, as in a Pod: one of `secretKeyRef`, `configMapKeyRef`, `fieldRef`, "
+        "`resourceFieldRef`.",
     )
 
     @cel_rule(

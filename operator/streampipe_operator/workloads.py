@@ -132,7 +132,7 @@ def worker_env(pipeline: api.StreamPipeline, group: api.GroupSpec) -> list[dict[
         if var.value is not None:
             item["value"] = var.value
         if var.value_from is not None:
-            item["valueFrom"] = var.value_from
+            item["valueFrom"] = var.value_from.model_dump(mode="json", by_alias=True, exclude_none=True)
         env.append(item)
     return env
 

@@ -365,6 +365,39 @@ INVALID_SPECS: list[InvalidSpec] = [
         "set value or valueFrom, not both",
     ),
     InvalidSpec(
+        "env-value-from-empty",
+        _set(*TEMPLATE, value={"env": [{"name": "TOKEN", "valueFrom": {}}]}),
+        "spec.groups[0].template.env[0].valueFrom",
+        "set exactly one of secretKeyRef, configMapKeyRef, fieldRef or resourceFieldRef",
+        notes="Found by the spec fuzzing: the API server refused the Deployment with `valueFrom: {}`.",
+    ),
+    InvalidSpec(
+        "env-value-from-unknown-field-path",
+        _set(
+            *TEMPLATE,
+            value={"env": [{"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "spec.hostname"}}}]},
+        ),
+        "spec.groups[0].template.env[0].valueFrom.fieldRef.fieldPath",
+        "metadata.name",
+        server_message="Unsupported value",
+    ),
+    InvalidSpec(
+        "env-value-from-cpu-divisor",
+        _set(
+            *TEMPLATE,
+            value={
+                "env": [
+                    {
+                        "name": "CPU",
+                        "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1Mi"}},
+                    }
+                ]
+            },
+        ),
+        "spec.groups[0].template.env[0].valueFrom.resourceFieldRef.divisor",
+        "divisor: 1m or 1 for cpu",
+    ),
+    InvalidSpec(
         "env-duplicate",
         _set(*TEMPLATE, value={"env": [{"name": "MODE", "value": "a"}, {"name": "MODE", "value": "b"}]}),
         "spec.groups[0].template.env[1]",

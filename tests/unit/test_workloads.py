@@ -238,7 +238,13 @@ def test_template_overrides_land_in_the_pod() -> None:
         "name": "BILLING_API_URL",
         "value": "https://billing.internal.example.com",
     }
-    assert env["BILLING_API_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "billing-api", "key": "token"}}
+    assert env["BILLING_API_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "billing-api", "key": "token", "optional": False}
+    }
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}
+    assert env["MEMORY_LIMIT_MI"]["valueFrom"] == {
+        "resourceFieldRef": {"containerName": "worker", "resource": "limits.memory", "divisor": "1Mi"}
+    }
     # The operator's variables come first; the template's follow in their order.
     names = [item["name"] for item in worker["env"]]
     assert names.index("BILLING_API_URL") > max(i for i, n in enumerate(names) if n.startswith("STREAMPIPE_"))
