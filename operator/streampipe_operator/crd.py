@@ -156,7 +156,7 @@ def structural(node: Mapping[str, Any], defs: Mapping[str, Any], path: str = "")
 def _map_values(node: dict[str, Any], defs: Mapping[str, Any], path: str) -> None:
     values = node.pop("additionalProperties")
     if values is True:
-        # dict[str, Any]: a Kubernetes object we keep as written (affinity, valueFrom).
+        # dict[str, Any]: a Kubernetes object we keep as written (affinity).
         node["x-kubernetes-preserve-unknown-fields"] = True
     elif isinstance(values, Mapping):
         node["additionalProperties"] = structural(values, defs, f"{path}.*")
