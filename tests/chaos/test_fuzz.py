@@ -184,8 +184,12 @@ def passed_through(cause: dict[str, str]) -> bool:
 
 
 def null_in_a_map(how: str, offline: list[Any]) -> bool:
-    """A null map value (``requests: {cpu: null}``): the API server prunes it, offline refuses it."""
-    return how.endswith("= None") and all("Invalid value: null" in str(error) for error in offline)
+    """A null map value (``requests: {cpu: null}``, ``annotations: {a: null}``): the API server prunes
+    it, offline refuses it ("Invalid value: null", or 'must be of type string: "null"' for a string map)."""
+    return how.endswith("= None") and all(
+        "Invalid value: null" in str(error) or 'must be of type string: "null"' in str(error)
+        for error in offline
+    )
 
 
 def manifest(spec: dict[str, Any]) -> dict[str, Any]:
