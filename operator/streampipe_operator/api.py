@@ -575,7 +575,7 @@ class ResourceFieldSelector(SpecModel):
     @cel_rule(
         "!has(self.divisor) || (self.resource.endsWith('.cpu') ? self.divisor in ['1m', '1'] : "
         "self.divisor != '1m')",
-        message="divisor: 1m or 1 for cpu; 1, 1k, 1M ... 1Ei or 1Ki ... 1Ei for memory and ephemeral-storage",
+        message="divisor: 1m or 1 for cpu; 1, 1k, 1M ... 1E or 1Ki ... 1Ei for memory and ephemeral-storage",
         field_path=".divisor",
     )
     def _divisor_fits(self) -> bool:

@@ -357,6 +357,27 @@ async def test_a_restarted_consumer_reports_its_pending_entries_that_were_trimme
     assert redis_client.xpending(stream, GROUP)["pending"] == 0
 
 
+def idle_consumer(redis_client: redis.Redis, redis_url: str, client: Any, *, block: str) -> Consumer:
+    """Consumer c1 of an empty stream (nothing is produced), reading through ``client``."""
+    stream = "{regression}:events"
+    redis_client.xgroup_create(stream, GROUP, id="$", mkstream=True)
+
+    async def handle(entry: Entry) -> None:
+        raise AssertionError("nothing is produced")
+
+    settings_ = load_settings(
+        {},
+        redis_url=redis_url,
+        stream=stream,
+        group=GROUP,
+        consumer="c1",
+        handler="tests.unused:handler",
+        block=block,
+        metrics_port=0,
+    )
+    return Consumer(settings_, classify_handler(handle), client=client)
+
+
 class SwallowsOneCancellation(redis.asyncio.Redis):
     """A real client whose XREADGROUP loses one cancellation, as redis-py's does on Python 3.11: it sends
     with ``asyncio.wait_for``, which returns normally when the cancel lands just as the send completes
@@ -381,26 +402,11 @@ async def test_a_cancelled_consumer_stops_even_if_a_cancellation_is_lost(
     """Regression (found by the model above, which hung in 1 run of 6): when its task was cancelled (a
     crash, or an error in one of its loops), a consumer whose reader lost the cancellation kept reading
     forever and ``run()`` never returned."""
-    stream = "{regression}:events"
-    redis_client.xgroup_create(stream, GROUP, id="$", mkstream=True)
-
-    async def handle(entry: Entry) -> None:
-        raise AssertionError("nothing is produced")
-
-    settings_ = load_settings(
-        {},
-        redis_url=redis_url,
-        stream=stream,
-        group=GROUP,
-        consumer="c1",
-        handler="tests.unused:handler",
-        block="5s",  # the reader sits in XREADGROUP: the cancel lands there
-        metrics_port=0,
-    )
     client = SwallowsOneCancellation.from_url(
         redis_url, decode_responses=True, socket_timeout=15, client_name="c1"
     )
-    consumer = Consumer(settings_, classify_handler(handle), client=client)
+    # block 5s: the reader sits in XREADGROUP, so the cancel lands there.
+    consumer = idle_consumer(redis_client, redis_url, client, block="5s")
     task = asyncio.create_task(consumer.run())
     await eventually(lambda: any(c["name"] == "c1" for c in redis_client.client_list()), what="c1 reading")
     await asyncio.sleep(0.2)
@@ -436,24 +442,8 @@ async def test_a_consumer_cancelled_while_starting_stops_even_if_the_cancellatio
 ) -> None:
     """Regression (found by the model above on CI: a consumer crashed 50 ms after it started hung the
     run): a cancellation lost during the start-up hand-back left ``run()`` consuming for ever."""
-    stream = "{regression}:events"
-    redis_client.xgroup_create(stream, GROUP, id="$", mkstream=True)
-
-    async def handle(entry: Entry) -> None:
-        raise AssertionError("nothing is produced")
-
-    settings_ = load_settings(
-        {},
-        redis_url=redis_url,
-        stream=stream,
-        group=GROUP,
-        consumer="c1",
-        handler="tests.unused:handler",
-        block="20ms",
-        metrics_port=0,
-    )
     client = SwallowsTheCancelledHandBack.from_url(redis_url, decode_responses=True, socket_timeout=15)
-    consumer = Consumer(settings_, classify_handler(handle), client=client)
+    consumer = idle_consumer(redis_client, redis_url, client, block="20ms")
     task = asyncio.create_task(consumer.run())
     await asyncio.sleep(0.2)
     task.cancel()
