@@ -48,7 +48,7 @@ from streampipe_operator.redis_admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import Entry, PermanentError, classify_handler
-from streampipe_worker.settings import load_settings
+from streampipe_worker.settings import WorkerSettings, load_settings
 from tests.chaos.results import ChaosResult, record
 from tests.chaos.sizes import SIZES
 from tests.redis.conftest import eventually
@@ -316,6 +316,20 @@ def test_the_consumer_protocol_accounts_for_every_entry(
     )
 
 
+def c1_settings(redis_url: str, stream: str, **values: str) -> WorkerSettings:
+    """Settings of consumer c1 in the regression tests below."""
+    return load_settings(
+        {},
+        redis_url=redis_url,
+        stream=stream,
+        group=GROUP,
+        consumer="c1",
+        handler="tests.unused:handler",
+        metrics_port=0,
+        **values,
+    )
+
+
 @pytest.mark.timeout(60)
 async def test_a_restarted_consumer_reports_its_pending_entries_that_were_trimmed(
     redis_client: redis.Redis, redis_url: str
@@ -334,18 +348,10 @@ async def test_a_restarted_consumer_reports_its_pending_entries_that_were_trimme
     async def handle(entry: Entry) -> None:
         seen.append(entry)
 
-    settings_ = load_settings(
-        {},
-        redis_url=redis_url,
-        stream=stream,
-        group=GROUP,
-        consumer="c1",
-        handler="tests.unused:handler",
-        block="20ms",
-        claim_idle="10s",  # no XAUTOCLAIM finds them first: the hand-back at start-up is what runs
-        metrics_port=0,
+    # claimIdle 10s: no XAUTOCLAIM finds them first; the hand-back at start-up is what runs.
+    consumer = Consumer(
+        c1_settings(redis_url, stream, block="20ms", claim_idle="10s"), classify_handler(handle)
     )
-    consumer = Consumer(settings_, classify_handler(handle))
     task = asyncio.create_task(consumer.run())
     try:
         await eventually(lambda: consumer.stats.trimmed >= 5, within=20, what="the trimmed entries reported")
@@ -365,17 +371,7 @@ def idle_consumer(redis_client: redis.Redis, redis_url: str, client: Any, *, blo
     async def handle(entry: Entry) -> None:
         raise AssertionError("nothing is produced")
 
-    settings_ = load_settings(
-        {},
-        redis_url=redis_url,
-        stream=stream,
-        group=GROUP,
-        consumer="c1",
-        handler="tests.unused:handler",
-        block=block,
-        metrics_port=0,
-    )
-    return Consumer(settings_, classify_handler(handle), client=client)
+    return Consumer(c1_settings(redis_url, stream, block=block), classify_handler(handle), client=client)
 
 
 class SwallowsOneCancellation(redis.asyncio.Redis):
