@@ -7,7 +7,16 @@
 //
 // Contract used by the test fixtures:
 //
-//	streampipe-controlplane --kubeconfig PATH [--data-dir DIR] [--port N] [--ready-file PATH] [-v N]
+//	streampipe-controlplane --kubeconfig PATH [--data-dir DIR] [--address IP] [--port N]
+//	    [--node-name NAME --components-dir DIR] [--ready-file PATH] [-v N]
+//
+// With --node-name the API server serves a whole cluster (tests/cluster): it
+// listens on --address (the node's address on the pod network, so pods reach
+// it through the "kubernetes" Service), authorizes that node's kubelet with
+// the Node authorizer, and writes a kubeconfig per component (kubelet,
+// kube-controller-manager, kube-scheduler, kube-proxy, cluster-dns) into
+// --components-dir, each with its own identity. The components themselves
+// run from the streampipe-node binary (node/).
 //
 // When the server is ready it writes an admin kubeconfig to PATH, writes the
 // ready file (JSON {"kubeconfig","server","pid"}) if asked, and prints one line
@@ -54,16 +63,20 @@ func main() {
 
 	kubeconfig := flag.String("kubeconfig", "", "where to write the admin kubeconfig (required)")
 	dataDir := flag.String("data-dir", "", "etcd data, certificates and tokens, reused by the next start on it (default: a temporary dir removed on exit)")
-	port := flag.Int("port", 0, "kube-apiserver's port on 127.0.0.1 (0: a free one); give the same one to restart on a --data-dir")
+	address := flag.String("address", "127.0.0.1", "the address kube-apiserver listens on and advertises")
+	port := flag.Int("port", 0, "kube-apiserver's port (0: a free one); give the same one to restart on a --data-dir")
+	nodeName := flag.String("node-name", "", "serve a one-node cluster whose kubelet registers as this node")
+	componentsDir := flag.String("components-dir", "", "with --node-name: where to write the components' kubeconfigs")
 	readyFile := flag.String("ready-file", "", `written once ready: JSON {"kubeconfig","server","pid"}`)
 	verbosity := flag.Int("v", 0, "log verbosity of kube-apiserver (klog) and etcd; 0 logs errors only")
 	flag.Parse()
-	if *kubeconfig == "" || flag.NArg() > 0 || *port < 0 || *port > 65535 {
+	if *kubeconfig == "" || flag.NArg() > 0 || *port < 0 || *port > 65535 || (*nodeName == "") != (*componentsDir == "") {
 		flag.Usage()
 		os.Exit(2)
 	}
 	setupLogging(*verbosity)
-	os.Exit(run(*kubeconfig, *dataDir, *port, *readyFile, *verbosity))
+	cfg := serverConfig{address: *address, port: *port, nodeName: *nodeName}
+	os.Exit(run(*kubeconfig, *dataDir, cfg, *componentsDir, *readyFile, *verbosity))
 }
 
 // setupLogging keeps kube-apiserver's klog output to errors unless -v is given:
@@ -86,7 +99,7 @@ func setupLogging(v int) {
 	klog.SetOutput(io.Discard)
 }
 
-func run(kubeconfig, dataDir string, port int, readyFile string, verbosity int) int {
+func run(kubeconfig, dataDir string, cfg serverConfig, componentsDir, readyFile string, verbosity int) int {
 	kubeconfig, err := filepath.Abs(kubeconfig)
 	if err != nil {
 		log.Print(err)
@@ -121,7 +134,8 @@ func run(kubeconfig, dataDir string, port int, readyFile string, verbosity int) 
 	// Deferred, so it runs after the API server below has stopped using it.
 	defer etcd.Close()
 
-	api, err := newAPIServer(ctx, dataDir, etcd.url, port)
+	cfg.dir, cfg.etcdURL = dataDir, etcd.url
+	api, err := newAPIServer(ctx, cfg)
 	if err != nil {
 		log.Printf("configuring kube-apiserver: %v", err)
 		return 1
@@ -155,13 +169,21 @@ func run(kubeconfig, dataDir string, port int, readyFile string, verbosity int) 
 		return 1
 	}
 
-	if err := writeKubeconfig(kubeconfig, api); err != nil {
+	if err := writeKubeconfig(kubeconfig, api, "admin", api.token); err != nil {
 		log.Print(err)
 		waitStopped()
 		return 1
 	}
+	for name, token := range api.components {
+		if err := writeKubeconfig(filepath.Join(componentsDir, name+".kubeconfig"), api, name, token); err != nil {
+			log.Print(err)
+			waitStopped()
+			return 1
+		}
+	}
 	if readyFile != "" {
-		b, _ := json.Marshal(map[string]any{"kubeconfig": kubeconfig, "server": api.url, "pid": os.Getpid()})
+		caFile, _ := filepath.Abs(api.caFile)
+		b, _ := json.Marshal(map[string]any{"kubeconfig": kubeconfig, "server": api.url, "pid": os.Getpid(), "caFile": caFile})
 		if err := writeFileAtomic(readyFile, append(b, '\n'), 0o644); err != nil {
 			log.Print(err)
 			waitStopped()
@@ -228,15 +250,15 @@ func waitReady(ctx context.Context, api *apiServer, apiDone <-chan struct{}, api
 	return nil
 }
 
-func writeKubeconfig(path string, api *apiServer) error {
+func writeKubeconfig(path string, api *apiServer, user, token string) error {
 	ca, err := os.ReadFile(api.caFile)
 	if err != nil {
 		return err
 	}
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["controlplane"] = &clientcmdapi.Cluster{Server: api.url, CertificateAuthorityData: ca}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: api.token}
-	cfg.Contexts["controlplane"] = &clientcmdapi.Context{Cluster: "controlplane", AuthInfo: "admin", Namespace: "default"}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["controlplane"] = &clientcmdapi.Context{Cluster: "controlplane", AuthInfo: user, Namespace: "default"}
 	cfg.CurrentContext = "controlplane"
 	b, err := clientcmd.Write(*cfg)
 	if err != nil {
