@@ -852,7 +852,7 @@ class GroupSpec(SpecModel):
     )
     handler: Annotated[str, StringConstraints(pattern=HANDLER, max_length=256)] = Field(
         description="The function or Router the workers call, as `module:attribute` importable in the image "
-        "(e.g. `shop.billing:router`).",
+        "(e.g. `shop_handlers.billing:router`).",
     )
     image: Annotated[str, StringConstraints(pattern=NO_WHITESPACE, max_length=512)] = Field(
         description="Worker image: streampipe's worker image with your handler package installed."

@@ -214,7 +214,9 @@ def load_handler(spec: str) -> LoadedHandler:
     """Import ``module:attribute`` (dotted attribute paths allowed) and classify it."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise HandlerLoadError(f"handler {spec!r}: expected module:attribute, e.g. shop.billing:router")
+        raise HandlerLoadError(
+            f"handler {spec!r}: expected module:attribute, e.g. shop_handlers.billing:router"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
