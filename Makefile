@@ -11,10 +11,12 @@ PY := $(VENV)/bin/python
 BIN := .cache/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools
+# redis-*: test servers; the rest builds and runs the container images (make images, tests/cluster).
+DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools containerd runc buildah mmdebstrap \
+	containernetworking-plugins iptables
 PYTEST_ARGS ?=
 
-.PHONY: help setup debian tools controlplane lint test test-fast demo bench chaos crds clean
+.PHONY: help setup debian tools controlplane images cluster lint test test-fast demo bench chaos crds clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -28,11 +30,15 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[operator,dev]'
 	touch $@
 
-debian: ## Debian's redis-server, redis-sentinel and redis-tools (apt-get, only when missing)
-	@if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
-	    || ! command -v redis-cli >/dev/null; then \
+debian: ## Debian's Redis servers and container tools (apt-get, only when missing)
+	@missing=; \
+	for tool in redis-server redis-sentinel redis-cli containerd ctr runc buildah mmdebstrap iptables; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; \
+	done; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing cni-plugins"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  echo "installing $(DEBIAN_PACKAGES) with apt-get"; \
+	  echo "missing:$$missing; installing $(DEBIAN_PACKAGES) with apt-get"; \
 	  $$SUDO apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
@@ -47,10 +53,16 @@ lint: $(VENV)/.installed ## ruff + mypy --strict on both packages
 	$(VENV)/bin/ruff format --check operator worker tests bench hack
 	$(VENV)/bin/mypy
 
-controlplane: ## build the test kube-apiserver + etcd into .cache/bin (no-op when up to date)
+images: $(VENV)/.installed ## container images with buildah into .cache/images (no-op when up to date)
+	@$(PY) hack/images.py
+
+controlplane: ## build the test Kubernetes (API server + etcd, node components) into .cache/bin (no-op when up to date)
 	@tests/controlplane/build.sh
 
-test: setup controlplane ## lint, then the whole test suite on real servers
+cluster: setup controlplane images ## run the one-node test cluster in the foreground (tests/cluster/README.md; root)
+	tests/cluster/serve
+
+test: setup controlplane images ## lint, then the whole test suite on real servers and the one-node cluster
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -1,0 +1,3 @@
+module streampipe.dev/tests/cluster/pause
+
+go 1.22
