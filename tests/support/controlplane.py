@@ -44,6 +44,10 @@ class ControlPlane:
 
     workdir: Path
     port: int = 0
+    # A whole cluster's API server (tests/support/cluster.py): listens on ``address`` (the node's
+    # address on the pod network) and writes a kubeconfig per component into ``components_dir``.
+    address: str = "127.0.0.1"
+    node_name: str = ""
     kubeconfig: Path = field(init=False)
     server: str = field(init=False, default="")
     proc: subprocess.Popen[str] | None = field(init=False, default=None, repr=False)
@@ -61,6 +65,15 @@ class ControlPlane:
     def data_dir(self) -> Path:
         return self.workdir / "data"
 
+    @property
+    def components_dir(self) -> Path:
+        return self.workdir / "components"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM bundle that verifies the serving certificate (also the cluster's root CA)."""
+        return self.data_dir / "certs" / "apiserver.crt"
+
     def start(self, timeout: float = 180.0) -> ControlPlane:
         """Start the process (on ``data_dir``, on ``port`` unless 0) and wait until it is ready."""
         if self.proc is not None and self.proc.poll() is None:
@@ -71,8 +84,10 @@ class ControlPlane:
         started = time.monotonic()
         args = [
             str(BINARY), "--kubeconfig", str(self.kubeconfig), "--data-dir", str(self.data_dir),
-            "--port", str(self.port),
+            "--port", str(self.port), "--address", self.address,
         ]  # fmt: skip
+        if self.node_name:
+            args += ["--node-name", self.node_name, "--components-dir", str(self.components_dir)]
         # Appended to: a restart keeps the log of the run before it.
         log = self.logfile.open("a")
         self.proc = subprocess.Popen(

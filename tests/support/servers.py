@@ -58,6 +58,8 @@ class ServerProcess:
     extra_args: Sequence[str] = ()
     password: str | None = None
     tls: bool = False
+    # The address it listens on; a cluster test binds the node's address on the pod network.
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +71,7 @@ class ServerProcess:
     def url(self) -> str:
         scheme = "rediss" if self.tls else "redis"
         auth = f":{self.password}@" if self.password else ""
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+        return f"{scheme}://{auth}{self.host}:{self.port}/0"
 
     @property
     def logfile(self) -> Path:
@@ -78,7 +80,7 @@ class ServerProcess:
     def command(self) -> list[str]:
         args = [
             str(self.binary),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--dir", str(self.workdir),
             "--logfile", str(self.logfile),
             "--daemonize", "no",
@@ -116,7 +118,7 @@ class ServerProcess:
                 raise ServerStartError(self._failure(f"exited with code {self.proc.returncode}"))
             if self.tls:
                 # TLS servers are probed by the caller's own client; a TCP accept is enough here.
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
                     return
             else:
                 try:
@@ -183,6 +185,7 @@ def start_server(
     port: int | None = None,
     password: str | None = None,
     tls: bool = False,
+    host: str = "127.0.0.1",
     attempts: int = 3,
 ) -> ServerProcess:
     """Start a server of ``kind`` (``valkey9`` / ``redis7`` or a binary name) on a free loopback port."""
@@ -196,6 +199,7 @@ def start_server(
             extra_args=tuple(extra_args),
             password=password,
             tls=tls,
+            host=host,
         )
         try:
             return server.start()
