@@ -13,7 +13,6 @@ from tests.support.servers import SERVER_KINDS, ServerProcess, start_server
 pytest_plugins = [
     "tests.support.k8s_fixtures",
     "tests.support.operator_fixtures",
-    "tests.support.cluster_fixtures",
 ]
 
 SERVER_IDS = list(SERVER_KINDS)

@@ -34,7 +34,7 @@ from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import InvalidEventError
 from tests.cluster.install_guide import ROOT, SCENARIOS, Command, Step, load_guide
 from tests.support.cluster import expose_on_node
-from tests.support.controlplane import Kubectl
+from tests.support.controlplane import Kubectl, condition
 from tests.support.operator_process import eventually
 
 pytestmark = pytest.mark.cluster
@@ -110,10 +110,6 @@ class Run:
 
 
 # --- reading what the cluster and the Valkey say -------------------------------------------------
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
 
 
 def available_deployment(run: Run, namespace: str, name: str) -> dict[str, Any] | None:

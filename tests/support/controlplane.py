@@ -200,6 +200,14 @@ class Kubectl:
         return self("apply", "-f", "-", *args, input=text).stdout
 
 
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The condition of type ``kind`` in an object's ``status.conditions`` (as kubectl's JSON has it)."""
+    found: dict[str, Any] | None = next(
+        (c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None
+    )
+    return found
+
+
 def unique_name(prefix: str) -> str:
     """A DNS-1123 name: prefix, then random hex; at most 63 characters."""
     clean = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:50] or "t"

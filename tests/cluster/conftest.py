@@ -1,13 +1,15 @@
-"""pytest fixtures for the one-node cluster tier (registered from tests/conftest.py via pytest_plugins).
+"""Fixtures of the one-node cluster tier (tests/cluster/).
 
-The cluster (tests/support/cluster.py) starts once per session, on first use, after ``make images``'
-builder has made sure the images are current (a no-op when they are). Tests that use it carry the
-``cluster`` marker, so ``pytest -m cluster`` selects the tier and ``-m "not cluster"`` leaves it out.
+The cluster (tests/support/cluster.py) starts once for this package, on first use, after ``make images``'
+builder has made sure the images are current (a no-op when they are), and stops after the package's
+last test, so the rest of the suite does not run beside an idle node. Every test here carries the
+``cluster`` marker: ``pytest -m cluster`` selects the tier and ``-m "not cluster"`` leaves it out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hack.images import build_all
@@ -16,7 +18,7 @@ from tests.support.cluster import Cluster, start_node_valkey
 from tests.support.servers import ServerProcess
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A running one-node cluster with every image ``make images`` builds loaded into its node."""
     build_all()
@@ -25,7 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_valkey(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Valkey 9.1 on the node's address: pods and the test process both reach it (``.url``)."""
     server = start_node_valkey(tmp_path_factory.mktemp("cluster-valkey"))
@@ -34,6 +36,7 @@ def cluster_valkey(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        if item.path.is_relative_to(here):
             item.add_marker(pytest.mark.cluster)
