@@ -12,13 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hack.images import dockerfile_instructions
 
 from tests.unit.test_chart import render
 from tests.unit.test_worker_image import (
     HADOLINT,
     QUICKSTART_DOCKERFILE,
     TEAM_DOCKERFILE,
-    instructions,
     stages,
 )
 
@@ -35,10 +35,14 @@ def test_hadolint_clean() -> None:
 
 
 def test_image_shape_matches_the_chart() -> None:
-    args = dict(rest.split("=", 1) for keyword, rest in instructions(DOCKERFILE) if keyword == "ARG")
+    args = dict(
+        rest.split("=", 1) for keyword, rest in dockerfile_instructions(DOCKERFILE) if keyword == "ARG"
+    )
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["PYTHON_IMAGE"]), "pin the base by version"
     worker_args = dict(
-        rest.split("=", 1) for keyword, rest in instructions(ROOT / "Dockerfile.worker") if keyword == "ARG"
+        rest.split("=", 1)
+        for keyword, rest in dockerfile_instructions(ROOT / "Dockerfile.worker")
+        if keyword == "ARG"
     )
     assert args["PYTHON_IMAGE"] == worker_args["PYTHON_IMAGE"], "one base image for both images"
     build, runtime = stages(DOCKERFILE)
@@ -74,7 +78,7 @@ def test_dockerignore_sends_only_the_sources_the_images_copy() -> None:
         TEAM_DOCKERFILE,
         QUICKSTART_DOCKERFILE,
     ):
-        for keyword, rest in instructions(dockerfile):
+        for keyword, rest in dockerfile_instructions(dockerfile):
             if keyword == "COPY" and not rest.startswith("--from"):
                 copied.update(source.removeprefix("./").rstrip("/") for source in rest.split()[:-1])
     assert copied <= allowed, f"COPY sources missing from .dockerignore's allowlist: {copied - allowed}"

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hack.images import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = ROOT / ".cache" / "bin" / "hadolint"
@@ -18,21 +19,9 @@ TEAM_DOCKERFILE = ROOT / "examples" / "worker-image" / "Dockerfile"
 QUICKSTART_DOCKERFILE = ROOT / "examples" / "quickstart" / "Dockerfile"
 
 
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", dockerfile.read_text())
-    result = []
-    for line in joined.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            keyword, _, rest = stripped.partition(" ")
-            result.append((keyword.upper(), rest.strip()))
-    return result
-
-
 def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
     found: list[list[tuple[str, str]]] = []
-    for keyword, rest in instructions(dockerfile):
+    for keyword, rest in dockerfile_instructions(dockerfile):
         if keyword == "FROM":
             found.append([])
         if found:
@@ -53,7 +42,9 @@ def test_hadolint_clean(dockerfile: Path) -> None:
 
 
 def test_worker_image_shape() -> None:
-    args = dict(rest.split("=", 1) for keyword, rest in instructions(WORKER_DOCKERFILE) if keyword == "ARG")
+    args = dict(
+        rest.split("=", 1) for keyword, rest in dockerfile_instructions(WORKER_DOCKERFILE) if keyword == "ARG"
+    )
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["PYTHON_IMAGE"]), "pin the base by version"
     build, runtime = stages(WORKER_DOCKERFILE)
     assert build[0][1].endswith("AS build")
@@ -76,7 +67,7 @@ def test_worker_image_shape() -> None:
     ids=["team-image", "quickstart-image"],
 )
 def test_team_images_build_on_the_worker_image_and_drop_root(dockerfile: Path, handler: str) -> None:
-    steps = instructions(dockerfile)
+    steps = dockerfile_instructions(dockerfile)
     args = dict(rest.split("=", 1) for keyword, rest in steps if keyword == "ARG")
     assert args["STREAMPIPE_WORKER_IMAGE"].startswith("streampipe-worker:")
     assert ("FROM", "${STREAMPIPE_WORKER_IMAGE}") in steps
