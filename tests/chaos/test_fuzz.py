@@ -38,8 +38,8 @@ from kubernetes.client.exceptions import ApiException
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.validation import validate_manifest
-from streampipe_operator.workloads import build_deployment
+from streampipe_operator.api.validation import validate_manifest
+from streampipe_operator.kube.deployments import build_deployment
 from streampipe_worker.connection import ConnectionSettings, create_client
 from streampipe_worker.deadletter import DeadLetterEnvelope, replay
 from streampipe_worker.settings import WorkerSettings, load_settings

@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 
 import redis
 from streampipe_operator.plan.retention import RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import Entry, PermanentError, classify_handler

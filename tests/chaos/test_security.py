@@ -22,7 +22,7 @@ import redis
 from streampipe_operator.plan.consumers import DeleteConsumer
 from streampipe_operator.plan.groups import CreateGroup, DeleteKeys, DestroyGroup
 from streampipe_operator.plan.retention import RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin, RedisUnreachableError
+from streampipe_operator.streams.admin import RedisAdmin, RedisUnreachableError
 from streampipe_worker.connection import ConnectionSettings, create_async_client
 from streampipe_worker.settings import ENV_PREFIX
 from tests.chaos.harness import (

@@ -28,8 +28,8 @@ import yaml
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.status import RECONCILED
-from streampipe_operator.workloads import deployment_name
+from streampipe_operator.kube.deployments import deployment_name
+from streampipe_operator.kube.status import RECONCILED
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import InvalidEventError
 from tests.cluster.install_guide import ROOT, SCENARIOS, Command, Step, load_guide

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streampipe_operator.workloads import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from streampipe_operator.kube.deployments import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.settings import WorkerSettings
 from tests.support.controlplane import Kubectl

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio
 
 import redis
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.router import LoadedHandler, classify_handler
 from streampipe_worker.settings import WorkerSettings, load_settings

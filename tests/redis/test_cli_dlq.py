@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import redis
-from streampipe_operator.cli import app
+from streampipe_operator.cli.app import app
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, PermanentError
 from streampipe_worker.settings import WorkerSettings

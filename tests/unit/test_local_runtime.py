@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streampipe_operator.local import LocalRuntime, ReplicaSetStatus, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSetStatus, ReplicaSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -269,7 +269,7 @@ EXITING_PARENT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from streampipe_operator.local import LocalRuntime, ReplicaSpec
+    from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
 
     run_dir, script, out = sys.argv[1:4]
     runtime = LocalRuntime(Path(run_dir))

@@ -372,3 +372,11 @@ def _age_reason(policy: RetentionPolicy, cutoff: EntryId, target: EntryId) -> st
     if target < cutoff:
         reason += f"; only those before {target} (protected from there on)"
     return reason
+
+
+@dataclass
+class RetentionOutcome:
+    """What a retention pass found: what protection held back (retention runs every ``interval``)."""
+
+    held: RetentionHeld | None = None
+    protected: bool = True

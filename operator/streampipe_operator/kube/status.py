@@ -20,9 +20,8 @@ from typing import Any, Final, Literal
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType as C
 from streampipe_operator.plan.backlog import group_backlog
-from streampipe_operator.plan.observed import GroupState
-from streampipe_operator.plan.retention import RetentionHeld
-from streampipe_operator.redis_admin import StreamObservation
+from streampipe_operator.plan.observed import GroupState, StreamObservation
+from streampipe_operator.plan.retention import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 
 # Reasons, by condition (docs/operator.md explains each).
@@ -69,14 +68,6 @@ class GroupWorkload:
     mode: Literal["native", "none"] = "native"
     backlog_unknown: bool = False
     last_scale_time: datetime | None = None
-
-
-@dataclass
-class RetentionOutcome:
-    """What a retention pass found: what protection held back (retention runs every ``interval``)."""
-
-    held: RetentionHeld | None = None
-    protected: bool = True
 
 
 @dataclass

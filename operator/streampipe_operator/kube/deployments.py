@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from streampipe_operator import api
-from streampipe_operator.spec_mapping import DEFAULT_TERMINATION_GRACE, worker_settings_values
+from streampipe_operator.engine.spec_mapping import DEFAULT_TERMINATION_GRACE, worker_settings_values
 from streampipe_worker.settings import WorkerSettings, render_env
 
 WORKER_APP = "streampipe-worker"

@@ -50,20 +50,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from streampipe_operator.api import GroupSpec, StreamPipeline
-from streampipe_operator.demo_producer import DemoCounts, DemoProducer
-from streampipe_operator.embedded import EmbeddedServerError, EmbeddedValkey, Persistence
-from streampipe_operator.housekeeping import EventReason, PassReport, PipelineMemory, run_pass
-from streampipe_operator.local import LocalRuntime, ReplicaSet, ReplicaSpec
-from streampipe_operator.plan.backlog import group_backlog
-from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.scaling import ScalingDecision
-from streampipe_operator.redis_admin import RedisAdmin, RedisAdminError, StreamObservation
-from streampipe_operator.spec_mapping import (
+from streampipe_operator.engine.housekeeping import EventReason, PassReport, PipelineMemory, run_pass
+from streampipe_operator.engine.spec_mapping import (
     DEFAULT_TERMINATION_GRACE,
     template_env,
     worker_settings_values,
 )
-from streampipe_operator.targets import CommandError, UsageError, load_pipeline, redact_url
+from streampipe_operator.local.demo import DemoCounts, DemoProducer
+from streampipe_operator.local.embedded import EmbeddedServerError, EmbeddedValkey, Persistence
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSet, ReplicaSpec
+from streampipe_operator.plan.backlog import group_backlog
+from streampipe_operator.plan.entry_ids import EntryId
+from streampipe_operator.plan.observed import StreamObservation
+from streampipe_operator.plan.scaling import ScalingDecision
+from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError
+from streampipe_operator.streams.targets import CommandError, UsageError, load_pipeline, redact_url
 from streampipe_worker.connection import ConnectionSettings, create_async_client
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.settings import ENV_PREFIX, render_env

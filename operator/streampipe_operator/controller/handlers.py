@@ -17,14 +17,15 @@ from typing import Any
 
 import kopf
 
-from streampipe_operator import api, workloads
-from streampipe_operator.conflicts import PipelineRef, established, identity_of
-from streampipe_operator.kube import connection_fields
-from streampipe_operator.reconcile import RetryLaterError, plain, teardown
+from streampipe_operator import api
+from streampipe_operator.controller.ownership import PipelineRef, established, identity_of
+from streampipe_operator.controller.reconcile import RetryLaterError, plain, teardown
+from streampipe_operator.kube import deployments
+from streampipe_operator.kube.client import connection_fields
 
 FINALIZER = "streampipe.dev/finalizer"
 ANNOTATIONS_PREFIX = "streampipe.dev"
-WORKERS = {workloads.LABEL_MANAGED_BY: workloads.MANAGED_BY}
+WORKERS = {deployments.LABEL_MANAGED_BY: deployments.MANAGED_BY}
 
 
 @kopf.on.startup()
@@ -65,7 +66,7 @@ def pipelines_by_stream(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str,
 
 @kopf.index("apps", "v1", "deployments", labels=WORKERS)
 def deployments_by_pipeline(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> Any:
-    pipeline = labels.get(workloads.LABEL_PIPELINE)
+    pipeline = labels.get(deployments.LABEL_PIPELINE)
     return {(namespace, pipeline): plain(body)} if pipeline else None
 
 

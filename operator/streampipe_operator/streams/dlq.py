@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from streampipe_operator.targets import CommandError, UsageError
+from streampipe_operator.streams.targets import CommandError, UsageError
 from streampipe_worker.deadletter import DeadLetterEnvelope, ReplayResult, replay
 
 FILTER_KEYS = ("type", "group", "exception", "error")

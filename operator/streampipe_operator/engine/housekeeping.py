@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from streampipe_operator import api
+from streampipe_operator.engine.spec_mapping import retention_policy, scaling_policy
 from streampipe_operator.plan.backlog import Backlog, group_backlog
 from streampipe_operator.plan.consumers import plan_consumer_cleanup
 from streampipe_operator.plan.groups import (
@@ -34,18 +35,15 @@ from streampipe_operator.plan.groups import (
     LastKnownPosition,
     plan_groups,
 )
-from streampipe_operator.plan.observed import GroupState, Lag
-from streampipe_operator.plan.retention import TrimAction, plan_dead_letter_trim
+from streampipe_operator.plan.observed import GroupState, Lag, StreamObservation
+from streampipe_operator.plan.retention import RetentionOutcome, TrimAction, plan_dead_letter_trim
 from streampipe_operator.plan.scaling import Recommendation, ScalingDecision, decide_replicas
-from streampipe_operator.redis_admin import (
+from streampipe_operator.streams.admin import (
     RedisAdmin,
     RedisAdminError,
     RedisAuthError,
     RedisUnreachableError,
-    StreamObservation,
 )
-from streampipe_operator.spec_mapping import retention_policy, scaling_policy
-from streampipe_operator.status import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds

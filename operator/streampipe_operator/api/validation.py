@@ -4,7 +4,7 @@ Errors are reported with the API server's field paths (``spec.groups[1].scaling.
 far as pydantic's error kinds allow, in the API server's words (``Required value``, ``Unsupported value:
 "x": supported values: ...``, ``should be greater than or equal to 1``), so a message found here is the
 message ``kubectl apply`` would print. Cross-field rules use the CEL rules' own messages
-(:mod:`streampipe_operator.cel`).
+(:mod:`streampipe_operator.api.cel`).
 """
 
 from __future__ import annotations

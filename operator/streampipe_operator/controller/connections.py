@@ -20,8 +20,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from streampipe_operator import api
-from streampipe_operator.kube import KubeApi
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.kube.client import KubeApi
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 
 log = logging.getLogger("streampipe.operator")

@@ -35,10 +35,13 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from streampipe_operator import api, workloads
+from streampipe_operator import api
 from streampipe_operator.api import ConditionType
-from streampipe_operator.conflicts import PipelineRef, identity_of, others, owner, stream_identity
-from streampipe_operator.housekeeping import (
+from streampipe_operator.api.validation import errors_of
+from streampipe_operator.controller.connections import PipelineConnection
+from streampipe_operator.controller.metrics import OperatorMetrics
+from streampipe_operator.controller.ownership import PipelineRef, identity_of, others, owner, stream_identity
+from streampipe_operator.engine.housekeeping import (
     CONSUMER_IDLE_FLOOR,
     FAILURES,
     EventReason,
@@ -46,18 +49,15 @@ from streampipe_operator.housekeeping import (
     PipelineMemory,
     run_pass,
 )
-from streampipe_operator.kube import KubeApi, KubeError, SecretMissingError
-from streampipe_operator.operator_metrics import OperatorMetrics
-from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.groups import LastKnownPosition, plan_teardown
-from streampipe_operator.plan.scaling import ScalingDecision
-from streampipe_operator.redis_access import PipelineConnection
-from streampipe_operator.redis_admin import (
-    RedisAdminError,
-    RedisAuthError,
-    RedisUnreachableError,
+from streampipe_operator.kube.client import KubeApi, KubeError, SecretMissingError
+from streampipe_operator.kube.deployments import (
+    LABEL_PIPELINE,
+    build_deployment,
+    deployment_drift,
+    deployment_name,
+    drift_patch,
 )
-from streampipe_operator.status import (
+from streampipe_operator.kube.status import (
     CREDENTIALS_MISSING,
     REDIS_AUTH_FAILED,
     REDIS_UNREACHABLE,
@@ -68,7 +68,14 @@ from streampipe_operator.status import (
     status_document,
     worth_writing,
 )
-from streampipe_operator.validation import errors_of
+from streampipe_operator.plan.entry_ids import EntryId
+from streampipe_operator.plan.groups import LastKnownPosition, plan_teardown
+from streampipe_operator.plan.scaling import ScalingDecision
+from streampipe_operator.streams.admin import (
+    RedisAdminError,
+    RedisAuthError,
+    RedisUnreachableError,
+)
 
 log = logging.getLogger("streampipe.operator")
 
@@ -155,11 +162,11 @@ class OperatorContext:
     def deployment_changed(self, body: Mapping[str, Any], event: str | None) -> None:
         """A watch event of a worker Deployment: wake its pipeline when it drifted or was deleted."""
         meta = body.get("metadata") or {}
-        pipeline = (meta.get("labels") or {}).get(workloads.LABEL_PIPELINE)
+        pipeline = (meta.get("labels") or {}).get(LABEL_PIPELINE)
         for runtime in self.runtimes.values():
             if runtime.namespace == meta.get("namespace") and runtime.name == pipeline:
                 desired = runtime.desired_deployments.get(meta.get("name", ""))
-                if event == "DELETED" or (desired is not None and workloads.deployment_drift(body, desired)):
+                if event == "DELETED" or (desired is not None and deployment_drift(body, desired)):
                     runtime.poke()
 
 
@@ -425,12 +432,12 @@ class PipelineRuntime:
         """Bring existing worker Deployments to the spec (drift, or a changed spec) before scaling
         touches them; replicas are not part of that."""
         for group in work.pipeline.spec.groups:
-            name = workloads.deployment_name(self.name, group.name)
+            name = deployment_name(self.name, group.name)
             deployment = actual.get(name)
             if deployment is None:
                 continue
             replicas = int((deployment.get("spec") or {}).get("replicas", 1))
-            desired = workloads.build_deployment(work.pipeline, group, replicas=replicas)
+            desired = build_deployment(work.pipeline, group, replicas=replicas)
             self.desired_deployments[name] = desired
             try:
                 await self._revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
@@ -446,7 +453,7 @@ class PipelineRuntime:
         report: dict[str, GroupWorkload] = {}
         wanted: set[str] = set()
         for group in pipeline.spec.groups:
-            name = workloads.deployment_name(self.name, group.name)
+            name = deployment_name(self.name, group.name)
             wanted.add(name)
             deployment = actual.get(name)
             current = scaler.current_replicas(group.name)
@@ -469,7 +476,7 @@ class PipelineRuntime:
             )
             report[group.name] = workload
             if deployment is None:
-                desired = workloads.build_deployment(pipeline, group, replicas=replicas)
+                desired = build_deployment(pipeline, group, replicas=replicas)
                 self.desired_deployments[name] = desired
                 try:
                     await self._create(name, desired, group.name, workload)
@@ -538,10 +545,10 @@ class PipelineRuntime:
             and time.monotonic() - write.at < WRITE_SETTLE_SECONDS
         ):
             return  # the index may still show the Deployment from before our last write
-        drifted = workloads.deployment_drift(deployment, desired)
+        drifted = deployment_drift(deployment, desired)
         if not drifted:
             return
-        operations = workloads.drift_patch(deployment, desired)
+        operations = drift_patch(deployment, desired)
         if not operations:
             return
         patched = await self.kube.patch_deployment(self.namespace, name, operations)
@@ -657,8 +664,7 @@ class _DeploymentScaler:
         self.runtime = runtime
         self.work = work
         self.names = {
-            group.name: workloads.deployment_name(runtime.name, group.name)
-            for group in work.pipeline.spec.groups
+            group.name: deployment_name(runtime.name, group.name) for group in work.pipeline.spec.groups
         }
         self.current = {
             group: runtime._current_replicas(name, actual.get(name)) for group, name in self.names.items()

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streampipe_operator import api
-from streampipe_operator.validation import check_file, errors_of, render_text, validate_files
+from streampipe_operator.api.validation import check_file, errors_of, render_text, validate_files
 from streampipe_worker.connection import ConnectionSettings, parse_url
 
 EXIT_FAILED = 1
@@ -133,7 +133,7 @@ def server_errors(target: Target, doing: str) -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.RedisError, OSError) as exc:
-        from streampipe_operator.redis_admin import translate_error
+        from streampipe_operator.streams.admin import translate_error
 
         where = redact_url(target.redis_url)
         raise CommandError(str(translate_error(exc, doing=doing, where=where, stream=target.stream))) from exc

@@ -18,8 +18,8 @@ from rich.text import Text
 
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import ConsumerState
-from streampipe_operator.redis_admin import RedisAdmin, RedisAdminError, translate_error
-from streampipe_operator.targets import CommandError, Target, redact_url
+from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError, translate_error
+from streampipe_operator.streams.targets import CommandError, Target, redact_url
 from streampipe_worker.connection import create_async_client
 
 

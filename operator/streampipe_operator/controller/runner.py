@@ -54,10 +54,11 @@ def run_operator(options: RunOptions) -> None:
     """
     import kopf
 
-    from streampipe_operator import api, handlers
-    from streampipe_operator.kube import KubeApi, KubeError, load_configuration, resource_served
-    from streampipe_operator.operator_metrics import OperatorMetrics
-    from streampipe_operator.reconcile import OperatorContext
+    from streampipe_operator import api
+    from streampipe_operator.controller import handlers
+    from streampipe_operator.controller.metrics import OperatorMetrics
+    from streampipe_operator.controller.reconcile import OperatorContext
+    from streampipe_operator.kube.client import KubeApi, KubeError, load_configuration, resource_served
 
     kopf.configure(log_format=kopf.LogFormat.JSON if options.log_format == "json" else kopf.LogFormat.FULL)
     # kopf logs every handler call at INFO ("Handler 'pipeline_event' succeeded") for every watch

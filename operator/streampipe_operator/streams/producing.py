@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from streampipe_operator.targets import UsageError
+from streampipe_operator.streams.targets import UsageError
 from streampipe_worker.producer import Event, Producer
 
 CHUNK = 1000

@@ -28,14 +28,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import redis.exceptions
-from pydantic import Field
 
 from streampipe_operator.plan.backlog import counted_lag, lag_from_server
 from streampipe_operator.plan.consumers import DeleteConsumer
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.frozen import Frozen
 from streampipe_operator.plan.groups import CreateGroup, DeleteKeys, DestroyGroup, GroupPlan
-from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamState
+from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
 from streampipe_operator.plan.retention import (
     CountRequest,
     EntryCount,
@@ -141,21 +140,6 @@ def translate_error(
 
 
 # --- observation -------------------------------------------------------------------------------------
-
-
-class StreamObservation(Frozen):
-    """One look at a pipeline's keys on the server."""
-
-    stream_key: str
-    exists: bool = Field(description="False when the stream key is missing (nothing observed about it)")
-    stream: StreamState | None = None
-    groups: tuple[GroupState, ...] = ()
-    memory_bytes: int | None = Field(default=None, description="MEMORY USAGE of the stream key")
-    dead_letter_key: str | None = None
-    dead_letter_length: int | None = None
-
-    def group(self, name: str) -> GroupState | None:
-        return next((g for g in self.groups if g.name == name), None)
 
 
 class ConsumerDeletion(Frozen):

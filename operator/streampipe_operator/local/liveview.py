@@ -7,7 +7,6 @@ summary.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rich import box
@@ -17,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from streampipe_operator.up import GroupView, LogEvent, Snapshot, UpSummary, View
+from streampipe_operator.local.pipeline import GroupView, LogEvent, Snapshot, UpSummary, View
 
 PLAIN_EVERY = 2.0
 EVENT_STYLES = {
@@ -30,11 +29,6 @@ EVENT_STYLES = {
     "consumer": "blue",
     "info": "dim",
 }
-
-
-def console_for(err: bool) -> Console:
-    stream = sys.stderr if err else sys.stdout
-    return Console(stderr=err, width=None if stream.isatty() else 120)
 
 
 def _clock(seconds: float) -> str:
