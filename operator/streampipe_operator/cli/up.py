@@ -87,7 +87,8 @@ def up(
     import asyncio
 
     from streampipe_operator.local.liveview import LiveView, PlainView, SummaryOnly
-    from streampipe_operator.local.pipeline import UpOptions, View, run_up
+    from streampipe_operator.local.models import UpOptions, View
+    from streampipe_operator.local.run import run_up
     from streampipe_operator.streams.targets import UsageError
 
     as_json = output is Output.json

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from streampipe_operator.local.pipeline import GroupView, LogEvent, Snapshot, UpSummary, View
+from streampipe_operator.local.models import GroupView, LogEvent, Snapshot, UpSummary, View
 
 PLAIN_EVERY = 2.0
 EVENT_STYLES = {
@@ -105,9 +105,11 @@ def _groups(snapshot: Snapshot) -> Table:
             _count(group.pending),
             Text(_count(group.backlog), style="bold" if group.backlog else ""),
             _rate(group.throughput),
-            _count(group.workers.processed),
-            _count(group.workers.retried),
-            Text(_count(group.workers.dead_lettered), style="red" if group.workers.dead_lettered else ""),
+            _count(group.workers["processed"]),
+            _count(group.workers["retried"]),
+            Text(
+                _count(group.workers["dead_lettered"]), style="red" if group.workers["dead_lettered"] else ""
+            ),
         )
     return table
 

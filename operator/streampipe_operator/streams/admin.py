@@ -25,7 +25,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis.exceptions
 
@@ -43,6 +43,7 @@ from streampipe_operator.plan.retention import (
     TrimAction,
     plan_retention,
 )
+from streampipe_operator.streams import paging
 from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities
 from streampipe_worker.connection import AsyncClient
 
@@ -246,7 +247,7 @@ class RedisAdmin:
         self, stream: str, *, dead_letter: str | None = None, memory: bool = True
     ) -> StreamObservation:
         """Stream, groups (lag made trustworthy), pending summaries, consumers, memory and DLQ length."""
-        state = await self._stream_state(stream)
+        state = await self.stream_state(stream)
         if state is None:
             dead_letter_length = None
             if dead_letter is not None:
@@ -301,7 +302,7 @@ class RedisAdmin:
             dead_letter_length=dead_letter_length,
         )
 
-    async def _stream_state(self, stream: str) -> StreamState | None:
+    async def stream_state(self, stream: str) -> StreamState | None:
         """XINFO STREAM as a ``StreamState``; None when the key does not exist."""
         async with self._errors(f"reading XINFO STREAM {stream}", stream):
             try:
@@ -318,6 +319,18 @@ class RedisAdmin:
             entries_added=_optional_int(info.get("entries-added")),
             max_deleted_entry_id=_entry_id(info.get("max-deleted-entry-id")),
         )
+
+    async def entries_after(self, key: str, after: str, *, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` entries of ``key`` after the ID ``after`` (none when the key is missing)."""
+        async with self._errors(f"reading XRANGE {key}", key):
+            page = await self.client.xrange(key, min=paging.after(after), max="+", count=count)
+        return cast(list[tuple[str, dict[str, str]]], page)  # the client decodes replies
+
+    async def scan_after(self, key: str, after: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every entry of ``key`` after the ID ``after``, page by page (none when the key is missing)."""
+        async with self._errors(f"reading XRANGE {key}", key):
+            async for entry in paging.ascan(self.client, key, start=paging.after(after)):
+                yield entry
 
     def _group_gone(self, stream: str, group: str, *replies: Any) -> bool:
         """True if the group was destroyed since XINFO GROUPS; other errors are raised."""

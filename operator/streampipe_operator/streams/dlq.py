@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from streampipe_operator.streams.paging import scan
 from streampipe_operator.streams.targets import CommandError, UsageError
 from streampipe_worker.deadletter import DeadLetterEnvelope, ReplayResult, replay
 
@@ -100,17 +101,6 @@ class PurgeResult(BaseModel):
     deleted: int
 
 
-def scan(client: Any, key: str, *, start: str = "-", end: str = "+") -> Iterator[tuple[str, dict[str, str]]]:
-    """XRANGE page by page (each page after the previous one's last ID)."""
-    low = start
-    while True:
-        page = client.xrange(key, min=low, max=end, count=PAGE)
-        yield from page
-        if len(page) < PAGE:
-            return
-        low = f"({page[-1][0]}"
-
-
 def parse_entry(entry_id: str, fields: dict[str, str]) -> DeadLetter:
     try:
         envelope: DeadLetterEnvelope | None = DeadLetterEnvelope.from_fields(fields)
@@ -120,7 +110,7 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> DeadLetter:
 
 
 def _matching(client: Any, key: str, where: DeadLetterFilter, *, end: str = "+") -> Iterator[DeadLetter]:
-    for entry_id, fields in scan(client, key, end=end):
+    for entry_id, fields in scan(client, key, end=end, size=PAGE):
         entry = parse_entry(entry_id, fields)
         if entry.envelope is None:
             if where.empty:
