@@ -22,8 +22,6 @@ EXCEPTIONS: dict[str, str] = {
     # Temporary: the worker's Consumer (984 lines) is being taken apart on the worker branch (issue 17,
     # item 2); remove this entry when that branch is merged.
     "worker/streampipe_worker/consumer.py": "temporary, until the Consumer split is merged",
-    # Temporary, within this branch: split in the next commit (controller tidy).
-    "operator/streampipe_operator/controller/reconcile.py": "temporary, teardown and scaler split next",
 }
 
 

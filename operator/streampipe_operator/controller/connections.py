@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from streampipe_operator import api
-from streampipe_operator.kube.client import KubeApi
+from streampipe_operator.kube.client import KubeClient
 from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 
@@ -30,7 +30,7 @@ CLIENT_NAME = "streampipe-operator"
 
 
 async def connection_settings(
-    kube: KubeApi, namespace: str, uid: str, spec: api.RedisSpec, *, socket_timeout: float
+    kube: KubeClient, namespace: str, uid: str, spec: api.RedisSpec, *, socket_timeout: float
 ) -> ConnectionSettings:
     """The settings to reach ``spec``'s server, with the credentials its Secrets hold."""
     username = password = None
@@ -83,7 +83,7 @@ class PipelineConnection:
     """The client and admin adapter of one pipeline, rebuilt when its settings change."""
 
     def __init__(
-        self, kube: KubeApi, namespace: str, uid: str, *, socket_timeout: float, secret_refresh: float
+        self, kube: KubeClient, namespace: str, uid: str, *, socket_timeout: float, secret_refresh: float
     ):
         self.kube = kube
         self.namespace = namespace

@@ -19,7 +19,7 @@ import kopf
 
 from streampipe_operator import api
 from streampipe_operator.controller.ownership import PipelineRef, established, identity_of
-from streampipe_operator.controller.reconcile import RetryLaterError, plain, teardown
+from streampipe_operator.controller.teardown import RetryLaterError, teardown
 from streampipe_operator.kube import deployments
 from streampipe_operator.kube.client import connection_fields
 
@@ -67,7 +67,7 @@ def pipelines_by_stream(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str,
 @kopf.index("apps", "v1", "deployments", labels=WORKERS)
 def deployments_by_pipeline(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> Any:
     pipeline = labels.get(deployments.LABEL_PIPELINE)
-    return {(namespace, pipeline): plain(body)} if pipeline else None
+    return {(namespace, pipeline): api.plain(body)} if pipeline else None
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -77,7 +77,7 @@ def pipeline_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any)
 
 @kopf.on.event("apps", "v1", "deployments", labels=WORKERS)
 def deployment_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-    memo.context.deployment_changed(plain(body), type)
+    memo.context.deployment_changed(api.plain(body), type)
 
 
 # The indexes come as keyword arguments named after their functions.

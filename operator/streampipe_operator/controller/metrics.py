@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +22,22 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from streampipe_operator import api
+from streampipe_operator.api import ConditionType
+from streampipe_operator.kube.status import Findings, oldest_pending_seconds
+
 PIPELINE = ("namespace", "pipeline")
+# The kinds of streampipe_operator_errors_total (docs/operator.md lists them).
+ErrorKind = Literal[
+    "redis_unreachable",
+    "redis_auth",
+    "redis_command",
+    "credentials",
+    "kubernetes",
+    "invalid_spec",
+    "conflict",
+    "unexpected",
+]
 GROUP = ("namespace", "pipeline", "group")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -171,6 +187,38 @@ class OperatorMetrics:
             known.update(wanted)
         for group in gone:
             self._remove_series({"namespace": namespace, "pipeline": pipeline, "group": group})
+
+    def export_status(
+        self, namespace: str, name: str, findings: Findings, status: api.StreamPipelineStatus, *, now: float
+    ) -> None:
+        """The figures of this pass as gauges. While Redis is unreachable they keep their last values
+        (as status does); a figure that became unknown loses its series."""
+        metrics, pipeline = self, (namespace, name)
+        ready = status.condition(ConditionType.READY)
+        metrics.ready.labels(*pipeline).set(1 if ready and ready.status == "True" else 0)
+        observation = findings.observation
+        if observation is None:
+            return
+        for group in status.groups:
+            labels = (*pipeline, group.name)
+            state = observation.group(group.name)
+            metrics.put(metrics.backlog, group.backlog, *labels)
+            metrics.put(metrics.lag, group.lag, *labels)
+            metrics.pending.labels(*labels).set(group.pending)
+            metrics.put(metrics.consumers, group.consumers if state is not None else None, *labels)
+            age = oldest_pending_seconds(state, now=now) if state is not None else None
+            metrics.put(metrics.oldest_pending_age, age, *labels)
+        stream = status.stream
+        metrics.stream_length.labels(*pipeline).set(stream.length if stream is not None else 0)
+        metrics.put(metrics.stream_memory, stream.memory_bytes if stream is not None else None, *pipeline)
+        added = stream.entries_added if stream is not None else None
+        metrics.put(metrics.stream_entries_added, added, *pipeline)
+        if status.dead_letter is not None:
+            metrics.dead_letter_length.labels(*pipeline).set(status.dead_letter.length)
+
+    def count_error(self, namespace: str, pipeline: str, kind: ErrorKind) -> None:
+        """One failure of this kind during a pipeline's reconciliation."""
+        self.errors.labels(namespace, pipeline, kind).inc()
 
     def forget_pipeline(self, namespace: str, pipeline: str) -> None:
         """Remove every series of a pipeline that is gone (or no longer reconciled here): gauges and

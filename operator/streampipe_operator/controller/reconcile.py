@@ -9,7 +9,7 @@ that calls :meth:`PipelineRuntime.run`. A pass (:meth:`PipelineRuntime.reconcile
    ``Conflict`` and nothing else is done;
 3. **Deployments** that exist are brought to the spec (drift reverted); they come from kopf's index;
 4. **housekeeping** on Redis, the pass ``streampipe up`` runs too (``housekeeping.run_pass``: groups,
-   scaling through ``/scale`` by :class:`_DeploymentScaler`, retention, consumer cleanup); what it
+   scaling through ``/scale`` by ``scaler.DeploymentScaler``, retention, consumer cleanup); what it
    did becomes Events, logs and metrics;
 5. **Deployments** that are missing are created with the decided replicas, removed groups' deleted;
 6. **status**, written only when it changed (see ``status.worth_writing``).
@@ -26,36 +26,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from streampipe_operator import api
-from streampipe_operator.api import ConditionType
 from streampipe_operator.api.validation import errors_of
 from streampipe_operator.controller.connections import PipelineConnection
-from streampipe_operator.controller.metrics import OperatorMetrics
-from streampipe_operator.controller.ownership import PipelineRef, identity_of, others, owner, stream_identity
+from streampipe_operator.controller.deployments import DeploymentWriter
+from streampipe_operator.controller.events import post_event
+from streampipe_operator.controller.metrics import ErrorKind, OperatorMetrics
+from streampipe_operator.controller.ownership import PipelineRef, identity_of, owner, stream_identity
+from streampipe_operator.controller.scaler import DeploymentScaler
 from streampipe_operator.engine.housekeeping import (
-    CONSUMER_IDLE_FLOOR,
     FAILURES,
     EventReason,
     PassReport,
     PipelineMemory,
     run_pass,
 )
-from streampipe_operator.kube.client import KubeApi, KubeError, SecretMissingError
+from streampipe_operator.kube.client import EventType, KubeClient, KubeError, SecretMissingError
 from streampipe_operator.kube.deployments import (
     LABEL_PIPELINE,
     build_deployment,
     deployment_drift,
     deployment_name,
-    drift_patch,
 )
 from streampipe_operator.kube.status import (
     CREDENTIALS_MISSING,
@@ -64,13 +63,13 @@ from streampipe_operator.kube.status import (
     Findings,
     GroupWorkload,
     build_status,
-    oldest_pending_seconds,
     status_document,
+    transition_events,
     worth_writing,
 )
 from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.groups import LastKnownPosition, plan_teardown
-from streampipe_operator.plan.scaling import ScalingDecision
+from streampipe_operator.plan.groups import LastKnownPosition
+from streampipe_operator.plan.scaling import ScalingDecision, placed_replicas
 from streampipe_operator.streams.admin import (
     RedisAdminError,
     RedisAuthError,
@@ -81,7 +80,6 @@ log = logging.getLogger("streampipe.operator")
 
 PipelineIndex = Mapping[str, Iterable[PipelineRef]]
 DeploymentIndex = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
-EventType = Literal["Normal", "Warning"]
 
 
 class StopFlag(Protocol):
@@ -90,36 +88,18 @@ class StopFlag(Protocol):
     def wait(self) -> Awaitable[Any]: ...
 
 
-# How long a write of ours may take to show in kopf's index before the index is trusted again.
-WRITE_SETTLE_SECONDS = 5.0
 # What a housekeeping pass reports that becomes an Event on the StreamPipeline (the rest is logged).
 POSTED_EVENTS: frozenset[EventReason] = frozenset(
     {"GroupCreated", "GroupRecreated", "GroupDestroyed", "GroupOrphaned", "RetentionHeld", "ConsumerRemoved"}
 )
 
 
-@dataclass
-class ReconcileOptions:
-    """Operator-wide tunables (the CLI sets them; tests may shorten them)."""
-
-    figures_interval: float = 5.0  # at most one status write per this many seconds for figures alone
-    idle_interval: float = 30.0  # longest pause between passes
-    max_error_delay: float = 30.0  # backoff cap after failures
-    secret_refresh: float = 60.0  # re-read credentials at least this often
-    consumer_idle_floor: float = CONSUMER_IDLE_FLOOR  # never remove a consumer idle for less than this
-    redis_socket_timeout: float = 5.0
-
-
-class RetryLaterError(Exception):
-    """Deletion cannot finish yet; kopf retries it after ``delay`` seconds."""
-
-    def __init__(self, message: str, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
-def _utc(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, UTC)
+# Operator-wide timings.
+FIGURES_INTERVAL = 5.0  # at most one status write per this many seconds for figures alone
+IDLE_INTERVAL = 30.0  # longest pause between passes
+MAX_ERROR_DELAY = 30.0  # backoff cap after failures
+SECRET_REFRESH = 60.0  # re-read credentials at least this often
+REDIS_SOCKET_TIMEOUT = 5.0
 
 
 def error_delay(failures: int, base: float, cap: float) -> float:
@@ -128,12 +108,11 @@ def error_delay(failures: int, base: float, cap: float) -> float:
 
 
 class OperatorContext:
-    """What every pipeline's loop shares: the Kubernetes adapter, metrics, options, the live runtimes."""
+    """What every pipeline's loop shares: the Kubernetes adapter, metrics, the live runtimes."""
 
-    def __init__(self, kube: KubeApi, metrics: OperatorMetrics, options: ReconcileOptions | None = None):
+    def __init__(self, kube: KubeClient, metrics: OperatorMetrics):
         self.kube = kube
         self.metrics = metrics
-        self.options = options or ReconcileOptions()
         self.runtimes: dict[str, PipelineRuntime] = {}
 
     def runtime_for(self, memo: Any, body: Mapping[str, Any]) -> PipelineRuntime:
@@ -171,15 +150,6 @@ class OperatorContext:
 
 
 @dataclass
-class _Write:
-    """A write of ours to a Deployment that kopf's index may not show yet."""
-
-    resource_version: str
-    at: float
-    replicas: int | None = None
-
-
-@dataclass
 class _Pass:
     """Per-pass scratch: the parsed pipeline and what was found."""
 
@@ -196,7 +166,6 @@ class PipelineRuntime:
         self.context = context
         self.kube = context.kube
         self.metrics = context.metrics
-        self.options = context.options
         self.namespace = namespace
         self.name = name
         self.uid = uid
@@ -206,16 +175,14 @@ class PipelineRuntime:
             context.kube,
             namespace,
             uid,
-            socket_timeout=self.options.redis_socket_timeout,
-            secret_refresh=self.options.secret_refresh,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            secret_refresh=SECRET_REFRESH,
         )
         self.wake = asyncio.Event()
         self.failures = 0
         self.memory = PipelineMemory()
-        self.last_scale_time: dict[str, datetime] = {}
         self.desired_deployments: dict[str, dict[str, Any]] = {}
-        self.writes: dict[str, _Write] = {}
-        self.created: dict[str, float] = {}
+        self.writer = DeploymentWriter(context.kube, self.ref, context.metrics)
         self.trimmed_total: int | None = None
         self.last_trim_at: datetime | None = None
         self.written: dict[str, Any] | None = None
@@ -280,10 +247,10 @@ class PipelineRuntime:
         except Exception as exc:
             # A bug or an API failure nobody foresaw: report it, back off, keep the loop alive.
             log.exception("%s: reconcile failed: %s", self.label, exc)
-            self.metrics.errors.labels(self.namespace, self.name, "unexpected").inc()
+            self._error("unexpected")
             self.failures += 1
             result = "error"
-            delay = error_delay(self.failures, 1.0, self.options.max_error_delay)
+            delay = error_delay(self.failures, 1.0, MAX_ERROR_DELAY)
         self.metrics.reconciles.labels(self.namespace, self.name, result).inc()
         self.metrics.duration.labels(self.namespace, self.name).observe(time.monotonic() - started)
         return delay
@@ -298,9 +265,9 @@ class PipelineRuntime:
             pipeline = api.StreamPipeline.from_body(body)
         except ValidationError as exc:
             findings.invalid = [str(error) for error in errors_of(exc)]
-            self.metrics.errors.labels(self.namespace, self.name, "invalid_spec").inc()
+            self._error("invalid_spec")
             await self._finish(findings, body, pipeline=None)
-            return self.options.idle_interval
+            return IDLE_INTERVAL
         spec = pipeline.spec
         self.identity = stream_identity(spec)
         findings.group_names = [group.name for group in spec.groups]
@@ -314,7 +281,7 @@ class PipelineRuntime:
                 f"StreamPipeline {first.label} already uses stream {spec.stream} on {spec.redis.url}; this "
                 f"pipeline changes nothing until that one is deleted or this one names another stream"
             )
-            self.metrics.errors.labels(self.namespace, self.name, "conflict").inc()
+            self._error("conflict")
             await self._finish(findings, body, pipeline)
             return max(poll, 1.0)
 
@@ -324,7 +291,14 @@ class PipelineRuntime:
             deployment["metadata"]["name"]: deployment
             for deployment in deployments.get((self.namespace, self.name), ())
         }
-        scaler = _DeploymentScaler(self, work, actual)
+        scaler = DeploymentScaler(
+            self.writer,
+            failed=self.workload_failed,
+            pipeline=self.name,
+            groups=work.pipeline.spec.groups,
+            actual=actual,
+            findings=work.findings,
+        )
         await self._update_deployments(work, actual)
         await self._housekeeping(work, scaler)
         await self._place_deployments(work, actual, scaler)
@@ -332,14 +306,14 @@ class PipelineRuntime:
 
         if findings.redis_problem is not None:
             self.failures += 1
-            return error_delay(self.failures, poll, self.options.max_error_delay)
+            return error_delay(self.failures, poll, MAX_ERROR_DELAY)
         self.failures = 0
         until = self.memory.next_due(spec) - time.monotonic()
-        return min(max(until, 0.05), self.options.idle_interval)
+        return min(max(until, 0.05), IDLE_INTERVAL)
 
     # --- Redis: the housekeeping pass ----------------------------------------------------------------
 
-    async def _housekeeping(self, work: _Pass, scaler: _DeploymentScaler) -> None:
+    async def _housekeeping(self, work: _Pass, scaler: DeploymentScaler) -> None:
         """Groups, scaling, retention and consumer cleanup (``housekeeping.run_pass``), and what they
         did as Events, logs, metrics and findings; a server that cannot be used becomes a finding."""
         spec = work.pipeline.spec
@@ -352,24 +326,23 @@ class PipelineRuntime:
                 scaler,
                 self.memory,
                 known_positions=_positions_in(work.pipeline.status),
-                consumer_idle_floor=self.options.consumer_idle_floor,
             )
         except SecretMissingError as exc:
             findings.redis_problem = (CREDENTIALS_MISSING, str(exc))
-            self.metrics.errors.labels(self.namespace, self.name, "credentials").inc()
+            self._error("credentials")
         except KubeError as exc:
             findings.redis_problem = (CREDENTIALS_MISSING, f"cannot read the credentials: {exc}")
-            self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+            self._error("kubernetes")
         except RedisAuthError as exc:
             findings.redis_problem = (REDIS_AUTH_FAILED, str(exc))
-            self.metrics.errors.labels(self.namespace, self.name, "redis_auth").inc()
+            self._error("redis_auth")
         except RedisUnreachableError as exc:
             findings.redis_problem = (REDIS_UNREACHABLE, str(exc))
-            self.metrics.errors.labels(self.namespace, self.name, "redis_unreachable").inc()
+            self._error("redis_unreachable")
         except RedisAdminError as exc:
             # Reachable, but the stream cannot be used as it is (WRONGTYPE, a refused command).
             findings.group_problems = {name: str(exc) for name in findings.group_names}
-            self.metrics.errors.labels(self.namespace, self.name, "redis_command").inc()
+            self._error("redis_command")
         else:
             work.decisions = report.decisions
             findings.server = report.server
@@ -391,7 +364,7 @@ class PipelineRuntime:
         for event in report.events:
             log.log(logging.WARNING if event.warning else logging.INFO, "%s: %s", self.label, event.message)
             if event.reason in FAILURES:
-                self.metrics.errors.labels(*pipeline, "redis_command").inc()
+                self._error("redis_command")
             if event.reason == "ConsumerRemoved" and event.group is not None:
                 self.metrics.consumers_removed.labels(*pipeline, event.group).inc()
             if event.reason in POSTED_EVENTS:
@@ -415,17 +388,6 @@ class PipelineRuntime:
         stream = pipeline.status.stream if pipeline.status is not None else None
         return stream.trimmed_total if stream is not None else 0
 
-    def _current_replicas(self, name: str, deployment: Mapping[str, Any] | None) -> int | None:
-        if deployment is None:
-            return None
-        replicas = int((deployment.get("spec") or {}).get("replicas", 1))
-        write = self.writes.get(name)
-        if write is not None and write.replicas is not None:
-            fresh = deployment["metadata"].get("resourceVersion") == write.resource_version
-            if not fresh and time.monotonic() - write.at < WRITE_SETTLE_SECONDS:
-                return write.replicas  # the index has not caught up with our /scale yet
-        return replicas
-
     # --- Kubernetes: worker Deployments --------------------------------------------------------------
 
     async def _update_deployments(self, work: _Pass, actual: Mapping[str, Mapping[str, Any]]) -> None:
@@ -440,12 +402,12 @@ class PipelineRuntime:
             desired = build_deployment(work.pipeline, group, replicas=replicas)
             self.desired_deployments[name] = desired
             try:
-                await self._revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
+                await self.writer.revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
             except KubeError as exc:
-                self._workload_failed(work, group.name, exc)
+                self.workload_failed(work.findings, group.name, exc)
 
     async def _place_deployments(
-        self, work: _Pass, actual: Mapping[str, Mapping[str, Any]], scaler: _DeploymentScaler
+        self, work: _Pass, actual: Mapping[str, Mapping[str, Any]], scaler: DeploymentScaler
     ) -> None:
         """Create missing worker Deployments with the decided replicas, report every group's, and
         delete the Deployments of groups no longer in the spec."""
@@ -458,30 +420,28 @@ class PipelineRuntime:
             deployment = actual.get(name)
             current = scaler.current_replicas(group.name)
             decision = work.decisions.get(group.name)
-            if group.scaling.mode == "none":
-                replicas = current if current is not None else group.scaling.min_replicas
-            elif decision is not None:
-                replicas = decision.desired_replicas
-            elif current is not None:
-                replicas = current
-            else:
-                replicas = group.scaling.min_replicas
+            replicas = placed_replicas(
+                group.scaling.mode,
+                group.scaling.min_replicas,
+                current,
+                decision.desired_replicas if decision is not None else None,
+            )
             workload = GroupWorkload(
                 replicas=scaler.scaled.get(group.name, current if current is not None else 0),
                 ready_replicas=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
                 desired_replicas=replicas,
                 mode=group.scaling.mode,
                 backlog_unknown=decision is not None and decision.outcome == "BacklogUnknown",
-                last_scale_time=self.last_scale_time.get(group.name),
+                last_scale_time=self.writer.last_scale_time.get(group.name),
             )
             report[group.name] = workload
             if deployment is None:
                 desired = build_deployment(pipeline, group, replicas=replicas)
                 self.desired_deployments[name] = desired
                 try:
-                    await self._create(name, desired, group.name, workload)
+                    await self.writer.create(name, desired, group.name, workload)
                 except KubeError as exc:
-                    self._workload_failed(work, group.name, exc)
+                    self.workload_failed(work.findings, group.name, exc)
             self.metrics.replicas.labels(self.namespace, self.name, group.name).set(workload.replicas)
             self.metrics.desired_replicas.labels(self.namespace, self.name, group.name).set(replicas)
         work.findings.workloads = report
@@ -500,83 +460,15 @@ class PipelineRuntime:
                     f"deleted Deployment {name}: its group is no longer in the spec",
                 )
 
-    def _workload_failed(self, work: _Pass, group: str, exc: KubeError) -> None:
+    def workload_failed(self, findings: Findings, group: str, exc: KubeError) -> None:
+        """ScaleTarget: a write to the group's Deployment failed; status reports it."""
         log.warning("%s: %s", self.label, exc)
-        self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
-        work.findings.workload_problems = {**work.findings.workload_problems, group: str(exc)}
+        self._error("kubernetes")
+        findings.workload_problems = {**findings.workload_problems, group: str(exc)}
 
     def _is_ours(self, deployment: Mapping[str, Any]) -> bool:
         refs = (deployment.get("metadata") or {}).get("ownerReferences") or []
         return any(ref.get("uid") == self.uid and ref.get("controller") for ref in refs)
-
-    async def _create(
-        self, name: str, desired: Mapping[str, Any], group: str, workload: GroupWorkload
-    ) -> None:
-        if time.monotonic() - self.created.get(name, -math.inf) < WRITE_SETTLE_SECONDS:
-            return  # created a moment ago; kopf's index has not seen it yet
-        try:
-            created = await self.kube.create_deployment(desired)
-        except KubeError as exc:
-            if exc.conflict:
-                return  # it exists (the index lags); the next pass sees it
-            raise
-        self.created[name] = time.monotonic()
-        replicas = int(desired["spec"]["replicas"])
-        self.writes[name] = _Write(created["metadata"]["resourceVersion"], time.monotonic(), replicas)
-        workload.replicas = replicas
-        self.last_scale_time[group] = datetime.now(UTC)
-        workload.last_scale_time = self.last_scale_time[group]
-        await self._event(
-            "Normal",
-            "DeploymentCreated",
-            f"created worker Deployment {name} for group {group} with {replicas} replicas",
-        )
-
-    async def _revert_drift(
-        self, name: str, deployment: Mapping[str, Any], desired: Mapping[str, Any], *, spec_changed: bool
-    ) -> None:
-        """Make the Deployment say what the spec says: after a spec change that is an update, otherwise
-        someone changed the Deployment and it is drift."""
-        write = self.writes.get(name)
-        version = deployment["metadata"].get("resourceVersion")
-        if (
-            write is not None
-            and version != write.resource_version
-            and time.monotonic() - write.at < WRITE_SETTLE_SECONDS
-        ):
-            return  # the index may still show the Deployment from before our last write
-        drifted = deployment_drift(deployment, desired)
-        if not drifted:
-            return
-        operations = drift_patch(deployment, desired)
-        if not operations:
-            return
-        patched = await self.kube.patch_deployment(self.namespace, name, operations)
-        self.writes[name] = _Write(
-            patched["metadata"]["resourceVersion"], time.monotonic(), write.replicas if write else None
-        )
-        shown = ", ".join(drifted[:5]) + (f" and {len(drifted) - 5} more" if len(drifted) > 5 else "")
-        if spec_changed:
-            log.info("%s: updated Deployment %s to the new spec (%s)", self.label, name, shown)
-            await self._event(
-                "Normal", "DeploymentUpdated", f"updated Deployment {name} to the new spec ({shown})"
-            )
-            return
-        log.info("%s: reverted drift in Deployment %s (%s)", self.label, name, shown)
-        await self._event(
-            "Warning", "DriftReverted", f"Deployment {name} was changed ({shown}); put back as the spec says"
-        )
-
-    async def _scale(self, name: str, decision: ScalingDecision, current: int) -> None:
-        scale = await self.kube.scale_deployment(self.namespace, name, decision.desired_replicas)
-        self.writes[name] = _Write(
-            scale["metadata"]["resourceVersion"], time.monotonic(), decision.desired_replicas
-        )
-        self.last_scale_time[decision.group] = datetime.now(UTC)
-        direction = "up" if decision.desired_replicas > current else "down"
-        self.metrics.scale_changes.labels(self.namespace, self.name, decision.group, direction).inc()
-        log.info("%s: %s", self.label, decision.reason)
-        await self._event("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
 
     # --- status and events ---------------------------------------------------------------------------
 
@@ -589,9 +481,9 @@ class PipelineRuntime:
         now = datetime.now(UTC).replace(microsecond=0)
         status = build_status(findings, previous, now=now)
         document = status_document(status)
-        self._export(findings, status, now=now.timestamp())
+        self.metrics.export_status(self.namespace, self.name, findings, status, now=now.timestamp())
         before = self.written if self.written is not None else _document_of(body)
-        figures_due = time.monotonic() - self.figures_written_at >= self.options.figures_interval
+        figures_due = time.monotonic() - self.figures_written_at >= FIGURES_INTERVAL
         if not worth_writing(document, before, figures_due=figures_due):
             return
         try:
@@ -600,90 +492,23 @@ class PipelineRuntime:
             if exc.not_found:
                 return  # deleted meanwhile
             log.warning("%s: %s", self.label, exc)
-            self.metrics.errors.labels(self.namespace, self.name, "kubernetes").inc()
+            self._error("kubernetes")
             return
         self.written = document
         self.figures_written_at = time.monotonic()
         await self._transition_events(before, status)
 
-    def _export(self, findings: Findings, status: api.StreamPipelineStatus, *, now: float) -> None:
-        """The figures of this pass as gauges. While Redis is unreachable they keep their last values
-        (as status does); a figure that became unknown loses its series."""
-        metrics, pipeline = self.metrics, (self.namespace, self.name)
-        ready = status.condition(ConditionType.READY)
-        metrics.ready.labels(*pipeline).set(1 if ready and ready.status == "True" else 0)
-        observation = findings.observation
-        if observation is None:
-            return
-        for group in status.groups:
-            labels = (*pipeline, group.name)
-            state = observation.group(group.name)
-            metrics.put(metrics.backlog, group.backlog, *labels)
-            metrics.put(metrics.lag, group.lag, *labels)
-            metrics.pending.labels(*labels).set(group.pending)
-            metrics.put(metrics.consumers, group.consumers if state is not None else None, *labels)
-            age = oldest_pending_seconds(state, now=now) if state is not None else None
-            metrics.put(metrics.oldest_pending_age, age, *labels)
-        stream = status.stream
-        metrics.stream_length.labels(*pipeline).set(stream.length if stream is not None else 0)
-        metrics.put(metrics.stream_memory, stream.memory_bytes if stream is not None else None, *pipeline)
-        added = stream.entries_added if stream is not None else None
-        metrics.put(metrics.stream_entries_added, added, *pipeline)
-        if status.dead_letter is not None:
-            metrics.dead_letter_length.labels(*pipeline).set(status.dead_letter.length)
-
     async def _transition_events(
         self, before: Mapping[str, Any] | None, status: api.StreamPipelineStatus
     ) -> None:
-        """One Event per change of Ready's reason, and when DurabilityAtRisk turns True."""
-        old = api.StreamPipelineStatus.model_validate(before) if before else api.StreamPipelineStatus()
-        ready, was = status.condition(ConditionType.READY), old.condition(ConditionType.READY)
-        if ready is not None and (was is None or (was.status, was.reason) != (ready.status, ready.reason)):
-            if ready.status == "True":
-                if was is not None:  # not on the very first status: DeploymentCreated etc. say enough
-                    await self._event("Normal", ready.reason, ready.message)
-            else:
-                await self._event("Warning", ready.reason, ready.message)
-        risk, had = (
-            status.condition(ConditionType.DURABILITY_AT_RISK),
-            old.condition(ConditionType.DURABILITY_AT_RISK),
-        )
-        if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
-            await self._event("Warning", "DurabilityAtRisk", risk.message)
+        for type_, reason, message in transition_events(before, status):
+            await self._event(type_, reason, message)
+
+    def _error(self, kind: ErrorKind) -> None:
+        self.metrics.count_error(self.namespace, self.name, kind)
 
     async def _event(self, type_: EventType, reason: str, message: str) -> None:
         await post_event(self.kube, self.ref, type_, reason, message)
-
-
-class _DeploymentScaler:
-    """The operator's ``WorkloadBackend`` for one pass: worker Deployments as kopf's index shows them
-    (read before this pass writes anything), replicas changed through ``/scale``. Which consumers are
-    alive it cannot tell (pods are not listed), so their idle time alone decides."""
-
-    def __init__(self, runtime: PipelineRuntime, work: _Pass, actual: Mapping[str, Mapping[str, Any]]):
-        self.runtime = runtime
-        self.work = work
-        self.names = {
-            group.name: deployment_name(runtime.name, group.name) for group in work.pipeline.spec.groups
-        }
-        self.current = {
-            group: runtime._current_replicas(name, actual.get(name)) for group, name in self.names.items()
-        }
-        self.scaled: dict[str, int] = {}
-
-    def current_replicas(self, group: str) -> int | None:
-        return self.current.get(group)
-
-    async def set_replicas(self, group: str, decision: ScalingDecision, current: int) -> None:
-        try:
-            await self.runtime._scale(self.names[group], decision, current)
-        except KubeError as exc:
-            self.runtime._workload_failed(self.work, group, exc)
-            return
-        self.scaled[group] = decision.desired_replicas
-
-    def live_consumers(self) -> None:
-        return None
 
 
 def _positions_in(status: api.StreamPipelineStatus | None) -> dict[str, LastKnownPosition]:
@@ -713,120 +538,9 @@ def _status_of(body: Mapping[str, Any]) -> api.StreamPipelineStatus | None:
         return None
 
 
-def plain(node: Any) -> Any:
-    """Plain dicts and lists from kopf's read-only Mapping views (for models and comparisons)."""
-    if isinstance(node, Mapping):
-        return {key: plain(value) for key, value in node.items()}
-    if isinstance(node, list | tuple):
-        return [plain(item) for item in node]
-    return node
-
-
 def _document_of(body: Mapping[str, Any]) -> dict[str, Any] | None:
     status = body.get("status")
     if not status:
         return None
-    document: dict[str, Any] = plain(status)
+    document: dict[str, Any] = api.plain(status)
     return document
-
-
-async def post_event(kube: KubeApi, ref: PipelineRef, type_: EventType, reason: str, message: str) -> None:
-    """An Event on the StreamPipeline; failing to post one is logged, never fatal."""
-    involved = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "namespace": ref.namespace,
-        "name": ref.name,
-        "uid": ref.uid,
-    }
-    try:
-        await kube.post_event(involved, type_, reason, message)
-    except KubeError as exc:
-        log.warning("%s: could not post Event %s: %s", ref.label, reason, exc)
-
-
-# ----------------------------------------------------------------------------------------- deletion
-
-
-async def teardown(
-    context: OperatorContext, body: Mapping[str, Any], pipelines: PipelineIndex, *, retry: int = 0
-) -> None:
-    """What deleting a StreamPipeline does to the data, by ``deletionPolicy``.
-
-    ``Retain`` leaves the stream, its groups and the dead-letter stream. ``Delete`` removes them,
-    unless another StreamPipeline names the same stream: then it refuses (``Ready=False``/
-    ``DeletionBlocked``, a Warning Event) and :class:`RetryLaterError` keeps the finalizer until that
-    pipeline is gone or this one's policy is changed to ``Retain``. The worker Deployments are owned
-    by the pipeline and go with it (Kubernetes' garbage collector).
-    """
-    meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    ref = PipelineRef(namespace=namespace, name=name, uid=uid)
-    kube = context.kube
-    context.metrics.forget_pipeline(namespace, name)
-    try:
-        pipeline = api.StreamPipeline.from_body(body)
-    except ValidationError:
-        log.warning(
-            "%s/%s: deleted with an invalid spec; its data (if any) is left in place", namespace, name
-        )
-        return
-    spec = pipeline.spec
-    if spec.deletion_policy == "Retain":
-        kept = f"left stream {spec.stream}, its groups and {spec.dead_letter_stream} in place"
-        await post_event(kube, ref, "Normal", "DataRetained", f"deletionPolicy Retain: {kept}")
-        return
-    delay = error_delay(retry + 1, 2.0, 60.0)
-    sharing = others(pipelines.get(stream_identity(spec), ()), uid)
-    if sharing:
-        message = (
-            f"deletionPolicy Delete: not deleting stream {spec.stream}: StreamPipeline {sharing[0].label} "
-            f"uses it too. Delete that one first, or set deletionPolicy: Retain to delete this one and keep "
-            f"the data"
-        )
-        await _block_deletion(kube, pipeline, ref, message)
-        raise RetryLaterError(message, delay)
-    connection = PipelineConnection(
-        kube,
-        namespace,
-        uid,
-        socket_timeout=context.options.redis_socket_timeout,
-        secret_refresh=0,
-    )
-    try:
-        admin = await connection.admin(spec.redis)
-        plan = plan_teardown("Delete", spec.stream, spec.dead_letter_stream)
-        assert plan.delete is not None
-        await admin.delete_keys(plan.delete)
-    except (RedisAdminError, KubeError) as exc:
-        message = f"deletionPolicy Delete: cannot delete stream {spec.stream} yet: {exc}"
-        await _block_deletion(kube, pipeline, ref, message)
-        raise RetryLaterError(message, delay) from exc
-    finally:
-        await connection.close()
-    log.info("%s/%s: %s", namespace, name, plan.delete.reason)
-    await post_event(kube, ref, "Normal", "DataDeleted", plan.delete.reason)
-
-
-async def _block_deletion(
-    kube: KubeApi, pipeline: api.StreamPipeline, ref: PipelineRef, message: str
-) -> None:
-    status = pipeline.status or api.StreamPipelineStatus()
-    generation = pipeline.metadata.generation
-    conditions = api.set_condition(
-        status.conditions,
-        ConditionType.READY,
-        "False",
-        "DeletionBlocked",
-        message,
-        observed_generation=generation,
-        now=datetime.now(UTC),
-    )
-    if status.condition(ConditionType.READY) == api.find_condition(conditions, ConditionType.READY):
-        return
-    updated = status.model_copy(update={"conditions": conditions})
-    try:
-        await kube.patch_pipeline_status(ref.namespace, ref.name, status_document(updated))
-    except KubeError as exc:
-        log.warning("%s: %s", ref.label, exc)
-    await post_event(kube, ref, "Warning", "DeletionBlocked", message)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from kubernetes import client
 from kubernetes import config as kube_config
@@ -127,6 +127,29 @@ def _describe(exc: Exception, doing: str) -> KubeError:
             pass
         return KubeError(f"{doing}: {message} (HTTP {exc.status})", status=exc.status or 0, reason=reason)
     return KubeError(f"{doing}: cannot reach the Kubernetes API ({exc or type(exc).__name__})")
+
+
+class KubeClient(Protocol):
+    """What the operator asks of the API server; :class:`KubeApi` is the implementation (unit tests
+    drive the controller with a fake of this protocol)."""
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes: ...
+
+    async def create_deployment(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_deployment(
+        self, namespace: str, name: str, operations: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]: ...
+
+    async def delete_deployment(self, namespace: str, name: str) -> None: ...
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]: ...
+
+    async def patch_pipeline_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: EventType, reason: str, message: str
+    ) -> None: ...
 
 
 class KubeApi:

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType as C
+from streampipe_operator.kube.client import EventType
 from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import GroupState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
@@ -451,3 +452,23 @@ def worth_writing(new: Mapping[str, Any], written: Mapping[str, Any] | None, *, 
     if significant(new) != significant(written):
         return True
     return figures_due and _comparable(new) != _comparable(written)
+
+
+def transition_events(
+    before: Mapping[str, Any] | None, status: api.StreamPipelineStatus
+) -> list[tuple[EventType, str, str]]:
+    """The Events a status change is worth (type, reason, message): one per change of Ready's status or
+    reason (not for the very first status, when Ready is True: DeploymentCreated etc. say enough), and
+    one when DurabilityAtRisk turns True."""
+    events: list[tuple[EventType, str, str]] = []
+    old = api.StreamPipelineStatus.model_validate(before) if before else api.StreamPipelineStatus()
+    ready, was = status.condition(C.READY), old.condition(C.READY)
+    if ready is not None and (was is None or (was.status, was.reason) != (ready.status, ready.reason)):
+        if ready.status != "True":
+            events.append(("Warning", ready.reason, ready.message))
+        elif was is not None:
+            events.append(("Normal", ready.reason, ready.message))
+    risk, had = status.condition(C.DURABILITY_AT_RISK), old.condition(C.DURABILITY_AT_RISK)
+    if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
+        events.append(("Warning", "DurabilityAtRisk", risk.message))
+    return events
