@@ -90,6 +90,7 @@ from streampipe_operator.api.pod_template import (
     ResourceRequirements,
     Toleration,
 )
+from streampipe_operator.api.reasons import Reason
 from streampipe_operator.api.resource import (
     ObjectMeta,
     StreamPipeline,
@@ -191,6 +192,7 @@ __all__ = [
     "PodTemplateSpec",
     "Quantity",
     "QuantityValue",
+    "Reason",
     "RedisSpec",
     "ResourceField",
     "ResourceFieldSelector",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from streampipe_operator.api import Reason
 from streampipe_operator.controller.events import post_event
 from streampipe_operator.controller.metrics import OperatorMetrics
 from streampipe_operator.controller.ownership import PipelineRef
@@ -79,7 +80,7 @@ class DeploymentWriter:
         workload.last_scale_time = self.last_scale_time[group]
         await self._event(
             "Normal",
-            "DeploymentCreated",
+            Reason.DEPLOYMENT_CREATED,
             f"created worker Deployment {name} for group {group} with {replicas} replicas",
         )
 
@@ -110,12 +111,14 @@ class DeploymentWriter:
         if spec_changed:
             log.info("%s: updated Deployment %s to the new spec (%s)", self.label, name, shown)
             await self._event(
-                "Normal", "DeploymentUpdated", f"updated Deployment {name} to the new spec ({shown})"
+                "Normal", Reason.DEPLOYMENT_UPDATED, f"updated Deployment {name} to the new spec ({shown})"
             )
             return
         log.info("%s: reverted drift in Deployment %s (%s)", self.label, name, shown)
         await self._event(
-            "Warning", "DriftReverted", f"Deployment {name} was changed ({shown}); put back as the spec says"
+            "Warning",
+            Reason.DRIFT_REVERTED,
+            f"Deployment {name} was changed ({shown}); put back as the spec says",
         )
 
     async def scale(self, name: str, decision: ScalingDecision, current: int) -> None:
@@ -128,7 +131,9 @@ class DeploymentWriter:
         direction = "up" if decision.desired_replicas > current else "down"
         self.metrics.scale_changes.labels(self.namespace, self.name, decision.group, direction).inc()
         log.info("%s: %s", self.label, decision.reason)
-        await self._event("Normal", "ScaledUp" if direction == "up" else "ScaledDown", decision.reason)
+        await self._event(
+            "Normal", Reason.SCALED_UP if direction == "up" else Reason.SCALED_DOWN, decision.reason
+        )
 
     async def _event(self, type_: EventType, reason: str, message: str) -> None:
         await post_event(self.kube, self.ref, type_, reason, message)

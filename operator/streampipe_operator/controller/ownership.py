@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from streampipe_operator import api
+from streampipe_operator.api import Reason
 from streampipe_worker.connection import parse_url
 
 
@@ -68,7 +69,7 @@ def established(body: Any) -> bool:
     ready = next(
         (c for c in status.get("conditions") or [] if c.get("type") == api.ConditionType.READY), None
     )
-    return ready is not None and ready.get("reason") not in ("Conflict", "InvalidSpec")
+    return ready is not None and ready.get("reason") not in (Reason.CONFLICT, Reason.INVALID_SPEC)
 
 
 def _precedence(ref: PipelineRef) -> tuple[bool, str, str, str]:

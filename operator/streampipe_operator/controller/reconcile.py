@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from streampipe_operator import api
+from streampipe_operator.api import Reason
 from streampipe_operator.api.validation import errors_of
 from streampipe_operator.controller.connections import PipelineConnection
 from streampipe_operator.controller.deployments import DeploymentWriter
@@ -44,7 +45,6 @@ from streampipe_operator.controller.ownership import PipelineRef, identity_of, o
 from streampipe_operator.controller.scaler import DeploymentScaler
 from streampipe_operator.engine.housekeeping import (
     FAILURES,
-    EventReason,
     PassReport,
     PipelineMemory,
     run_pass,
@@ -57,9 +57,6 @@ from streampipe_operator.kube.deployments import (
     deployment_name,
 )
 from streampipe_operator.kube.status import (
-    CREDENTIALS_MISSING,
-    REDIS_AUTH_FAILED,
-    REDIS_UNREACHABLE,
     Findings,
     GroupWorkload,
     build_status,
@@ -89,8 +86,15 @@ class StopFlag(Protocol):
 
 
 # What a housekeeping pass reports that becomes an Event on the StreamPipeline (the rest is logged).
-POSTED_EVENTS: frozenset[EventReason] = frozenset(
-    {"GroupCreated", "GroupRecreated", "GroupDestroyed", "GroupOrphaned", "RetentionHeld", "ConsumerRemoved"}
+POSTED_EVENTS: frozenset[Reason] = frozenset(
+    {
+        Reason.GROUP_CREATED,
+        Reason.GROUP_RECREATED,
+        Reason.GROUP_DESTROYED,
+        Reason.GROUP_ORPHANED,
+        Reason.RETENTION_HELD,
+        Reason.CONSUMER_REMOVED,
+    }
 )
 
 
@@ -328,16 +332,16 @@ class PipelineRuntime:
                 known_positions=_positions_in(work.pipeline.status),
             )
         except SecretMissingError as exc:
-            findings.redis_problem = (CREDENTIALS_MISSING, str(exc))
+            findings.redis_problem = (Reason.CREDENTIALS_MISSING, str(exc))
             self._error("credentials")
         except KubeError as exc:
-            findings.redis_problem = (CREDENTIALS_MISSING, f"cannot read the credentials: {exc}")
+            findings.redis_problem = (Reason.CREDENTIALS_MISSING, f"cannot read the credentials: {exc}")
             self._error("kubernetes")
         except RedisAuthError as exc:
-            findings.redis_problem = (REDIS_AUTH_FAILED, str(exc))
+            findings.redis_problem = (Reason.REDIS_AUTH_FAILED, str(exc))
             self._error("redis_auth")
         except RedisUnreachableError as exc:
-            findings.redis_problem = (REDIS_UNREACHABLE, str(exc))
+            findings.redis_problem = (Reason.REDIS_UNREACHABLE, str(exc))
             self._error("redis_unreachable")
         except RedisAdminError as exc:
             # Reachable, but the stream cannot be used as it is (WRONGTYPE, a refused command).
@@ -365,7 +369,7 @@ class PipelineRuntime:
             log.log(logging.WARNING if event.warning else logging.INFO, "%s: %s", self.label, event.message)
             if event.reason in FAILURES:
                 self._error("redis_command")
-            if event.reason == "ConsumerRemoved" and event.group is not None:
+            if event.reason == Reason.CONSUMER_REMOVED and event.group is not None:
                 self.metrics.consumers_removed.labels(*pipeline, event.group).inc()
             if event.reason in POSTED_EVENTS:
                 await self._event("Warning" if event.warning else "Normal", event.reason, event.message)
@@ -456,7 +460,7 @@ class PipelineRuntime:
                 self.desired_deployments.pop(name, None)
                 await self._event(
                     "Normal",
-                    "DeploymentDeleted",
+                    Reason.DEPLOYMENT_DELETED,
                     f"deleted Deployment {name}: its group is no longer in the spec",
                 )
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streampipe_operator import api
-from streampipe_operator.api import ConditionType
+from streampipe_operator.api import ConditionType, Reason
 from streampipe_operator.controller.connections import PipelineConnection
 from streampipe_operator.controller.events import post_event
 from streampipe_operator.controller.ownership import PipelineRef, others, stream_identity
@@ -62,7 +62,7 @@ async def teardown(
     spec = pipeline.spec
     if spec.deletion_policy == "Retain":
         kept = f"left stream {spec.stream}, its groups and {spec.dead_letter_stream} in place"
-        await post_event(kube, ref, "Normal", "DataRetained", f"deletionPolicy Retain: {kept}")
+        await post_event(kube, ref, "Normal", Reason.DATA_RETAINED, f"deletionPolicy Retain: {kept}")
         return
     delay = error_delay(retry + 1, 2.0, 60.0)
     sharing = others(pipelines.get(stream_identity(spec), ()), uid)
@@ -93,7 +93,7 @@ async def teardown(
     finally:
         await connection.close()
     log.info("%s/%s: %s", namespace, name, plan.delete.reason)
-    await post_event(kube, ref, "Normal", "DataDeleted", plan.delete.reason)
+    await post_event(kube, ref, "Normal", Reason.DATA_DELETED, plan.delete.reason)
 
 
 async def _block_deletion(
@@ -105,7 +105,7 @@ async def _block_deletion(
         status.conditions,
         ConditionType.READY,
         "False",
-        "DeletionBlocked",
+        Reason.DELETION_BLOCKED,
         message,
         observed_generation=generation,
         now=datetime.now(UTC),
@@ -117,4 +117,4 @@ async def _block_deletion(
         await kube.patch_pipeline_status(ref.namespace, ref.name, status_document(updated))
     except KubeError as exc:
         log.warning("%s: %s", ref.label, exc)
-    await post_event(kube, ref, "Warning", "DeletionBlocked", message)
+    await post_event(kube, ref, "Warning", Reason.DELETION_BLOCKED, message)

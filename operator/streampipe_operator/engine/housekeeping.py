@@ -22,9 +22,10 @@ import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from streampipe_operator import api
+from streampipe_operator.api import Reason
 from streampipe_operator.engine.spec_mapping import retention_policy, scaling_policy
 from streampipe_operator.plan.backlog import Backlog, group_backlog
 from streampipe_operator.plan.consumers import plan_consumer_cleanup
@@ -49,20 +50,8 @@ from streampipe_worker.capabilities import ServerCapabilities
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
 DEFAULT_RETENTION_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
 
-EventReason = Literal[
-    "GroupCreated",
-    "GroupRecreated",
-    "GroupDestroyed",
-    "GroupOrphaned",
-    "RetentionHeld",
-    "Trimmed",
-    "RetentionFailed",
-    "ConsumerRemoved",
-    "ConsumerKept",
-    "ConsumerCleanupFailed",
-]
 # Steps that failed on the server while the pass went on.
-FAILURES: frozenset[EventReason] = frozenset({"RetentionFailed", "ConsumerCleanupFailed"})
+FAILURES: frozenset[Reason] = frozenset({Reason.RETENTION_FAILED, Reason.CONSUMER_CLEANUP_FAILED})
 
 
 class Clock(Protocol):
@@ -116,7 +105,7 @@ class PipelineMemory:
 class PassEvent:
     """Something a pass did or found that a person may want to know (a Kubernetes Event, a log line)."""
 
-    reason: EventReason
+    reason: Reason
     message: str
     group: str | None = None
     warning: bool = False
@@ -207,9 +196,7 @@ class _Steps:
     clock: Clock
     consumer_idle_floor: float
 
-    def event(
-        self, reason: EventReason, message: str, group: str | None = None, *, warning: bool = False
-    ) -> None:
+    def event(self, reason: Reason, message: str, group: str | None = None, *, warning: bool = False) -> None:
         self.report.events.append(PassEvent(reason, message, group=group, warning=warning))
 
     async def fix_groups(self, known_positions: Mapping[str, LastKnownPosition]) -> None:
@@ -227,7 +214,7 @@ class _Steps:
             if name not in memory.orphans_reported:
                 memory.orphans_reported.add(name)
                 self.event(
-                    "GroupOrphaned",
+                    Reason.GROUP_ORPHANED,
                     f"group {name} is on stream {spec.stream} but not in the spec; left in place because "
                     f"deletionPolicy is Retain (destroy it by hand, or use deletionPolicy Delete)",
                     name,
@@ -252,7 +239,7 @@ class _Steps:
             self.memory.positions.pop(action.group, None)
             if not (await self.admin.destroy_group(stream, action)).changed:
                 return False
-            self.event("GroupDestroyed", action.reason, action.group)
+            self.event(Reason.GROUP_DESTROYED, action.reason, action.group)
             return True
         try:
             result = await self.admin.create_group(stream, action)
@@ -264,9 +251,9 @@ class _Steps:
         if not result.changed:
             return False
         if action.recreated:
-            self.event("GroupRecreated", action.reason, action.group, warning=True)
+            self.event(Reason.GROUP_RECREATED, action.reason, action.group, warning=True)
         else:
-            self.event("GroupCreated", f"{action.reason} on {stream}", action.group)
+            self.event(Reason.GROUP_CREATED, f"{action.reason} on {stream}", action.group)
         return True
 
     async def scale(self) -> None:
@@ -306,7 +293,7 @@ class _Steps:
                 actions.extend(plan.actions)
                 outcome = RetentionOutcome(held=plan.held, protected=policy.protect_unprocessed)
                 if plan.held is not None and (memory.retention is None or memory.retention.held is None):
-                    self.event("RetentionHeld", plan.held.message, warning=True)
+                    self.event(Reason.RETENTION_HELD, plan.held.message, warning=True)
             memory.retention = outcome
             dead_letter = plan_dead_letter_trim(
                 observation.dead_letter_length or 0, spec.dead_letter.max_length, approximate=True
@@ -317,7 +304,7 @@ class _Steps:
                 return
             removed = await self.admin.apply_trims(spec.stream, spec.dead_letter_stream, actions)
         except RedisAdminError as exc:
-            self.event("RetentionFailed", f"retention: {exc}", warning=True)
+            self.event(Reason.RETENTION_FAILED, f"retention: {exc}", warning=True)
             return
         trimmed = {
             "stream": removed.get(spec.stream, 0),
@@ -327,7 +314,7 @@ class _Steps:
         for target, key in (("stream", spec.stream), ("dead_letter", spec.dead_letter_stream)):
             if trimmed[target]:
                 why = "; ".join(action.reason for action in actions if action.target == target)
-                self.event("Trimmed", f"trimmed {trimmed[target]} entries from {key}: {why}")
+                self.event(Reason.TRIMMED, f"trimmed {trimmed[target]} entries from {key}: {why}")
 
     async def clean_consumers(self) -> None:
         spec, memory, now = self.spec, self.memory, self.clock.monotonic()
@@ -346,13 +333,15 @@ class _Steps:
             try:
                 result = await self.admin.delete_consumer(spec.stream, action)
             except RedisAdminError as exc:
-                self.event("ConsumerCleanupFailed", f"consumer cleanup: {exc}", action.group, warning=True)
+                self.event(
+                    Reason.CONSUMER_CLEANUP_FAILED, f"consumer cleanup: {exc}", action.group, warning=True
+                )
                 continue
             if result.deleted:
-                self.event("ConsumerRemoved", action.reason, action.group)
+                self.event(Reason.CONSUMER_REMOVED, action.reason, action.group)
         for kept in cleanup.stranded:
             self.event(
-                "ConsumerKept",
+                Reason.CONSUMER_KEPT,
                 f"consumer {kept.consumer} of group {kept.group} is idle {kept.idle:.0f}s with "
                 f"{kept.pending} pending entries: kept; a running worker claims them after claimIdle",
                 kept.group,

@@ -15,47 +15,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType as C
+from streampipe_operator.api import Reason
 from streampipe_operator.kube.client import EventType
 from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import GroupState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 
-# Reasons, by condition (docs/operator.md explains each).
-RECONCILED = "Reconciled"
-INVALID_SPEC = "InvalidSpec"
-CONFLICT = "Conflict"
-DELETION_BLOCKED = "DeletionBlocked"
-REDIS_UNREACHABLE: Final = "RedisUnreachable"
-REDIS_AUTH_FAILED: Final = "RedisAuthFailed"
-CREDENTIALS_MISSING: Final = "CredentialsMissing"
-GROUPS_NOT_READY = "GroupsNotReady"
-WORKLOAD_FAILED = "WorkloadFailed"
-NOT_CHECKED = "NotChecked"
-CONNECTED = "Connected"
-ALL_GROUPS_EXIST = "AllGroupsExist"
-GROUPS_MISSING = "GroupsMissing"
-SCALING_ACTIVE = "Active"
-SCALING_DISABLED = "Disabled"
-SCALING_HELD = "Held"
-BACKLOG_UNKNOWN = "BacklogUnknown"
-SCALE_FAILED = "ScaleFailed"
-RETENTION_HOLDING = "UnprocessedEntries"
-RETENTION_NOT_HELD = "NotHeld"
-NO_RETENTION = "NoRetention"
-PROTECTION_OFF = "ProtectionOff"
-APPEND_ONLY_OFF = "AppendOnlyOff"
-APPEND_ONLY_ON = "AppendOnlyOn"
-
-RedisProblem = Literal["RedisUnreachable", "RedisAuthFailed", "CredentialsMissing"]
+# Ready's reason when the server cannot be used, and the one RedisReachable gets with it.
+RedisProblem = Literal[Reason.REDIS_UNREACHABLE, Reason.REDIS_AUTH_FAILED, Reason.CREDENTIALS_MISSING]
 _REACHABLE_REASON = {
-    REDIS_UNREACHABLE: "Unreachable",
-    REDIS_AUTH_FAILED: "AuthFailed",
-    CREDENTIALS_MISSING: CREDENTIALS_MISSING,
+    Reason.REDIS_UNREACHABLE: Reason.UNREACHABLE,
+    Reason.REDIS_AUTH_FAILED: Reason.AUTH_FAILED,
+    Reason.CREDENTIALS_MISSING: Reason.CREDENTIALS_MISSING,
 }
 
 
@@ -163,7 +139,7 @@ def build_status(
     _scaling_condition(findings, put)
     _retention_condition(findings, previous, put)
     _durability_condition(findings, put)
-    put(C.READY, "True" if ready_reason == RECONCILED else "False", ready_reason, ready_message)
+    put(C.READY, "True" if ready_reason == Reason.RECONCILED else "False", ready_reason, ready_message)
     order = [str(t) for t in C]
     conditions.sort(key=lambda c: order.index(c.type) if c.type in order else len(order))
 
@@ -233,22 +209,24 @@ def _ready(findings: Findings) -> tuple[str, str]:
     """Ready's reason and message: the first problem in order of what blocks the most."""
     problems: list[tuple[str, str] | None] = [
         (
-            INVALID_SPEC,
+            Reason.INVALID_SPEC,
             "the spec is invalid (it slipped past the CRD's schema): " + "; ".join(findings.invalid),
         )
         if findings.invalid
         else None,
-        (DELETION_BLOCKED, findings.deletion_blocked) if findings.deletion_blocked else None,
-        (CONFLICT, findings.conflict_with) if findings.conflict_with else None,
+        (Reason.DELETION_BLOCKED, findings.deletion_blocked) if findings.deletion_blocked else None,
+        (Reason.CONFLICT, findings.conflict_with) if findings.conflict_with else None,
         findings.redis_problem,
-        (GROUPS_NOT_READY, _per_group(findings.group_problems)) if findings.group_problems else None,
-        (WORKLOAD_FAILED, _per_group(findings.workload_problems)) if findings.workload_problems else None,
+        (Reason.GROUPS_NOT_READY, _per_group(findings.group_problems)) if findings.group_problems else None,
+        (Reason.WORKLOAD_FAILED, _per_group(findings.workload_problems))
+        if findings.workload_problems
+        else None,
     ]
     for problem in problems:
         if problem is not None:
             return problem
     groups = ", ".join(findings.group_names)
-    return RECONCILED, f"groups {groups} exist and their worker Deployments match the spec"
+    return Reason.RECONCILED, f"groups {groups} exist and their worker Deployments match the spec"
 
 
 def _not_checked(findings: Findings) -> str | None:
@@ -262,7 +240,7 @@ def _not_checked(findings: Findings) -> str | None:
 def _redis_conditions(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.REDIS_REACHABLE, "Unknown", NOT_CHECKED, skipped)
+        put(C.REDIS_REACHABLE, "Unknown", Reason.NOT_CHECKED, skipped)
     elif findings.redis_problem:
         reason, message = findings.redis_problem
         put(C.REDIS_REACHABLE, "False", _REACHABLE_REASON[reason], message)
@@ -270,7 +248,7 @@ def _redis_conditions(findings: Findings, put: Any) -> None:
         put(
             C.REDIS_REACHABLE,
             "True",
-            CONNECTED,
+            Reason.CONNECTED,
             f"connected to {findings.server.describe()} at {findings.where}",
         )
 
@@ -278,16 +256,16 @@ def _redis_conditions(findings: Findings, put: Any) -> None:
 def _groups_condition(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.GROUPS_READY, "Unknown", NOT_CHECKED, skipped)
+        put(C.GROUPS_READY, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if findings.redis_problem:
-        put(C.GROUPS_READY, "Unknown", NOT_CHECKED, "not checked: the server cannot be reached")
+        put(C.GROUPS_READY, "Unknown", Reason.NOT_CHECKED, "not checked: the server cannot be reached")
         return
     if findings.group_problems:
         put(
             C.GROUPS_READY,
             "False",
-            GROUPS_MISSING,
+            Reason.GROUPS_MISSING,
             "; ".join(f"group {g}: {m}" for g, m in sorted(findings.group_problems.items())),
         )
         return
@@ -298,13 +276,13 @@ def _groups_condition(findings: Findings, put: Any) -> None:
             f"; {names} {'is' if len(findings.orphaned) == 1 else 'are'} on the stream but not in the spec, "
             f"left in place (deletionPolicy Retain)"
         )
-    put(C.GROUPS_READY, "True", ALL_GROUPS_EXIST, message)
+    put(C.GROUPS_READY, "True", Reason.ALL_GROUPS_EXIST, message)
 
 
 def _scaling_condition(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.SCALING, "Unknown", NOT_CHECKED, skipped)
+        put(C.SCALING, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     workloads = {
         name: findings.workloads[name] for name in findings.group_names if name in findings.workloads
@@ -314,7 +292,7 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
         put(
             C.SCALING,
             "False",
-            SCALING_DISABLED,
+            Reason.SCALING_DISABLED,
             "scaling.mode is none for every group: replicas are left alone",
         )
         return
@@ -322,20 +300,25 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
         put(
             C.SCALING,
             "False",
-            SCALING_HELD,
+            Reason.SCALING_HELD,
             "replicas held: the backlog cannot be read while the server is unreachable",
         )
         return
     failed = {g: m for g, m in findings.workload_problems.items() if g in native}
     if failed:
-        put(C.SCALING, "False", SCALE_FAILED, "; ".join(f"group {g}: {m}" for g, m in sorted(failed.items())))
+        put(
+            C.SCALING,
+            "False",
+            Reason.SCALE_FAILED,
+            "; ".join(f"group {g}: {m}" for g, m in sorted(failed.items())),
+        )
         return
     unknown = sorted(name for name, w in native.items() if w.backlog_unknown)
     if unknown:
         put(
             C.SCALING,
             "False",
-            BACKLOG_UNKNOWN,
+            Reason.BACKLOG_UNKNOWN,
             f"replicas of {', '.join(unknown)} held: the lag could not be read or counted",
         )
         return
@@ -344,19 +327,19 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
         + ("" if w.mode == "native" else " (scaling.mode none)")
         for name, w in workloads.items()
     ]
-    put(C.SCALING, "True", SCALING_ACTIVE, "; ".join(parts) or "no groups")
+    put(C.SCALING, "True", Reason.SCALING_ACTIVE, "; ".join(parts) or "no groups")
 
 
 def _retention_condition(findings: Findings, previous: api.StreamPipelineStatus, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.RETENTION_HELD, "Unknown", NOT_CHECKED, skipped)
+        put(C.RETENTION_HELD, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if not findings.retention_configured:
         put(
             C.RETENTION_HELD,
             "False",
-            NO_RETENTION,
+            Reason.NO_RETENTION,
             "no retention in the spec: the operator does not trim the stream",
         )
         return
@@ -368,13 +351,13 @@ def _retention_condition(findings: Findings, previous: api.StreamPipelineStatus,
         put(
             C.RETENTION_HELD,
             "False",
-            PROTECTION_OFF,
+            Reason.PROTECTION_OFF,
             "protectUnprocessed is false: trimming may remove entries groups have not processed",
         )
     elif outcome.held is not None:
-        put(C.RETENTION_HELD, "True", RETENTION_HOLDING, outcome.held.message)
+        put(C.RETENTION_HELD, "True", Reason.RETENTION_HOLDING, outcome.held.message)
     else:
-        put(C.RETENTION_HELD, "False", RETENTION_NOT_HELD, "retention is not holding back any entries")
+        put(C.RETENTION_HELD, "False", Reason.RETENTION_NOT_HELD, "retention is not holding back any entries")
 
 
 def _durability_condition(findings: Findings, put: Any) -> None:
@@ -382,15 +365,20 @@ def _durability_condition(findings: Findings, put: Any) -> None:
     if server is None:
         skipped = _not_checked(findings)
         if skipped:
-            put(C.DURABILITY_AT_RISK, "Unknown", NOT_CHECKED, skipped)
+            put(C.DURABILITY_AT_RISK, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if server.aof_enabled:
-        put(C.DURABILITY_AT_RISK, "False", APPEND_ONLY_ON, f"{server.describe()} writes an append-only file")
+        put(
+            C.DURABILITY_AT_RISK,
+            "False",
+            Reason.APPEND_ONLY_ON,
+            f"{server.describe()} writes an append-only file",
+        )
     else:
         put(
             C.DURABILITY_AT_RISK,
             "True",
-            APPEND_ONLY_OFF,
+            Reason.APPEND_ONLY_OFF,
             f"{server.describe()} at {findings.where} runs without an append-only file (appendonly no): a "
             f"server crash loses every entry written since its last snapshot, acknowledged or not; turn on "
             f"appendonly (appendfsync everysec) to keep them",
@@ -470,5 +458,5 @@ def transition_events(
             events.append(("Normal", ready.reason, ready.message))
     risk, had = status.condition(C.DURABILITY_AT_RISK), old.condition(C.DURABILITY_AT_RISK)
     if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
-        events.append(("Warning", "DurabilityAtRisk", risk.message))
+        events.append(("Warning", Reason.DURABILITY_AT_RISK, risk.message))
     return events

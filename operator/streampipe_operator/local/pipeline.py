@@ -38,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streampipe_operator.api import GroupSpec, StreamPipeline
-from streampipe_operator.engine.housekeeping import EventReason, PassReport, PipelineMemory, run_pass
+from streampipe_operator.api import GroupSpec, Reason, StreamPipeline
+from streampipe_operator.engine.housekeeping import PassReport, PipelineMemory, run_pass
 from streampipe_operator.engine.spec_mapping import (
     DEFAULT_TERMINATION_GRACE,
 )
@@ -70,16 +70,16 @@ RATE_WINDOW = 3.0
 EVENTS_KEPT = 200
 
 # How the live view shows what a housekeeping pass reports (reasons absent here are not shown).
-_EVENT_KINDS: dict[EventReason, EventKind] = {
-    "GroupCreated": "group",
-    "GroupRecreated": "warning",
-    "GroupDestroyed": "group",
-    "GroupOrphaned": "info",
-    "RetentionHeld": "trim",
-    "Trimmed": "trim",
-    "RetentionFailed": "warning",
-    "ConsumerRemoved": "consumer",
-    "ConsumerCleanupFailed": "warning",
+_EVENT_KINDS: dict[Reason, EventKind] = {
+    Reason.GROUP_CREATED: "group",
+    Reason.GROUP_RECREATED: "warning",
+    Reason.GROUP_DESTROYED: "group",
+    Reason.GROUP_ORPHANED: "info",
+    Reason.RETENTION_HELD: "trim",
+    Reason.TRIMMED: "trim",
+    Reason.RETENTION_FAILED: "warning",
+    Reason.CONSUMER_REMOVED: "consumer",
+    Reason.CONSUMER_CLEANUP_FAILED: "warning",
 }
 
 
