@@ -35,7 +35,7 @@ from streampipe_worker.router import InvalidEventError
 from tests.cluster.install_guide import ROOT, SCENARIOS, Command, Step, load_guide
 from tests.support.cluster import expose_on_node
 from tests.support.controlplane import Kubectl
-from tests.support.operator_process import eventually
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.cluster
 

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from streampipe_operator.controller.metrics import OperatorMetrics
 from streampipe_operator.controller.reconcile import OperatorContext, PipelineRuntime
-from streampipe_operator.kube.client import EventType, KubeClient, KubeError
+from streampipe_operator.kube.client import KubeClient, KubeError
+from streampipe_operator.kube.status import EventType
 
 NAMESPACE = "shop"
 UID = "0b5e7c1e-5a4f-4c1e-9d57-3f1c2a9e0001"

@@ -14,9 +14,9 @@ from streampipe_operator.api import Reason
 from streampipe_operator.controller.events import post_event
 from streampipe_operator.controller.metrics import OperatorMetrics
 from streampipe_operator.controller.ownership import PipelineRef
-from streampipe_operator.kube.client import EventType, KubeClient, KubeError
+from streampipe_operator.kube.client import KubeClient, KubeError
 from streampipe_operator.kube.deployments import deployment_drift, drift_patch
-from streampipe_operator.kube.status import GroupWorkload
+from streampipe_operator.kube.status import EventType, GroupWorkload
 from streampipe_operator.plan.scaling import ScalingDecision
 
 log = logging.getLogger("streampipe.operator")

@@ -6,7 +6,8 @@ import logging
 
 from streampipe_operator import api
 from streampipe_operator.controller.ownership import PipelineRef
-from streampipe_operator.kube.client import EventType, KubeClient, KubeError
+from streampipe_operator.kube.client import KubeClient, KubeError
+from streampipe_operator.kube.status import EventType
 
 log = logging.getLogger("streampipe.operator")
 

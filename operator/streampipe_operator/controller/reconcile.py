@@ -49,7 +49,7 @@ from streampipe_operator.engine.housekeeping import (
     PipelineMemory,
     run_pass,
 )
-from streampipe_operator.kube.client import EventType, KubeClient, KubeError, SecretMissingError
+from streampipe_operator.kube.client import KubeClient, KubeError, SecretMissingError
 from streampipe_operator.kube.deployments import (
     LABEL_PIPELINE,
     build_deployment,
@@ -57,6 +57,7 @@ from streampipe_operator.kube.deployments import (
     deployment_name,
 )
 from streampipe_operator.kube.status import (
+    EventType,
     Findings,
     GroupWorkload,
     build_status,

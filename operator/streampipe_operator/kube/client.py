@@ -20,14 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kubernetes import client
 from kubernetes import config as kube_config
 
 from streampipe_operator import api
+from streampipe_operator.kube.status import EventType
 
-EventType = Literal["Normal", "Warning"]
 REPORTING_COMPONENT = "streampipe-operator"
 # core/v1 Events have no hard limit; events.k8s.io/v1 refuses notes above 1 kB: keep within both.
 MAX_EVENT_MESSAGE = 1024

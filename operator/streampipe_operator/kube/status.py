@@ -18,9 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from streampipe_operator import api
-from streampipe_operator.api import ConditionType as C
-from streampipe_operator.api import Reason
-from streampipe_operator.kube.client import EventType
+from streampipe_operator.api import ConditionType, Reason
 from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import GroupState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
@@ -139,8 +137,13 @@ def build_status(
     _scaling_condition(findings, put)
     _retention_condition(findings, previous, put)
     _durability_condition(findings, put)
-    put(C.READY, "True" if ready_reason == Reason.RECONCILED else "False", ready_reason, ready_message)
-    order = [str(t) for t in C]
+    put(
+        ConditionType.READY,
+        "True" if ready_reason == Reason.RECONCILED else "False",
+        ready_reason,
+        ready_message,
+    )
+    order = [str(t) for t in ConditionType]
     conditions.sort(key=lambda c: order.index(c.type) if c.type in order else len(order))
 
     status = api.StreamPipelineStatus(observed_generation=generation, conditions=conditions)
@@ -240,13 +243,13 @@ def _not_checked(findings: Findings) -> str | None:
 def _redis_conditions(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.REDIS_REACHABLE, "Unknown", Reason.NOT_CHECKED, skipped)
+        put(ConditionType.REDIS_REACHABLE, "Unknown", Reason.NOT_CHECKED, skipped)
     elif findings.redis_problem:
         reason, message = findings.redis_problem
-        put(C.REDIS_REACHABLE, "False", _REACHABLE_REASON[reason], message)
+        put(ConditionType.REDIS_REACHABLE, "False", _REACHABLE_REASON[reason], message)
     elif findings.server is not None:
         put(
-            C.REDIS_REACHABLE,
+            ConditionType.REDIS_REACHABLE,
             "True",
             Reason.CONNECTED,
             f"connected to {findings.server.describe()} at {findings.where}",
@@ -256,14 +259,19 @@ def _redis_conditions(findings: Findings, put: Any) -> None:
 def _groups_condition(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.GROUPS_READY, "Unknown", Reason.NOT_CHECKED, skipped)
+        put(ConditionType.GROUPS_READY, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if findings.redis_problem:
-        put(C.GROUPS_READY, "Unknown", Reason.NOT_CHECKED, "not checked: the server cannot be reached")
+        put(
+            ConditionType.GROUPS_READY,
+            "Unknown",
+            Reason.NOT_CHECKED,
+            "not checked: the server cannot be reached",
+        )
         return
     if findings.group_problems:
         put(
-            C.GROUPS_READY,
+            ConditionType.GROUPS_READY,
             "False",
             Reason.GROUPS_MISSING,
             "; ".join(f"group {g}: {m}" for g, m in sorted(findings.group_problems.items())),
@@ -276,13 +284,13 @@ def _groups_condition(findings: Findings, put: Any) -> None:
             f"; {names} {'is' if len(findings.orphaned) == 1 else 'are'} on the stream but not in the spec, "
             f"left in place (deletionPolicy Retain)"
         )
-    put(C.GROUPS_READY, "True", Reason.ALL_GROUPS_EXIST, message)
+    put(ConditionType.GROUPS_READY, "True", Reason.ALL_GROUPS_EXIST, message)
 
 
 def _scaling_condition(findings: Findings, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.SCALING, "Unknown", Reason.NOT_CHECKED, skipped)
+        put(ConditionType.SCALING, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     workloads = {
         name: findings.workloads[name] for name in findings.group_names if name in findings.workloads
@@ -290,7 +298,7 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
     native = {name: w for name, w in workloads.items() if w.mode == "native"}
     if workloads and not native:
         put(
-            C.SCALING,
+            ConditionType.SCALING,
             "False",
             Reason.SCALING_DISABLED,
             "scaling.mode is none for every group: replicas are left alone",
@@ -298,7 +306,7 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
         return
     if findings.redis_problem:
         put(
-            C.SCALING,
+            ConditionType.SCALING,
             "False",
             Reason.SCALING_HELD,
             "replicas held: the backlog cannot be read while the server is unreachable",
@@ -307,7 +315,7 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
     failed = {g: m for g, m in findings.workload_problems.items() if g in native}
     if failed:
         put(
-            C.SCALING,
+            ConditionType.SCALING,
             "False",
             Reason.SCALE_FAILED,
             "; ".join(f"group {g}: {m}" for g, m in sorted(failed.items())),
@@ -316,7 +324,7 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
     unknown = sorted(name for name, w in native.items() if w.backlog_unknown)
     if unknown:
         put(
-            C.SCALING,
+            ConditionType.SCALING,
             "False",
             Reason.BACKLOG_UNKNOWN,
             f"replicas of {', '.join(unknown)} held: the lag could not be read or counted",
@@ -327,17 +335,17 @@ def _scaling_condition(findings: Findings, put: Any) -> None:
         + ("" if w.mode == "native" else " (scaling.mode none)")
         for name, w in workloads.items()
     ]
-    put(C.SCALING, "True", Reason.SCALING_ACTIVE, "; ".join(parts) or "no groups")
+    put(ConditionType.SCALING, "True", Reason.SCALING_ACTIVE, "; ".join(parts) or "no groups")
 
 
 def _retention_condition(findings: Findings, previous: api.StreamPipelineStatus, put: Any) -> None:
     skipped = _not_checked(findings)
     if skipped:
-        put(C.RETENTION_HELD, "Unknown", Reason.NOT_CHECKED, skipped)
+        put(ConditionType.RETENTION_HELD, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if not findings.retention_configured:
         put(
-            C.RETENTION_HELD,
+            ConditionType.RETENTION_HELD,
             "False",
             Reason.NO_RETENTION,
             "no retention in the spec: the operator does not trim the stream",
@@ -349,15 +357,20 @@ def _retention_condition(findings: Findings, previous: api.StreamPipelineStatus,
         return
     if not outcome.protected:
         put(
-            C.RETENTION_HELD,
+            ConditionType.RETENTION_HELD,
             "False",
             Reason.PROTECTION_OFF,
             "protectUnprocessed is false: trimming may remove entries groups have not processed",
         )
     elif outcome.held is not None:
-        put(C.RETENTION_HELD, "True", Reason.RETENTION_HOLDING, outcome.held.message)
+        put(ConditionType.RETENTION_HELD, "True", Reason.RETENTION_HOLDING, outcome.held.message)
     else:
-        put(C.RETENTION_HELD, "False", Reason.RETENTION_NOT_HELD, "retention is not holding back any entries")
+        put(
+            ConditionType.RETENTION_HELD,
+            "False",
+            Reason.RETENTION_NOT_HELD,
+            "retention is not holding back any entries",
+        )
 
 
 def _durability_condition(findings: Findings, put: Any) -> None:
@@ -365,18 +378,18 @@ def _durability_condition(findings: Findings, put: Any) -> None:
     if server is None:
         skipped = _not_checked(findings)
         if skipped:
-            put(C.DURABILITY_AT_RISK, "Unknown", Reason.NOT_CHECKED, skipped)
+            put(ConditionType.DURABILITY_AT_RISK, "Unknown", Reason.NOT_CHECKED, skipped)
         return
     if server.aof_enabled:
         put(
-            C.DURABILITY_AT_RISK,
+            ConditionType.DURABILITY_AT_RISK,
             "False",
             Reason.APPEND_ONLY_ON,
             f"{server.describe()} writes an append-only file",
         )
     else:
         put(
-            C.DURABILITY_AT_RISK,
+            ConditionType.DURABILITY_AT_RISK,
             "True",
             Reason.APPEND_ONLY_OFF,
             f"{server.describe()} at {findings.where} runs without an append-only file (appendonly no): a "
@@ -442,6 +455,9 @@ def worth_writing(new: Mapping[str, Any], written: Mapping[str, Any] | None, *, 
     return figures_due and _comparable(new) != _comparable(written)
 
 
+EventType = Literal["Normal", "Warning"]
+
+
 def transition_events(
     before: Mapping[str, Any] | None, status: api.StreamPipelineStatus
 ) -> list[tuple[EventType, str, str]]:
@@ -450,13 +466,16 @@ def transition_events(
     one when DurabilityAtRisk turns True."""
     events: list[tuple[EventType, str, str]] = []
     old = api.StreamPipelineStatus.model_validate(before) if before else api.StreamPipelineStatus()
-    ready, was = status.condition(C.READY), old.condition(C.READY)
+    ready, was = status.condition(ConditionType.READY), old.condition(ConditionType.READY)
     if ready is not None and (was is None or (was.status, was.reason) != (ready.status, ready.reason)):
         if ready.status != "True":
             events.append(("Warning", ready.reason, ready.message))
         elif was is not None:
             events.append(("Normal", ready.reason, ready.message))
-    risk, had = status.condition(C.DURABILITY_AT_RISK), old.condition(C.DURABILITY_AT_RISK)
+    risk, had = (
+        status.condition(ConditionType.DURABILITY_AT_RISK),
+        old.condition(ConditionType.DURABILITY_AT_RISK),
+    )
     if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
         events.append(("Warning", Reason.DURABILITY_AT_RISK, risk.message))
     return events

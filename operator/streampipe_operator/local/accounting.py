@@ -18,6 +18,7 @@ from streampipe_operator.local.models import GroupSummary, LatencySummary
 from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import StreamObservation, StreamState
+from streampipe_operator.streams.dlq import short_exception
 from streampipe_worker.deadletter import DeadLetterEnvelope
 
 Fields = Mapping[str, str]
@@ -111,11 +112,6 @@ def latency_summary(values: Sequence[float]) -> LatencySummary | None:
         p99_ms=percentile(ordered, 0.99),
         max_ms=ordered[-1],
     )
-
-
-def short_exception(name: str) -> str:
-    """``shop.errors.PermanentError`` -> ``PermanentError`` (``error`` when the envelope has none)."""
-    return name.rsplit(".", 1)[-1] or "error"
 
 
 def dead_letter_reasons(dead_letters: Sequence[Fields]) -> dict[str, Counter[str]]:

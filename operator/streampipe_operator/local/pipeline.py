@@ -49,7 +49,6 @@ from streampipe_operator.local.accounting import (
     StreamPosition,
     account,
     backlog_settled,
-    short_exception,
 )
 from streampipe_operator.local.counters import CounterBook, WorkerCounters, scrape_counters
 from streampipe_operator.local.demo import DemoCounts, DemoProducer
@@ -61,6 +60,7 @@ from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import StreamObservation
 from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError
+from streampipe_operator.streams.dlq import short_exception
 from streampipe_operator.streams.targets import CommandError, redact_url
 from streampipe_worker.deadletter import DeadLetterEnvelope
 
