@@ -58,7 +58,7 @@ class StreamPipeline(BaseModel):
 
         kopf's ``body``/``spec`` are read-only Mapping views, which strict models do not take for
         dicts; this copies them into plain dicts and lists first. Raises pydantic's ValidationError
-        (``streampipe_operator.validation.errors_of`` words it the API server's way).
+        (``streampipe_operator.api.validation.errors_of`` words it the API server's way).
         """
         return cls.model_validate(plain(body))
 

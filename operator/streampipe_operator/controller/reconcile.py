@@ -12,7 +12,7 @@ that calls :meth:`PipelineRuntime.run`. A pass (:meth:`PipelineRuntime.reconcile
    scaling through ``/scale`` by ``scaler.DeploymentScaler``, retention, consumer cleanup); what it
    did becomes Events, logs and metrics;
 5. **Deployments** that are missing are created with the decided replicas, removed groups' deleted;
-6. **status**, written only when it changed (see ``status.worth_writing``).
+6. **status**, written only when it changed (see ``kube.status.worth_writing``).
 
 State kept in memory (the scaling history, the last positions of groups, the last status written)
 only makes passes cheaper or decisions steadier; after a restart it is rebuilt from Redis, the

@@ -1,6 +1,6 @@
 """One housekeeping pass of a StreamPipeline on its server: the orchestration the operator
 (``reconcile``, worker Deployments) and ``streampipe up`` (``up``, worker processes) share, on top of
-``plan/``, ``redis_admin`` and ``spec_mapping``. :func:`run_pass`:
+``plan/``, ``streams.admin`` and ``spec_mapping``. :func:`run_pass`:
 
 1. observes the stream, its groups and the dead-letter stream, and the server's capabilities;
 2. creates missing groups, recreates vanished ones where they were last seen (``memory``, or a durable

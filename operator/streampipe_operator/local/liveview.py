@@ -1,6 +1,6 @@
 """What ``streampipe up`` shows: a rich live view, or plain progress lines (``--no-ui``), and the summary.
 
-Both views take the same :class:`~streampipe_operator.up.Snapshot` every tick; neither computes a
+Both views take the same :class:`~streampipe_operator.local.models.Snapshot` every tick; neither computes a
 figure of its own. With ``--output json`` they write to stderr, so that stdout carries only the JSON
 summary.
 """

@@ -1,6 +1,7 @@
 """What was observed on the server, as the planners take it: a stream, its groups, their consumers.
 
-``redis_admin.observe_stream`` fills these from XINFO / XPENDING replies; tests build them by hand.
+``RedisAdmin.observe_stream`` (streams.admin) fills these from XINFO / XPENDING replies; tests build
+them by hand.
 They are frozen pydantic models so that the CLI and status can dump them as JSON unchanged.
 """
 
