@@ -7,18 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streampipe_operator.cli.options import (
-    DeadLetterOption,
-    FileOption,
-    FilterOption,
-    Output,
-    OutputOption,
-    RedisUrlOption,
-    StreamOption,
-    command_errors,
-    progress_bar,
-    sync_client,
-)
+from streampipe_operator.cli import options
 from streampipe_operator.streams.console import make_console
 
 dlq_app = typer.Typer(help="Dead letters: list, show, replay into the stream, purge.", no_args_is_help=True)
@@ -27,13 +16,13 @@ dlq_app = typer.Typer(help="Dead letters: list, show, replay into the stream, pu
 @dlq_app.command("list")
 def dlq_list(
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
-    dead_letter: DeadLetterOption = None,
-    filters: FilterOption = None,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
+    dead_letter: options.DeadLetterOption = None,
+    filters: options.FilterOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
-    output: OutputOption = Output.text,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """List dead letters, oldest first: when, which entry, which group, why."""
     from rich.table import Table
@@ -41,12 +30,12 @@ def dlq_list(
     from streampipe_operator.streams.dlq import DeadLetterFilter, list_dead_letters, short_exception
     from streampipe_operator.streams.targets import resolve_target, server_errors
 
-    with command_errors("dlq list"):
+    with options.command_errors("dlq list"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
         where = DeadLetterFilter.parse(filters or [])
         with server_errors(target, f"reading {target.dead_letter}"):
-            page = list_dead_letters(sync_client(target), target.dead_letter, where, limit=limit)
-    if output is Output.json:
+            page = list_dead_letters(options.sync_client(target), target.dead_letter, where, limit=limit)
+    if output is options.Output.json:
         typer.echo(page.model_dump_json(indent=2))
         return
     table = Table(title=f"{page.dead_letter}: {page.length:,} dead letters, {page.matched:,} match")
@@ -76,11 +65,11 @@ def dlq_list(
 def dlq_show(
     entry_id: Annotated[str, typer.Argument(metavar="ID", help="ID in the dead-letter stream (dlq list).")],
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
-    dead_letter: DeadLetterOption = None,
-    output: OutputOption = Output.text,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
+    dead_letter: options.DeadLetterOption = None,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """Show one dead letter whole: envelope, error, payload and the original fields."""
     from rich.table import Table
@@ -88,11 +77,11 @@ def dlq_show(
     from streampipe_operator.streams.dlq import payload_text, show_dead_letter
     from streampipe_operator.streams.targets import resolve_target, server_errors
 
-    with command_errors("dlq show"):
+    with options.command_errors("dlq show"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
         with server_errors(target, f"reading {target.dead_letter}"):
-            entry = show_dead_letter(sync_client(target), target.dead_letter, entry_id)
-    if output is Output.json:
+            entry = show_dead_letter(options.sync_client(target), target.dead_letter, entry_id)
+    if output is options.Output.json:
         typer.echo(entry.model_dump_json(indent=2))
         return
     console = make_console()
@@ -129,11 +118,11 @@ def dlq_show(
 @dlq_app.command("replay")
 def dlq_replay(
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
-    dead_letter: DeadLetterOption = None,
-    filters: FilterOption = None,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
+    dead_letter: options.DeadLetterOption = None,
+    filters: options.FilterOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many, oldest first.")] = None,
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="At most this many entries per second.")
@@ -142,7 +131,7 @@ def dlq_replay(
         str | None, typer.Option("--to", help="Add them to this stream instead of their original one.")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be replayed.")] = False,
-    output: OutputOption = Output.text,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """Put dead letters back on their stream (with a replayed_from field), once each.
 
@@ -152,14 +141,16 @@ def dlq_replay(
     from streampipe_operator.streams.dlq import DeadLetterFilter, replay_dead_letters
     from streampipe_operator.streams.targets import resolve_target, server_errors
 
-    with command_errors("dlq replay"):
+    with options.command_errors("dlq replay"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
         where = DeadLetterFilter.parse(filters or [])
         console = make_console(err=True)
         with server_errors(target, f"replaying {target.dead_letter}"):
-            client = sync_client(target)
+            client = options.sync_client(target)
             total = int(client.xlen(target.dead_letter))
-            with progress_bar(console, "replaying", total if limit is None else min(total, limit)) as bar:
+            with options.progress_bar(
+                console, "replaying", total if limit is None else min(total, limit)
+            ) as bar:
                 task = bar.add_task("replay", total=None)
                 result = replay_dead_letters(
                     client,
@@ -171,7 +162,7 @@ def dlq_replay(
                     target_stream=to,
                     progress=lambda done, of: bar.update(task, completed=done, total=of),
                 )
-    if output is Output.json:
+    if output is options.Output.json:
         typer.echo(result.model_dump_json(indent=2))
         return
     verb = "would replay" if dry_run else "replayed"
@@ -190,13 +181,13 @@ def dlq_replay(
 @dlq_app.command("purge")
 def dlq_purge(
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
-    dead_letter: DeadLetterOption = None,
-    filters: FilterOption = None,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
+    dead_letter: options.DeadLetterOption = None,
+    filters: options.FilterOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask; delete.")] = False,
-    output: OutputOption = Output.text,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """Delete dead letters (all, or those matching --filter), after asking.
 
@@ -205,11 +196,11 @@ def dlq_purge(
     from streampipe_operator.streams.dlq import DeadLetterFilter, purge_candidates, purge_dead_letters
     from streampipe_operator.streams.targets import UsageError, resolve_target, server_errors
 
-    with command_errors("dlq purge"):
+    with options.command_errors("dlq purge"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
         where = DeadLetterFilter.parse(filters or [])
         with server_errors(target, f"purging {target.dead_letter}"):
-            client = sync_client(target)
+            client = options.sync_client(target)
             ids = purge_candidates(client, target.dead_letter, where)
             if ids and not yes:
                 if not sys.stdin.isatty():
@@ -223,7 +214,7 @@ def dlq_purge(
                 ):
                     typer.echo("nothing deleted", err=True)
                     raise typer.Exit(1)
-            with progress_bar(make_console(err=True), "deleting", len(ids)) as bar:
+            with options.progress_bar(make_console(err=True), "deleting", len(ids)) as bar:
                 task = bar.add_task("purge", total=len(ids))
                 result = purge_dead_letters(
                     client,
@@ -231,7 +222,7 @@ def dlq_purge(
                     ids,
                     progress=lambda done, of: bar.update(task, completed=done, total=of),
                 )
-    if output is Output.json:
+    if output is options.Output.json:
         typer.echo(result.model_dump_json(indent=2))
     else:
         typer.echo(f"deleted {result.deleted} dead letters from {result.dead_letter}")

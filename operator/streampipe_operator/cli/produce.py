@@ -7,16 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streampipe_operator.cli.options import (
-    FileOption,
-    Output,
-    OutputOption,
-    RedisUrlOption,
-    StreamOption,
-    command_errors,
-    progress_bar,
-    sync_client,
-)
+from streampipe_operator.cli import options
 from streampipe_operator.streams.console import make_console
 
 
@@ -30,9 +21,9 @@ def produce(
         ),
     ] = None,
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
     event_type: Annotated[
         str | None, typer.Option("--type", "-t", help="Event type of every payload given.")
     ] = None,
@@ -40,7 +31,7 @@ def produce(
     maxlen: Annotated[
         int | None, typer.Option(min=1, help="XADD MAXLEN ~ this (the operator trims anyway).")
     ] = None,
-    output: OutputOption = Output.text,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """Send events to the stream through the worker's Producer (pipelined; all parsed first).
 
@@ -50,7 +41,7 @@ def produce(
     from streampipe_operator.streams.producing import parse_events, send_events
     from streampipe_operator.streams.targets import UsageError, resolve_target, server_errors
 
-    with command_errors("produce"):
+    with options.command_errors("produce"):
         target = resolve_target(file, redis_url=redis_url, stream=stream)
         if events:
             sources = [(f"argument {i}", text) for i, text in enumerate(events, start=1)]
@@ -63,17 +54,17 @@ def produce(
             raise UsageError("no events given: pass them as arguments or JSON lines on stdin")
         with (
             server_errors(target, f"adding to {target.stream}"),
-            progress_bar(make_console(err=True), "sending", len(parsed)) as bar,
+            options.progress_bar(make_console(err=True), "sending", len(parsed)) as bar,
         ):
             task = bar.add_task("send", total=len(parsed))
             result = send_events(
-                sync_client(target),
+                options.sync_client(target),
                 target.stream,
                 parsed,
                 maxlen=maxlen,
                 progress=lambda done, of: bar.update(task, completed=done, total=of),
             )
-    if output is Output.json:
+    if output is options.Output.json:
         typer.echo(result.model_dump_json(indent=2))
     else:
         typer.echo("\n".join(result.ids))

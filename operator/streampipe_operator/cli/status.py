@@ -6,26 +6,18 @@ from typing import Annotated
 
 import typer
 
-from streampipe_operator.cli.options import (
-    DeadLetterOption,
-    FileOption,
-    Output,
-    OutputOption,
-    RedisUrlOption,
-    StreamOption,
-    command_errors,
-)
+from streampipe_operator.cli import options
 from streampipe_operator.streams.console import make_console
 
 
 def status(
     *,
-    file: FileOption = None,
-    redis_url: RedisUrlOption = None,
-    stream: StreamOption = None,
-    dead_letter: DeadLetterOption = None,
+    file: options.FileOption = None,
+    redis_url: options.RedisUrlOption = None,
+    stream: options.StreamOption = None,
+    dead_letter: options.DeadLetterOption = None,
     consumers: Annotated[bool, typer.Option(help="Also list each group's consumers.")] = False,
-    output: OutputOption = Output.text,
+    output: options.OutputOption = options.Output.text,
 ) -> None:
     """Show a pipeline's stream, consumer groups (lag, pending, oldest pending) and dead-letter count.
 
@@ -37,10 +29,10 @@ def status(
     from streampipe_operator.streams.report import gather_status, print_status
     from streampipe_operator.streams.targets import resolve_target
 
-    with command_errors("status"):
+    with options.command_errors("status"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
         report = asyncio.run(gather_status(target, consumers=consumers))
-    if output is Output.json:
+    if output is options.Output.json:
         typer.echo(report.model_dump_json(indent=2))
     else:
         print_status(report, make_console())

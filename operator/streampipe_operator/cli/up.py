@@ -8,11 +8,7 @@ from typing import Annotated
 
 import typer
 
-from streampipe_operator.cli.options import (
-    Output,
-    OutputOption,
-    command_errors,
-)
+from streampipe_operator.cli.options import Output, OutputOption, command_errors
 from streampipe_operator.streams.console import make_console
 
 

@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streampipe_operator.cli.options import (
-    ValidateOutput,
-)
+from streampipe_operator.cli.options import ValidateOutput
 
 
 def crd(
