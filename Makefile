@@ -48,10 +48,12 @@ setup: $(VENV)/.installed debian tools ## venv + packages + Debian servers + too
 tools: $(VENV)/.installed debian ## helm, kubectl, hadolint, valkey-server and redis binaries into .cache/bin
 	@$(PY) hack/bootstrap_tools.py
 
-lint: $(VENV)/.installed ## ruff + mypy --strict on both packages
+lint: $(VENV)/.installed ## ruff, mypy --strict, the import layers and the size limits on both packages
 	$(VENV)/bin/ruff check operator worker tests bench hack
 	$(VENV)/bin/ruff format --check operator worker tests bench hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) hack/size_limits.py
 
 images: $(VENV)/.installed ## container images with buildah into .cache/images (no-op when up to date)
 	@$(PY) hack/images.py

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from streampipe_worker.crash_points import ENV as CRASH_ENV
 from streampipe_worker.settings import ENV_PREFIX, render_env
+from tests.support.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAM = "{orders}:events"
@@ -165,14 +166,9 @@ def drained(client: redis.Redis, stream: str = STREAM, group: str = GROUP) -> bo
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll; return the seconds it took. ``timeout`` is a generous failure bound, never a speed claim."""
-    began = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """Poll; return the seconds it took (the fault reports record it). ``timeout`` is a generous
+    failure bound, never a speed claim."""
+    return poll(predicate, what=what, within=timeout, every=interval).elapsed
 
 
 def worker_env(url: str, record_dir: Path, **settings: Any) -> dict[str, str]:

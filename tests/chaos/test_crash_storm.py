@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import redis
-from streampipe_operator.local import LocalRuntime, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
 from tests.chaos.harness import (
     DEAD_LETTER,
     GROUP,

@@ -38,8 +38,8 @@ from kubernetes.client.exceptions import ApiException
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.validation import validate_manifest
-from streampipe_operator.workloads import build_deployment
+from streampipe_operator.api.validation import validate_manifest
+from streampipe_operator.kube.deployments import build_deployment
 from streampipe_worker.connection import ConnectionSettings, create_client
 from streampipe_worker.deadletter import DeadLetterEnvelope, replay
 from streampipe_worker.settings import WorkerSettings, load_settings
@@ -156,10 +156,10 @@ def specs(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 
 
 # What a spec's template may still carry to the worker Deployment that the API server's Pod validation
-# refuses, with the messages it refuses it with. Tolerations, resource names and label, nodeSelector and
-# annotation keys were on this list until the CRD checked them as Kubernetes does (found by this test);
-# a refusal there now fails. Left: affinity, kept as written by design (its schema is not copied), and
-# relations between quantities (request above limit, a fraction of an extended resource, hugepages
+# refuses, with the messages it refuses it with. Tolerations, resource names and label, nodeSelector
+# and annotation keys are checked by the CRD as Kubernetes checks them, so a refusal of those here
+# fails. Left: affinity, kept as written by design (its schema is not copied), and relations between
+# quantities (request above limit, a fraction of an extended resource, hugepages
 # not a multiple of their size or without cpu or memory), which CEL would have to parse quantities for.
 PASS_THROUGH: dict[str, tuple[str, ...]] = {
     "spec.template.spec.affinity": ("",),
@@ -438,10 +438,9 @@ def test_fuzzed_payloads_are_processed_or_dead_lettered_and_the_worker_survives(
 
 
 def test_replay_puts_back_bytes_that_are_not_utf8(redis_server: ServerProcess) -> None:
-    """Regression (found by the payload fuzzing above): the worker reads undecodable bytes as surrogates
-    and dead-letters them faithfully, but replaying such an entry with the synchronous client of
-    ``connection.create_client`` (`streampipe dlq replay`) failed with UnicodeEncodeError: its hiredis
-    packer encodes strictly. It now falls back to the Python packer, as the async client already did."""
+    """``streampipe dlq replay`` puts back, byte for byte, an entry whose fields are not UTF-8: the worker
+    reads such bytes as surrogates and dead-letters them faithfully, and the synchronous client of
+    ``connection.create_client`` writes them back unchanged (its hiredis packer would refuse them)."""
     raw = redis.Redis(port=redis_server.port)
     client: Any = create_client(ConnectionSettings(url=redis_server.url))
     original = {b"type": b"order.created", b"payload": b"\xff\xfe not UTF-8", b"\xc3(": b"odd name"}

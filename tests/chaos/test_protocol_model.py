@@ -44,14 +44,14 @@ from hypothesis.stateful import (
 
 import redis
 from streampipe_operator.plan.retention import RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import Entry, PermanentError, classify_handler
 from streampipe_worker.settings import WorkerSettings, load_settings
 from tests.chaos.results import ChaosResult, record
 from tests.chaos.sizes import SIZES
-from tests.redis.conftest import eventually
+from tests.support.polling import eventually_async as eventually
 from tests.support.servers import ServerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -334,9 +334,9 @@ def c1_settings(redis_url: str, stream: str, **values: str) -> WorkerSettings:
 async def test_a_restarted_consumer_reports_its_pending_entries_that_were_trimmed(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above): a consumer restarted under its name hands back what its
-    previous run left pending with XCLAIM, and XCLAIM silently drops PEL entries whose stream entry was
-    deleted. Those entries were never reported as trimmed before processing; now they are."""
+    """A consumer restarted under its name reports as trimmed before processing the entries its previous
+    run left pending whose stream entries were deleted (XCLAIM, which hands the rest back, silently
+    drops those from the PEL)."""
     stream = "{regression}:events"
     redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     ids = [redis_client.xadd(stream, {"behaviour": "ok"}) for _ in range(5)]
@@ -395,9 +395,8 @@ class SwallowsOneCancellation(redis.asyncio.Redis):
 async def test_a_cancelled_consumer_stops_even_if_a_cancellation_is_lost(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above, which hung in 1 run of 6): when its task was cancelled (a
-    crash, or an error in one of its loops), a consumer whose reader lost the cancellation kept reading
-    forever and ``run()`` never returned."""
+    """A cancelled consumer stops, and ``run()`` returns, even when its reader loses the cancellation (a
+    crash, or an error in one of its loops, cancels the task)."""
     client = SwallowsOneCancellation.from_url(
         redis_url, decode_responses=True, socket_timeout=15, client_name="c1"
     )
@@ -436,8 +435,8 @@ class SwallowsTheCancelledHandBack(redis.asyncio.Redis):
 async def test_a_consumer_cancelled_while_starting_stops_even_if_the_cancellation_is_lost(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above on CI: a consumer crashed 50 ms after it started hung the
-    run): a cancellation lost during the start-up hand-back left ``run()`` consuming for ever."""
+    """A consumer cancelled during its start-up hand-back stops, and ``run()`` returns, even when that
+    cancellation is lost."""
     client = SwallowsTheCancelledHandBack.from_url(redis_url, decode_responses=True, socket_timeout=15)
     consumer = idle_consumer(redis_client, redis_url, client, block="20ms")
     task = asyncio.create_task(consumer.run())

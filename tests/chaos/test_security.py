@@ -22,7 +22,7 @@ import redis
 from streampipe_operator.plan.consumers import DeleteConsumer
 from streampipe_operator.plan.groups import CreateGroup, DeleteKeys, DestroyGroup
 from streampipe_operator.plan.retention import RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin, RedisUnreachableError
+from streampipe_operator.streams.admin import RedisAdmin, RedisUnreachableError
 from streampipe_worker.connection import ConnectionSettings, create_async_client
 from streampipe_worker.settings import ENV_PREFIX
 from tests.chaos.harness import (
@@ -73,8 +73,8 @@ def run_worker_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_worker_messages_never_show_a_password_from_the_url() -> None:
-    """Regression (found here): ``--check --ping`` printed the URL with its password when the server was
-    unreachable, and a settings error echoed a URL with credentials."""
+    """No worker message shows a password from the URL: not ``--check --ping`` against an unreachable
+    server, not a settings error that echoes the URL."""
     base = {
         f"{ENV_PREFIX}STREAM": INSIDE,
         f"{ENV_PREFIX}GROUP": GROUP,
@@ -430,9 +430,8 @@ def test_no_credential_in_worker_output(server_factory: Callable[..., ServerProc
 
 @pytest.mark.timeout(60)
 async def test_a_worker_that_cannot_authenticate_never_reports_ready(redis_url: str) -> None:
-    """Regression (found by the test above): with a wrong password the worker's lease loop, which had
-    nothing to renew and so sent nothing, marked the connection restored: /readyz flapped to ready and
-    the log said "connection to Redis restored" between authentication failures."""
+    """A worker that cannot authenticate is never ready and never logs the connection as restored, even
+    while its lease loop has nothing to renew and so sends nothing that could fail."""
     from streampipe_worker.consumer import Consumer
     from streampipe_worker.router import classify_handler
     from streampipe_worker.settings import load_settings

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from streampipe_operator.plan.retention import RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.router import Entry, classify_handler
 from streampipe_worker.settings import load_settings

@@ -28,14 +28,14 @@ import yaml
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.status import RECONCILED
-from streampipe_operator.workloads import deployment_name
+from streampipe_operator.api import Reason
+from streampipe_operator.kube.deployments import deployment_name
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.router import InvalidEventError
 from tests.cluster.install_guide import ROOT, SCENARIOS, Command, Step, load_guide
 from tests.support.cluster import expose_on_node
 from tests.support.controlplane import Kubectl, condition
-from tests.support.operator_process import eventually
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -162,7 +162,7 @@ def assert_pipeline_ready(run: Run, pipeline: api.StreamPipeline) -> None:
     assert obj is not None
     ready = condition(obj, api.ConditionType.READY)
     assert ready is not None
-    assert (ready["status"], ready["reason"]) == ("True", RECONCILED), ready
+    assert (ready["status"], ready["reason"]) == ("True", Reason.RECONCILED), ready
 
 
 def assert_workers_run(run: Run, pipeline: api.StreamPipeline, image: str) -> None:

@@ -3,7 +3,7 @@
 One Helm install per module (the chart's default image, two peered replicas) into a namespace that
 enforces Pod Security ``restricted``, and one StreamPipeline in another such namespace: the quickstart
 image's fulfilment handler (slow on purpose: ``QUICKSTART_WORK_MS``), scaling 0 -> 3 on backlog. Each
-test produces its own range of order numbers (streampipe_operator.demo_producer decides what each one
+test produces its own range of order numbers (streampipe_operator.local.demo decides what each one
 is: fine, flaky once, or poison) and checks the outcome on Valkey: every order has a completion record
 (``<stream>:done``, quickstart_shop/completions.py) or a dead-letter envelope, and the group ends with
 nothing pending and no lag. The tests run in file order and share the install; the last one uninstalls.
@@ -26,14 +26,14 @@ from kubernetes import config
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.demo_producer import order_event, order_kind
-from streampipe_operator.workloads import deployment_name
+from streampipe_operator.kube.deployments import deployment_name
+from streampipe_operator.local.demo import order_event, order_kind
 from streampipe_worker.deadletter import DeadLetterEnvelope, exception_name
 from streampipe_worker.producer import Producer
 from streampipe_worker.router import InvalidEventError, PermanentError
 from tests.support.cluster import Cluster, expose_on_node
 from tests.support.controlplane import Kubectl, condition
-from tests.support.operator_process import eventually
+from tests.support.polling import eventually
 from tests.support.servers import ROOT, ServerProcess
 
 T = TypeVar("T")

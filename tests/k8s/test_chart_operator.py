@@ -16,7 +16,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import pytest
 
 from tests.k8s.test_chart_server import PEERING_CRDS, helm_cli, restricted_namespace
 from tests.support.controlplane import ControlPlane, Kubectl, running_control_plane, unique_name
+from tests.support.polling import eventually
 from tests.support.servers import ServerProcess, free_port
 from tests.unit.test_chart import CHART
 
@@ -35,19 +35,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.timeout(240)]
 STREAMPIPE = Path(sys.executable).parent / "streampipe"
 PASSWORD = "chart-e2e-secret"
 T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T], what: str, within: float = 90.0) -> T:
-    """Poll until ``probe`` returns something truthy; ``within`` bounds the wait, it asserts no speed."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within:.0f}s; last seen: {last!r}")
-        time.sleep(0.25)
 
 
 @dataclass

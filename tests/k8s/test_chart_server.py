@@ -296,8 +296,8 @@ def operator_client(installed: Installed) -> ApiClient:
 def test_operator_service_account_can_do_its_job_in_a_watched_namespace(
     kubectl: Kubectl, installed: Installed
 ) -> None:
-    """The API calls the operator makes (streampipe_operator.kube, kopf's watches and patches), made with
-    the chart's ServiceAccount token, all succeed in a watched namespace."""
+    """The API calls the operator makes (streampipe_operator.kube.client, kopf's watches and patches),
+    made with the chart's ServiceAccount token, all succeed in a watched namespace."""
     namespace = installed.watched[0]
     kubectl.apply(_secret("redis-creds"), "-n", namespace)
     kubectl.apply(

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from streampipe_operator import api
-from streampipe_operator.workloads import build_deployment
+from streampipe_operator.kube.deployments import build_deployment
 from tests.support.controlplane import Kubectl, unique_name
 from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
 

@@ -13,7 +13,8 @@ import pytest
 import redis
 from tests.support.controlplane import Kubectl
 from tests.support.operator_fixtures import OperatorFactory
-from tests.support.operator_process import Cluster, eventually, pipeline_manifest, worker_group
+from tests.support.operator_process import Cluster, pipeline_manifest, worker_group
+from tests.support.polling import eventually
 from tests.support.servers import ServerProcess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(150)]

@@ -8,17 +8,17 @@ operator's tests rely on it.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from streampipe_operator.workloads import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from streampipe_operator.kube.deployments import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.settings import WorkerSettings
 from tests.support.controlplane import Kubectl
 from tests.support.pod_runner import PodRunner
+from tests.support.polling import eventually
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,12 +80,11 @@ def worker_deployment(name: str, namespace: str, server: ServerProcess, replicas
 def wait_for(
     condition: Callable[[], bool], timeout: float, what: str, runner: PodRunner | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            details = f"\nrunner errors: {runner.errors}" if runner else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{details}")
-        time.sleep(0.1)
+    """``eventually``, with the runner's errors in the failure message."""
+    try:
+        eventually(condition, what, timeout, every=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nrunner errors: {runner.errors}" if runner else str(exc)) from None
 
 
 def test_runs_replicas_processes_and_follows_scale(

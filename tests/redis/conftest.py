@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 import redis.asyncio
 
 import redis
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_worker.consumer import Consumer
 from streampipe_worker.router import LoadedHandler, classify_handler
 from streampipe_worker.settings import WorkerSettings, load_settings
@@ -78,23 +77,6 @@ async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
 def consumer_for(settings: WorkerSettings, handler: Callable[..., Any] | LoadedHandler) -> Consumer:
     loaded = handler if isinstance(handler, LoadedHandler) else classify_handler(handler)
     return Consumer(settings, loaded)
-
-
-async def eventually(predicate: Callable[[], Any], within: float = 20.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` is truthy; ``within`` is a failure bound, not a speed assertion."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def pending_count(client: redis.Redis) -> int:

@@ -16,11 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 import redis
-from streampipe_operator.cli import app
+from streampipe_operator.cli.app import app
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, PermanentError
 from streampipe_worker.settings import WorkerSettings
-from tests.redis.conftest import STREAM, consumer_for, eventually, pending_count, running
+from tests.redis.conftest import STREAM, consumer_for, pending_count, running
+from tests.support.polling import eventually_async as eventually
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_group")]
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 import redis
-from streampipe_operator.cli import app
+from streampipe_operator.cli.app import app
 from streampipe_worker.router import Entry, Router
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 import redis
-from streampipe_operator.cli import app
+from streampipe_operator.cli.app import app
 
 pytestmark = pytest.mark.timeout(60)
 

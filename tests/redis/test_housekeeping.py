@@ -17,11 +17,11 @@ from redis.retry import Retry
 
 import redis
 from streampipe_operator import api
-from streampipe_operator.housekeeping import PassReport, PipelineMemory, run_pass
+from streampipe_operator.engine.housekeeping import PassReport, PipelineMemory, run_pass
 from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.groups import LastKnownPosition
 from streampipe_operator.plan.scaling import ScalingDecision
-from streampipe_operator.redis_admin import RedisAdmin, RedisUnreachableError, WrongKeyTypeError
+from streampipe_operator.streams.admin import RedisAdmin, RedisUnreachableError, WrongKeyTypeError
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(60)

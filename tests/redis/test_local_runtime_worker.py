@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio
 
 import redis
-from streampipe_operator.local import LocalRuntime, ReplicaSpec
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
+from streampipe_operator.streams.admin import RedisAdmin
 
 pytestmark = pytest.mark.timeout(90)
 

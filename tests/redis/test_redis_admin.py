@@ -23,7 +23,7 @@ from streampipe_operator.plan.groups import (
 )
 from streampipe_operator.plan.observed import Lag
 from streampipe_operator.plan.retention import RetentionPolicy, plan_dead_letter_trim
-from streampipe_operator.redis_admin import (
+from streampipe_operator.streams.admin import (
     GroupMissingError,
     RedisAdmin,
     RedisAuthError,

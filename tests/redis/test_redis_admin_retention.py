@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import redis
 from streampipe_operator.plan.retention import EntryCount, RetentionPolicy
-from streampipe_operator.redis_admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin
 from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,7 +18,8 @@ from streampipe_worker.deadletter import DeadLetterEnvelope, replay
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, PermanentError, Router, batch
 from streampipe_worker.settings import WorkerSettings
-from tests.redis.conftest import GROUP, STREAM, consumer_for, eventually, pending_count, running
+from tests.redis.conftest import GROUP, STREAM, consumer_for, pending_count, running
+from tests.support.polling import eventually_async as eventually
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("stream_group")]
 

@@ -9,7 +9,8 @@ import pytest
 import redis
 from streampipe_worker.router import Entry
 from streampipe_worker.settings import WorkerSettings
-from tests.redis.conftest import GROUP, STREAM, consumer_for, eventually, running
+from tests.redis.conftest import GROUP, STREAM, consumer_for, running
+from tests.support.polling import eventually_async as eventually
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import redis
-from tests.redis.conftest import GROUP, STREAM, pending_count, wait_for
+from tests.redis.conftest import GROUP, STREAM, pending_count
+from tests.support.polling import eventually
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("stream_group")]
@@ -99,13 +100,13 @@ def test_sigkill_mid_batch_a_survivor_finishes_everything(
     victim = start_worker(
         "victim", STREAMPIPE_BATCH_SIZE="200", TEST_DELAY="0.001", STREAMPIPE_CLAIM_IDLE="1s"
     )
-    wait_for(lambda: len(finished(tmp_path, "victim")) >= 250, what="victim halfway through a batch")
+    eventually(lambda: len(finished(tmp_path, "victim")) >= 250, what="victim halfway through a batch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     in_pel = {row["message_id"] for row in redis_client.xpending_range(STREAM, GROUP, "-", "+", 1000)}
     assert in_pel, "the victim died holding entries"
     survivor = start_worker("survivor", STREAMPIPE_BATCH_SIZE="200", STREAMPIPE_CLAIM_IDLE="1s")
-    wait_for(
+    eventually(
         lambda: pending_count(redis_client) == 0 and redis_client.xinfo_groups(STREAM)[0]["lag"] == 0,
         what="survivor drained the stream and the victim's PEL",
     )
@@ -128,16 +129,16 @@ def test_sigterm_hands_back_unstarted_entries_and_a_peer_takes_them_at_once(
     slow = {"STREAMPIPE_CLAIM_IDLE": "1m", "STREAMPIPE_BATCH_SIZE": "50", "TEST_DELAY": "0.2"}
     ids = produce(redis_client, 50)
     leaving = start_worker("leaving", **slow)
-    wait_for(lambda: len(finished(tmp_path, "leaving")) >= 1, what="first entry finished")
+    eventually(lambda: len(finished(tmp_path, "leaving")) >= 1, what="first entry finished")
     peer = start_worker("peer", STREAMPIPE_CLAIM_IDLE="1m", STREAMPIPE_BATCH_SIZE="50")
     leaving.send_signal(signal.SIGTERM)
     _, stderr = leaving.communicate(timeout=30)
     assert leaving.returncode == 0, stderr
     assert "handed back" in stderr
     # The bound is half of claimIdle: without the hand-back the peer could not take them in time.
-    wait_for(
+    eventually(
         lambda: pending_count(redis_client) == 0 and len(finished(tmp_path, "peer")) > 0,
-        timeout=30.0,
+        within=30.0,
         what="peer took the handed-back entries",
     )
     by_leaving = finished(tmp_path, "leaving")
@@ -166,9 +167,9 @@ def test_probes_and_metrics_are_served(
         except OSError:
             return 0, ""
 
-    wait_for(lambda: get("/readyz")[0] == 200, what="ready")
+    eventually(lambda: get("/readyz")[0] == 200, what="ready")
     assert get("/healthz") == (200, "ok\n")
-    wait_for(
+    eventually(
         lambda: (
             'streampipe_worker_processed_total{group="billing",stream="{orders}:events"} 25.0'
             in get("/metrics")[1]

@@ -16,7 +16,8 @@ from streampipe_worker.connection import ConnectionSettings, create_client
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, PermanentError
 from streampipe_worker.settings import load_settings
-from tests.redis.conftest import GROUP, STREAM, consumer_for, eventually, running, worker_settings_for
+from tests.redis.conftest import GROUP, STREAM, consumer_for, running, worker_settings_for
+from tests.support.polling import eventually_async as eventually
 from tests.support.servers import ServerProcess
 from tests.support.topologies import (
     make_tls_files,

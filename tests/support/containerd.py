@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hack.images import MANIFEST, BuiltImage, Role, normalized, read_manifest
 
-from tests.support.operator_process import eventually
+from tests.support.polling import eventually
 
 DEBIAN_CNI_BIN_DIR = Path("/usr/lib/cni")
 PAUSE_IMAGE = "localhost/streampipe-pause:1"

@@ -432,7 +432,7 @@ INVALID_SPECS: list[InvalidSpec] = [
         _set(*TEMPLATE, value={"tolerations": [{"operator": "Equal", "effect": "NoSchedule"}]}),
         "spec.groups[0].template.tolerations[0].operator",
         "must be Exists when key is empty",
-        notes="found by tests/chaos/test_fuzz.py: the API server refused the worker Deployment",
+        notes="the API server's Pod validation would refuse the worker Deployment (tests/chaos/test_fuzz.py)",
     ),
     InvalidSpec(
         "toleration-key-not-qualified",
@@ -469,7 +469,7 @@ INVALID_SPECS: list[InvalidSpec] = [
         _set(*TEMPLATE, value={"resources": {"limits": {"gpu": 1}}}),
         "spec.groups[0].template.resources.limits",
         "resource names must be cpu, memory, ephemeral-storage, hugepages-<size> or fully qualified",
-        notes="found by tests/chaos/test_fuzz.py: the API server refused the worker Deployment",
+        notes="the API server's Pod validation would refuse the worker Deployment (tests/chaos/test_fuzz.py)",
     ),
     InvalidSpec(
         "resource-request-name-not-extended",

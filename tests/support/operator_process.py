@@ -13,9 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,30 +22,11 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from streampipe_operator import api
+from tests.support.polling import eventually
 from tests.support.servers import free_port
 
 STREAMPIPE = Path(sys.executable).parent / "streampipe"
 T = TypeVar("T")
-
-
-def eventually(
-    probe: Callable[[], T], *, within: float = 30.0, what: str = "condition", every: float = 0.1
-) -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``within`` seconds (a bound on the
-    wait, never a speed assertion)."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last seen: {last!r}")
-        time.sleep(every)
 
 
 @dataclass

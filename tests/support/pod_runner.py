@@ -5,7 +5,7 @@ pods. For the operator's end-to-end tests this runner watches (polls) the worker
 namespace — those labelled ``app.kubernetes.io/managed-by=streampipe-operator`` and
 ``app.kubernetes.io/component=worker``, as ``workloads.build_deployment`` labels them — and runs
 ``spec.replicas`` local ``python -m streampipe_worker`` processes for each, with the container's
-environment, through the product's own local process runtime (``streampipe_operator.local``). It:
+environment, through the product's own local process runtime (``streampipe_operator.local.processes``). It:
 
 - resolves ``value``, ``secretKeyRef``, ``configMapKeyRef`` and ``fieldRef`` (metadata.name /
   metadata.namespace) from the API, as the kubelet would;
@@ -37,8 +37,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from streampipe_operator.local import LocalRuntime, ReplicaSpec
-from streampipe_operator.workloads import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from streampipe_operator.kube.deployments import COMPONENT, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_HANDLERS = ROOT / "examples" / "handlers" / "src"

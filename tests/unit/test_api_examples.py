@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from streampipe_operator import api
-from streampipe_operator.crd import openapi_schema
-from streampipe_operator.validation import validate_files
+from streampipe_operator.api.crd import openapi_schema
+from streampipe_operator.api.validation import validate_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUIRED_EXAMPLES = ["minimal.yaml", "full.yaml", "sentinel.yaml", "cluster.yaml", "tls-acl.yaml"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 
 from streampipe_operator import api
-from streampipe_operator.cel import RuleModel
-from streampipe_operator.validation import validate_manifest
+from streampipe_operator.api.cel import RuleModel
+from streampipe_operator.api.validation import validate_manifest
 from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
+
+API_PKG = f"{api.__name__}."  # the models live in the api sub-package's modules
 
 
 def test_the_table_is_big_enough_and_ids_are_unique() -> None:
@@ -39,7 +41,7 @@ def test_edge_of_a_rule_accepted_offline(case: ValidSpec) -> None:
 def _rule_models() -> list[type[RuleModel]]:
     found: list[type[RuleModel]] = []
     for value in vars(api).values():
-        if isinstance(value, type) and issubclass(value, RuleModel) and value.__module__ == api.__name__:
+        if isinstance(value, type) and issubclass(value, RuleModel) and value.__module__.startswith(API_PKG):
             found.append(value)
     return found
 

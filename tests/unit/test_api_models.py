@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from streampipe_operator import api
-from streampipe_operator.durations import (
+from streampipe_operator.api.durations import (
     DURATION_PATTERN,
     Duration,
     DurationError,

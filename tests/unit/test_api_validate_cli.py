@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from streampipe_operator.cli import app
-from streampipe_operator.validation import ValidationReport
+from streampipe_operator.api.validation import ValidationReport
+from streampipe_operator.cli.app import app
 from tests.support.invalid_specs import minimal_manifest
 
 runner = CliRunner()

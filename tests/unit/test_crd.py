@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from streampipe_operator import api
-from streampipe_operator.cel import RuleModel
-from streampipe_operator.cli import app
-from streampipe_operator.crd import (
+from streampipe_operator.api.cel import RuleModel
+from streampipe_operator.api.crd import (
     SchemaError,
     crd_yaml,
     openapi_schema,
@@ -23,12 +23,15 @@ from streampipe_operator.crd import (
     structural_problems,
     update_reference,
 )
+from streampipe_operator.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = [
     ROOT / "crds" / "streampipeline.yaml",
     ROOT / "charts" / "streampipe" / "crds" / "streampipeline.yaml",
 ]
+
+API_PKG = f"{api.__name__}."  # the models live in the api sub-package's modules
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda path: str(path.relative_to(ROOT)))
@@ -155,7 +158,7 @@ def test_every_field_is_described() -> None:
 def test_every_model_field_has_a_description() -> None:
     missing = []
     for value in vars(api).values():
-        if isinstance(value, type) and issubclass(value, api.BaseModel) and value.__module__ == api.__name__:
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__.startswith(API_PKG):
             missing += [
                 f"{value.__name__}.{name}"
                 for name, info in value.model_fields.items()
@@ -188,7 +191,7 @@ def test_every_python_rule_is_in_the_crd_with_the_same_message() -> None:
     twins = [
         (rule.rule, rule.message or None, rule.message_expression or None, rule.field_path or None)
         for model in vars(api).values()
-        if isinstance(model, type) and issubclass(model, RuleModel) and model.__module__ == api.__name__
+        if isinstance(model, type) and issubclass(model, RuleModel) and model.__module__.startswith(API_PKG)
         for rule, _ in model.cel_rules()
     ]
     assert twins

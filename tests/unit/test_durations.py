@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from streampipe_operator import durations as api_durations
+from streampipe_operator.api import durations as api_durations
 from streampipe_worker import durations, settings
 
 

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from streampipe_operator.local import LocalRuntime, ReplicaSetStatus, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSetStatus, ReplicaSpec
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,15 +94,6 @@ def child(tmp_path: Path) -> Callable[..., ReplicaSpec]:
 def runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
     with LocalRuntime(tmp_path / "run") as rt:
         yield rt
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll until ``check`` holds; the timeout only bounds a hung test, it is not a measurement."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -269,7 +260,7 @@ EXITING_PARENT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from streampipe_operator.local import LocalRuntime, ReplicaSpec
+    from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
 
     run_dir, script, out = sys.argv[1:4]
     runtime = LocalRuntime(Path(run_dir))

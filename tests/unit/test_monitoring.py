@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from streampipe_operator import workloads
-from streampipe_operator.operator_metrics import OperatorMetrics
+from streampipe_operator.controller.metrics import OperatorMetrics
+from streampipe_operator.kube import deployments
 from streampipe_worker.metrics import WorkerMetrics
 from tests.unit.test_chart import MONITORING_APIS, VALUE_SETS, one, render
 
@@ -271,13 +271,13 @@ def test_dashboard_shows_what_an_operator_of_a_pipeline_needs(monitoring: list[d
 def test_pod_monitor_selects_the_operators_worker_pods(monitoring: list[dict[str, Any]]) -> None:
     pod_monitor = one(monitoring, "PodMonitor")
     selector = pod_monitor["spec"]["selector"]["matchLabels"]
-    pod_labels = workloads.workload_labels("orders", "billing")
+    pod_labels = deployments.workload_labels("orders", "billing")
     assert selector.items() <= pod_labels.items()
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == workloads.METRICS_PORT_NAME
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == deployments.METRICS_PORT_NAME
     relabel = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
-    label_key = re.sub(r"[^a-zA-Z0-9_]", "_", workloads.LABEL_PIPELINE)
+    label_key = re.sub(r"[^a-zA-Z0-9_]", "_", deployments.LABEL_PIPELINE)
     assert relabel["sourceLabels"] == [f"__meta_kubernetes_pod_label_{label_key}"]
-    assert pod_labels[workloads.LABEL_PIPELINE] == "orders"
+    assert pod_labels[deployments.LABEL_PIPELINE] == "orders"
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     namespaced = render(
         VALUE_SETS["namespaced"],

@@ -253,10 +253,9 @@ def test_held_message_names_groups_and_count() -> None:
 
 
 def test_groups_read_after_the_stream_grew_hold_the_length_trim() -> None:
-    """Regression (found by the fault suite's trim test under live traffic): XINFO STREAM is read before
-    XINFO GROUPS and the counts, so a group's position and lag can include entries added after the
-    length was read, and the entries from the bound on then outnumber the length. The plan failed on
-    a negative count; now it knows of nothing before the bound and trims nothing by length."""
+    """Groups read after the stream grew (XINFO STREAM is read before XINFO GROUPS and the counts, so
+    the entries from the bound on can outnumber the length) hold the length trim: the plan knows of
+    nothing before the bound and trims nothing by length, never a negative count."""
     late = group("billing", 210, 15, pending=5, oldest=120)
     in_flight = CountRequest(start=EntryId(120), end=EntryId(210), cap=10_000)
     plan = plan_retention(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from streampipe_operator.plan.scaling import (
     ScalingOutcome,
     ScalingPolicy,
     decide_replicas,
+    placed_replicas,
     scale_up_limit,
 )
 
@@ -281,3 +283,20 @@ def test_invariants_over_random_histories(
         counts = [r.replicas for r in decision.history]
         assert all(a > b for a, b in itertools.pairwise(counts))
         replicas, kept = desired, decision.history
+
+
+@pytest.mark.parametrize(
+    ("mode", "min_replicas", "current", "decided", "placed"),
+    [
+        ("native", 1, 3, 5, 5),  # a decision wins over the current count
+        ("native", 1, 3, None, 3),  # no decision (backlog not observed): keep what runs
+        ("native", 2, None, None, 2),  # a new workload without a decision starts at minReplicas
+        ("native", 0, None, 4, 4),  # a new workload starts at the decided count
+        ("none", 1, 3, 5, 3),  # mode none: someone else owns the count, even with a decision
+        ("none", 2, None, None, 2),  # mode none, new workload: minReplicas
+    ],
+)
+def test_placed_replicas(
+    mode: Literal["native", "none"], min_replicas: int, current: int | None, decided: int | None, placed: int
+) -> None:
+    assert placed_replicas(mode, min_replicas, current, decided) == placed

@@ -10,19 +10,17 @@ from typing import Any
 import pytest
 
 from streampipe_operator import api
-from streampipe_operator.conflicts import PipelineRef, established, others, owner, stream_identity
-from streampipe_operator.plan.entry_ids import EntryId
-from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamState
-from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld
-from streampipe_operator.redis_admin import StreamObservation
-from streampipe_operator.status import (
+from streampipe_operator.controller.ownership import PipelineRef, established, others, owner, stream_identity
+from streampipe_operator.kube.status import (
     Findings,
     GroupWorkload,
-    RetentionOutcome,
     build_status,
     status_document,
     worth_writing,
 )
+from streampipe_operator.plan.entry_ids import EntryId
+from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
+from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld, RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)

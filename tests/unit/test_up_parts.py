@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 from streampipe_operator.api import StreamPipeline
-from streampipe_operator.dead_letters import DeadLetterFilter
-from streampipe_operator.demo_producer import DemoCounts, order_event, order_kind
-from streampipe_operator.producing import parse_events
-from streampipe_operator.spec_mapping import (
+from streampipe_operator.engine.spec_mapping import (
     retention_policy,
     scaling_policy,
     shutdown_grace,
     template_env,
     worker_settings_values,
 )
-from streampipe_operator.targets import UsageError, load_pipeline, resolve_target
-from streampipe_operator.up import CounterBook, percentile
+from streampipe_operator.local.accounting import percentile
+from streampipe_operator.local.counters import CounterBook
+from streampipe_operator.local.demo import DemoCounts, order_event, order_kind
+from streampipe_operator.streams.dlq import DeadLetterFilter
+from streampipe_operator.streams.producing import parse_events
+from streampipe_operator.streams.targets import UsageError, load_pipeline, resolve_target
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.settings import load_settings, render_env
 
@@ -156,7 +157,7 @@ def test_counter_book_adds_up_across_a_worker_restart() -> None:
     book.record("g", "r1", {"processed": 3, "retried": 1})  # restarted: counters from zero
     book.record("other", "x1", {"processed": 100})
     totals = book.totals("g")
-    assert (totals.processed, totals.retried) == (12 + 3 + 5, 2 + 1)
+    assert (totals["processed"], totals["retried"]) == (12 + 3 + 5, 2 + 1)
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -1,4 +1,4 @@
-"""Worker Deployment rendering (workloads.build_deployment) and drift detection, without a server.
+"""Worker Deployment rendering (deployments.build_deployment) and drift detection, without a server.
 
 The same manifests are created on a real API server in tests/k8s/test_operator_*.py; here the rules
 that matter are pinned one by one: the env contract has one source, credentials are references,
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streampipe_operator import api, workloads
+from streampipe_operator import api
+from streampipe_operator.kube import deployments
 from streampipe_worker.settings import WorkerSettings, load_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -51,7 +52,7 @@ def minimal(**spec: Any) -> api.StreamPipeline:
 
 
 def render(pipeline: api.StreamPipeline, group: int = 0, replicas: int = 2) -> dict[str, Any]:
-    return workloads.build_deployment(pipeline, pipeline.spec.groups[group], replicas=replicas)
+    return deployments.build_deployment(pipeline, pipeline.spec.groups[group], replicas=replicas)
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def test_longest_names_make_a_valid_dns_label() -> None:
     long_pipeline = pipeline.model_copy(
         update={"metadata": pipeline.metadata.model_copy(update={"name": "p" * api.MAX_PIPELINE_NAME})}
     )
-    name = workloads.build_deployment(long_pipeline, long_group, replicas=1)["metadata"]["name"]
+    name = deployments.build_deployment(long_pipeline, long_group, replicas=1)["metadata"]["name"]
     assert len(name) <= 63
     assert re.match(api.DNS_LABEL, name)
 
@@ -133,7 +134,7 @@ def test_env_names_come_from_the_worker_settings_and_read_back() -> None:
     assert settings.backoff_initial == pipeline.spec.retry.backoff.initial.delta
     assert settings.claim_idle == pipeline.spec.retry.claim_idle.delta
     assert settings.dead_letter == "{orders}:dead"
-    assert settings.metrics_port == workloads.METRICS_PORT
+    assert settings.metrics_port == deployments.METRICS_PORT
     assert settings.log_format == "json"
     assert env["STREAMPIPE_CONSUMER"] == {
         "name": "STREAMPIPE_CONSUMER",
@@ -177,9 +178,9 @@ def test_credentials_are_secret_references_never_values() -> None:
 def test_tls_ca_comes_from_a_secret_volume() -> None:
     deployment = render(example("tls-acl.yaml"))
     pod = deployment["spec"]["template"]["spec"]
-    volume = next(v for v in pod["volumes"] if v["name"] == workloads.CA_VOLUME)
+    volume = next(v for v in pod["volumes"] if v["name"] == deployments.CA_VOLUME)
     assert volume["secret"] == {"secretName": "redis-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
-    mount = next(m for m in container(deployment)["volumeMounts"] if m["name"] == workloads.CA_VOLUME)
+    mount = next(m for m in container(deployment)["volumeMounts"] if m["name"] == deployments.CA_VOLUME)
     assert mount == {"name": "redis-ca", "mountPath": "/etc/streampipe/redis-ca", "readOnly": True}
     assert env_of(deployment)["STREAMPIPE_TLS_CA_FILE"]["value"] == "/etc/streampipe/redis-ca/ca.crt"
     assert "STREAMPIPE_TLS_INSECURE_SKIP_VERIFY" not in env_of(deployment)
@@ -196,7 +197,7 @@ def test_pod_security_restricted() -> None:
     deployment = render(minimal())
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == workloads.WORKER_UID
+    assert pod["securityContext"]["runAsUser"] == deployments.WORKER_UID
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     security = container(deployment)["securityContext"]
@@ -306,8 +307,8 @@ def as_stored(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def test_what_the_server_adds_is_not_drift() -> None:
     desired = render(example("full.yaml"))
-    assert workloads.deployment_drift(as_stored(desired), desired) == []
-    assert workloads.drift_patch(as_stored(desired), desired) == []
+    assert deployments.deployment_drift(as_stored(desired), desired) == []
+    assert deployments.drift_patch(as_stored(desired), desired) == []
 
 
 def test_canonical_quantities_are_not_drift() -> None:
@@ -324,9 +325,9 @@ def test_canonical_quantities_are_not_drift() -> None:
     desired = render(pipeline)
     stored = as_stored(desired)
     container(stored)["resources"]["limits"]["memory"] = "1Gi"
-    assert workloads.deployment_drift(stored, desired) == []
+    assert deployments.deployment_drift(stored, desired) == []
     container(stored)["resources"]["limits"]["memory"] = "2Gi"
-    assert workloads.deployment_drift(stored, desired) == [
+    assert deployments.deployment_drift(stored, desired) == [
         "spec.template.spec.containers[0].resources.limits.memory"
     ]
 
@@ -336,9 +337,9 @@ def test_canonical_quantities_are_not_drift() -> None:
     [("500m", "0.5"), ("1", "1"), ("1Gi", str(1024**3)), ("1e3", "1000"), ("2k", "2000"), ("x", None)],
 )
 def test_quantity_values(quantity: str, value: str | None) -> None:
-    parsed = workloads.quantity_value(quantity)
+    parsed = deployments.quantity_value(quantity)
     assert (str(parsed.normalize()) if parsed is not None else None) == (
-        None if value is None else str(workloads.Decimal(value).normalize())
+        None if value is None else str(deployments.Decimal(value).normalize())
     )
 
 
@@ -346,15 +347,15 @@ def test_replicas_are_not_drift() -> None:
     desired = render(minimal(), replicas=2)
     stored = as_stored(desired)
     stored["spec"]["replicas"] = 7
-    assert workloads.deployment_drift(stored, desired) == []
+    assert deployments.deployment_drift(stored, desired) == []
 
 
 def test_edited_image_is_drift_and_the_patch_replaces_the_template() -> None:
     desired = render(minimal())
     stored = as_stored(desired)
     container(stored)["image"] = "evil/miner:latest"
-    assert workloads.deployment_drift(stored, desired) == ["spec.template.spec.containers[0].image"]
-    patch = workloads.drift_patch(stored, desired)
+    assert deployments.deployment_drift(stored, desired) == ["spec.template.spec.containers[0].image"]
+    patch = deployments.drift_patch(stored, desired)
     assert patch == [{"op": "replace", "path": "/spec/template", "value": desired["spec"]["template"]}]
 
 
@@ -364,7 +365,7 @@ def test_added_env_var_and_removed_security_setting_are_drift() -> None:
     container(stored)["env"].append({"name": "EXTRA", "value": "1"})
     del container(stored)["securityContext"]["readOnlyRootFilesystem"]
     stored["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
-    assert workloads.deployment_drift(stored, desired) == [
+    assert deployments.deployment_drift(stored, desired) == [
         "spec.template.spec.automountServiceAccountToken",
         "spec.template.spec.containers[0].env",
         "spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem",
@@ -378,11 +379,11 @@ def test_labels_and_owner_are_put_back_without_touching_others() -> None:
     stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kubectl"
     foreign = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "other"}
     stored["metadata"]["ownerReferences"] = [foreign]
-    assert workloads.deployment_drift(stored, desired) == [
+    assert deployments.deployment_drift(stored, desired) == [
         "metadata.labels.app.kubernetes.io/managed-by",
         "metadata.ownerReferences",
     ]
-    patch = workloads.drift_patch(stored, desired)
+    patch = deployments.drift_patch(stored, desired)
     assert {
         "op": "add",
         "path": "/metadata/labels/app.kubernetes.io~1managed-by",

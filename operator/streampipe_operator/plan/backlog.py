@@ -5,7 +5,7 @@ and Redis 7.0), and Redis 7.0 keeps reporting a too-large lag for a group that f
 read counter misses the trimmed entries; Valkey 9.1 repairs it on the next read). Reading nil as zero
 would scale a busy group to zero, so :func:`lag_from_server` decides, from the stream's own figures,
 whether the report stands, whether the exact value follows from the stream alone, or whether the
-entries after the group's last-delivered-id must be counted (``redis_admin`` does that, with a cap).
+entries after the group's last-delivered-id must be counted (``streams.admin`` does that, with a cap).
 """
 
 from __future__ import annotations

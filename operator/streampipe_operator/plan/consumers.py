@@ -2,7 +2,7 @@
 
 ``XGROUP DELCONSUMER`` drops the consumer's pending entries with it: they would never be delivered
 again. So a consumer with pending entries is never removed, however long it has been idle; it is
-reported instead (its entries wait for a survivor's XAUTOCLAIM). ``redis_admin`` re-checks
+reported instead (its entries wait for a survivor's XAUTOCLAIM). ``streams.admin`` re-checks
 "no pending entries" atomically on the server when it deletes, because a consumer may read between
 observation and deletion.
 """

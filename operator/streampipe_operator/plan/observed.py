@@ -1,6 +1,7 @@
 """What was observed on the server, as the planners take it: a stream, its groups, their consumers.
 
-``redis_admin.observe_stream`` fills these from XINFO / XPENDING replies; tests build them by hand.
+``RedisAdmin.observe_stream`` (streams.admin) fills these from XINFO / XPENDING replies; tests build
+them by hand.
 They are frozen pydantic models so that the CLI and status can dump them as JSON unchanged.
 """
 
@@ -86,3 +87,18 @@ class StreamState(Frozen):
     last_generated_id: EntryId = Field(description="Greatest ID ever added (survives deletion of that entry)")
     entries_added: int | None = Field(default=None, description="Entries ever added (Redis >= 7.0)")
     max_deleted_entry_id: EntryId | None = Field(default=None, description="Greatest ID removed by XDEL")
+
+
+class StreamObservation(Frozen):
+    """One look at a pipeline's keys on the server."""
+
+    stream_key: str
+    exists: bool = Field(description="False when the stream key is missing (nothing observed about it)")
+    stream: StreamState | None = None
+    groups: tuple[GroupState, ...] = ()
+    memory_bytes: int | None = Field(default=None, description="MEMORY USAGE of the stream key")
+    dead_letter_key: str | None = None
+    dead_letter_length: int | None = None
+
+    def group(self, name: str) -> GroupState | None:
+        return next((g for g in self.groups if g.name == name), None)

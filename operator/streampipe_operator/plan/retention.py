@@ -80,7 +80,7 @@ class EntryCount(Frozen):
 class TrimAction(Frozen):
     """One XTRIM: ``MAXLEN [~|=] max_length`` or ``MINID [~|=] min_id``, maybe ``LIMIT`` and ``ACKED``.
 
-    ``limit`` bounds the entries removed in total; ``redis_admin`` spreads it over several calls so
+    ``limit`` bounds the entries removed in total; ``streams.admin`` spreads it over several calls so
     that no single call blocks the server for long.
     """
 
@@ -139,7 +139,7 @@ class RetentionHeld(Frozen):
 class RetentionPlan(Frozen):
     """Trims to run in order, what protection held back, and counts that would settle more.
 
-    When ``missing_counts`` is not empty, count them (``redis_admin.count_entries``) and plan again
+    When ``missing_counts`` is not empty, count them (``RedisAdmin.count_entries``) and plan again
     with the results; the plan without them is already safe, only less complete.
     """
 
@@ -372,3 +372,11 @@ def _age_reason(policy: RetentionPolicy, cutoff: EntryId, target: EntryId) -> st
     if target < cutoff:
         reason += f"; only those before {target} (protected from there on)"
     return reason
+
+
+@dataclass
+class RetentionOutcome:
+    """What a retention pass found: what protection held back (retention runs every ``interval``)."""
+
+    held: RetentionHeld | None = None
+    protected: bool = True

@@ -191,3 +191,17 @@ def _why_up(
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def placed_replicas(
+    mode: Literal["native", "none"], min_replicas: int, current: int | None, decided: int | None
+) -> int:
+    """The replicas a group's workload should have after a pass: what the scaler decided (``decided``),
+    else what it has now (``current``; None while the workload does not exist), else ``min_replicas``.
+    With ``scaling.mode: none`` nothing is decided and an existing workload keeps its count (someone
+    else, e.g. an HPA, owns it); a new one starts at ``min_replicas``."""
+    if mode != "none" and decided is not None:
+        return decided
+    if current is not None:
+        return current
+    return min_replicas

@@ -1,0 +1,131 @@
+"""How the operator reaches a pipeline's server: credentials from Secrets, one client per pipeline.
+
+The operator connects the way the pipeline's workers do (the worker's ``ConnectionSettings`` and its
+one client factory), with the password and ACL user read from ``spec.redis.auth``'s Secret and the CA
+certificate from ``spec.redis.tls``'s Secret (written to a private temporary file, because the TLS
+stack reads CA files). A client is reused until the spec or the Secrets' contents change; Secrets are
+read again every ``secret_refresh`` seconds and after every failure, so a rotated password is picked
+up without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from streampipe_operator import api
+from streampipe_operator.kube.client import KubeClient
+from streampipe_operator.streams.admin import RedisAdmin
+from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
+
+log = logging.getLogger("streampipe.operator")
+
+CLIENT_NAME = "streampipe-operator"
+
+
+async def connection_settings(
+    kube: KubeClient, namespace: str, uid: str, spec: api.RedisSpec, *, socket_timeout: float
+) -> ConnectionSettings:
+    """The settings to reach ``spec``'s server, with the credentials its Secrets hold."""
+    username = password = None
+    if spec.auth is not None:
+        secret = spec.auth.secret_name
+        password = SecretStr(
+            (await kube.read_secret_key(namespace, secret, spec.auth.password_key)).decode("utf-8")
+        )
+        if spec.auth.username_key is not None:
+            username = (await kube.read_secret_key(namespace, secret, spec.auth.username_key)).decode("utf-8")
+    ca_file = None
+    if spec.tls is not None and spec.tls.ca_secret_name is not None:
+        ca = await kube.read_secret_key(namespace, spec.tls.ca_secret_name, spec.tls.ca_key)
+        ca_file = _private_file(f"{uid}-ca.crt", ca)
+    return ConnectionSettings(
+        url=spec.url,
+        mode=spec.mode,
+        sentinel_master=spec.sentinel.master_name if spec.sentinel is not None else None,
+        username=username,
+        password=password,
+        tls_ca_file=ca_file,
+        tls_insecure_skip_verify=spec.tls.insecure_skip_verify if spec.tls is not None else False,
+        client_name=CLIENT_NAME,
+        socket_timeout=socket_timeout,
+    )
+
+
+def _private_file(name: str, content: bytes) -> Path:
+    directory = Path(tempfile.gettempdir()) / "streampipe-operator"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / name
+    if not path.exists() or path.read_bytes() != content:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+    return path
+
+
+def fingerprint(settings: ConnectionSettings) -> str:
+    """Changes whenever anything that makes a connection changes (the CA file's content included)."""
+    digest = hashlib.sha256(settings.model_dump_json(exclude={"password"}).encode())
+    if settings.password is not None:
+        digest.update(settings.password.get_secret_value().encode())
+    if settings.tls_ca_file is not None:
+        digest.update(settings.tls_ca_file.read_bytes())
+    return digest.hexdigest()
+
+
+class PipelineConnection:
+    """The client and admin adapter of one pipeline, rebuilt when its settings change."""
+
+    def __init__(
+        self, kube: KubeClient, namespace: str, uid: str, *, socket_timeout: float, secret_refresh: float
+    ):
+        self.kube = kube
+        self.namespace = namespace
+        self.uid = uid
+        self.socket_timeout = socket_timeout
+        self.secret_refresh = secret_refresh
+        self._client: AsyncClient | None = None
+        self._admin: RedisAdmin | None = None
+        self._fingerprint = ""
+        self._spec: api.RedisSpec | None = None
+        self._read_at = 0.0
+
+    async def admin(self, spec: api.RedisSpec) -> RedisAdmin:
+        """The adapter for ``spec``'s server; reads the Secrets when due. Raises ``KubeError`` (e.g.
+        ``SecretMissingError``) when they cannot be read."""
+        due = time.monotonic() - self._read_at >= self.secret_refresh
+        if self._admin is not None and spec == self._spec and not due:
+            return self._admin
+        settings = await connection_settings(
+            self.kube, self.namespace, self.uid, spec, socket_timeout=self.socket_timeout
+        )
+        self._read_at = time.monotonic()
+        self._spec = spec
+        key = fingerprint(settings)
+        if self._admin is None or key != self._fingerprint:
+            await self.close()
+            self._client = create_async_client(settings)
+            self._admin = RedisAdmin(self._client)
+            self._fingerprint = key
+        assert self._admin is not None
+        return self._admin
+
+    async def reset(self) -> None:
+        """Forget the client after a failure: the next call reads the Secrets and reconnects."""
+        await self.close()
+        self._spec = None
+
+    async def close(self) -> None:
+        client, self._client, self._admin = self._client, None, None
+        self._fingerprint = ""
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception as exc:  # closing a broken connection may fail; it is gone either way
+                log.debug("closing the Redis client failed: %s", exc)

@@ -1,0 +1,348 @@
+"""One housekeeping pass of a StreamPipeline on its server: the orchestration the operator
+(``reconcile``, worker Deployments) and ``streampipe up`` (``up``, worker processes) share, on top of
+``plan/``, ``streams.admin`` and ``spec_mapping``. :func:`run_pass`:
+
+1. observes the stream, its groups and the dead-letter stream, and the server's capabilities;
+2. creates missing groups, recreates vanished ones where they were last seen (``memory``, or a durable
+   record such as status), destroys removed ones under ``deletionPolicy: Delete``, reports orphans
+   once, and remembers every group's position;
+3. per group when its ``pollInterval`` is due (always while its workload does not exist yet), decides
+   replicas on lag + pending and hands a change to the :class:`WorkloadBackend`;
+4. every ``retention.interval``, runs the protected trims and the dead-letter stream's ``maxLength``;
+5. every claimIdle, removes consumers idle past ``2 x claimIdle`` that own nothing (and that no running
+   worker has, where the backend knows their names).
+
+Failures that stop the pass (unreachable, refused credentials, a key that is not a stream) raise
+``RedisAdminError``; failures of one step are in the :class:`PassReport`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streampipe_operator import api
+from streampipe_operator.api import Reason
+from streampipe_operator.engine.spec_mapping import retention_policy, scaling_policy
+from streampipe_operator.plan.backlog import Backlog, group_backlog
+from streampipe_operator.plan.consumers import plan_consumer_cleanup
+from streampipe_operator.plan.groups import (
+    CreateGroup,
+    DesiredGroup,
+    DestroyGroup,
+    LastKnownPosition,
+    plan_groups,
+)
+from streampipe_operator.plan.observed import GroupState, Lag, StreamObservation
+from streampipe_operator.plan.retention import RetentionOutcome, TrimAction, plan_dead_letter_trim
+from streampipe_operator.plan.scaling import Recommendation, ScalingDecision, decide_replicas
+from streampipe_operator.streams.admin import (
+    RedisAdmin,
+    RedisAdminError,
+    RedisAuthError,
+    RedisUnreachableError,
+)
+from streampipe_worker.capabilities import ServerCapabilities
+
+CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
+DEFAULT_RETENTION_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
+
+# Steps that failed on the server while the pass went on.
+FAILURES: frozenset[Reason] = frozenset({Reason.RETENTION_FAILED, Reason.CONSUMER_CLEANUP_FAILED})
+
+
+class Clock(Protocol):
+    """Where a pass reads the time: ``monotonic`` for when steps are due, ``time`` (Unix seconds) for
+    entry IDs and scaling histories. The ``time`` module is one."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class WorkloadBackend(Protocol):
+    """What runs a pipeline's workers: Deployments (the operator) or local processes (``up``)."""
+
+    def current_replicas(self, group: str) -> int | None:
+        """Replicas the group's workers have now; None when its workload does not exist yet (the caller
+        creates it with the replicas of ``PassReport.decisions``)."""
+        ...
+
+    async def set_replicas(self, group: str, decision: ScalingDecision, current: int) -> None:
+        """Change the group's replicas from ``current`` to ``decision.desired_replicas``. A failure is
+        the backend's to report; the pass goes on."""
+        ...
+
+    def live_consumers(self) -> AbstractSet[str] | None:
+        """Consumer names of the workers running now, or None when the backend cannot tell (then a
+        consumer's idle time alone says it is gone)."""
+        ...
+
+
+@dataclass
+class PipelineMemory:
+    """What a pipeline's passes keep between them. None of it is needed for correctness after a
+    restart: positions come back from a durable record, histories start from the current replicas."""
+
+    positions: dict[str, LastKnownPosition] = field(default_factory=dict)
+    histories: dict[str, tuple[Recommendation, ...]] = field(default_factory=dict)
+    scale_due: dict[str, float] = field(default_factory=dict)
+    retention_due: float = 0.0
+    cleanup_due: float = 0.0
+    retention: RetentionOutcome | None = None
+    orphans_reported: set[str] = field(default_factory=set)
+
+    def next_due(self, spec: api.StreamPipelineSpec) -> float:
+        """The monotonic time at which the next step of a pass is due."""
+        native = [g.name for g in spec.groups if g.scaling.mode == "native" and g.name in self.scale_due]
+        return min(self.retention_due, self.cleanup_due, *(self.scale_due[name] for name in native))
+
+
+@dataclass(frozen=True)
+class PassEvent:
+    """Something a pass did or found that a person may want to know (a Kubernetes Event, a log line)."""
+
+    reason: Reason
+    message: str
+    group: str | None = None
+    warning: bool = False
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did."""
+
+    observation: StreamObservation
+    server: ServerCapabilities
+    events: list[PassEvent] = field(default_factory=list)
+    group_problems: dict[str, str] = field(default_factory=dict)
+    orphaned: tuple[str, ...] = ()
+    decisions: dict[str, ScalingDecision] = field(default_factory=dict)
+    # The latest retention outcome (retention runs every interval, not every pass).
+    retention: RetentionOutcome | None = None
+    # Entries removed by trims this pass, by target ("stream", "dead_letter"); None: no trim ran.
+    trimmed: dict[str, int] | None = None
+
+
+def scaling_decision(
+    group: api.GroupSpec,
+    state: GroupState | None,
+    *,
+    current: int | None,
+    history: Sequence[Recommendation] | None,
+    now: float,
+) -> ScalingDecision:
+    """The replica decision for one group from its observed state (None: the group is missing, so
+    the backlog is unknown and replicas hold) and its workload's ``current`` replicas (None: there
+    is no workload yet). Pure.
+
+    ``history`` None means this process has made no decision for the group yet (it just started):
+    the current count then counts as recommended ``now``, so a restart delays a scale-down by one
+    stabilization window and never allows one at once.
+    """
+    backlog = (
+        group_backlog(state)
+        if state is not None
+        else Backlog(lag=Lag(value=None, source="unknown"), pending=0)
+    )
+    if history is None and current is not None:
+        history = (Recommendation(at=now, replicas=current),)
+    policy = scaling_policy(group.scaling)
+    return decide_replicas(
+        group.name,
+        policy,
+        backlog,
+        current_replicas=current if current is not None else policy.min_replicas,
+        history=history or (),
+        now=now,
+    )
+
+
+async def run_pass(
+    spec: api.StreamPipelineSpec,
+    admin: RedisAdmin,
+    backend: WorkloadBackend,
+    memory: PipelineMemory,
+    *,
+    clock: Clock = time,
+    known_positions: Mapping[str, LastKnownPosition] | None = None,
+    consumer_idle_floor: float = CONSUMER_IDLE_FLOOR,
+) -> PassReport:
+    """One pass (see the module docstring). ``known_positions`` are group positions from a durable
+    record (the operator's status); what ``memory`` saw last is fresher and wins."""
+    observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
+    report = PassReport(observation=observation, server=await admin.capabilities())
+    steps = _Steps(spec, admin, backend, memory, report, clock, consumer_idle_floor)
+    await steps.fix_groups(known_positions or {})
+    await steps.scale()
+    await steps.retain()
+    await steps.clean_consumers()
+    report.retention = memory.retention
+    return report
+
+
+@dataclass
+class _Steps:
+    """The steps of one pass over what they share."""
+
+    spec: api.StreamPipelineSpec
+    admin: RedisAdmin
+    backend: WorkloadBackend
+    memory: PipelineMemory
+    report: PassReport
+    clock: Clock
+    consumer_idle_floor: float
+
+    def event(self, reason: Reason, message: str, group: str | None = None, *, warning: bool = False) -> None:
+        self.report.events.append(PassEvent(reason, message, group=group, warning=warning))
+
+    async def fix_groups(self, known_positions: Mapping[str, LastKnownPosition]) -> None:
+        spec, memory = self.spec, self.memory
+        plan = plan_groups(
+            [DesiredGroup(name=group.name, start_id=group.start_id) for group in spec.groups],
+            [group.name for group in self.report.observation.groups],
+            {**known_positions, **memory.positions},
+            spec.deletion_policy,
+        )
+        changed = False
+        for action in plan.actions:
+            changed = await self._apply_group_action(action) or changed
+        for name in plan.orphaned:
+            if name not in memory.orphans_reported:
+                memory.orphans_reported.add(name)
+                self.event(
+                    Reason.GROUP_ORPHANED,
+                    f"group {name} is on stream {spec.stream} but not in the spec; left in place because "
+                    f"deletionPolicy is Retain (destroy it by hand, or use deletionPolicy Delete)",
+                    name,
+                    warning=True,
+                )
+        self.report.orphaned = plan.orphaned
+        if changed:
+            self.report.observation = await self.admin.observe_stream(
+                spec.stream, dead_letter=spec.dead_letter_stream
+            )
+        for state in self.report.observation.groups:
+            memory.positions[state.name] = LastKnownPosition(
+                last_delivered_id=state.last_delivered_id,
+                entries_read=state.entries_read,
+                oldest_pending_id=state.oldest_pending_id if state.pending else None,
+            )
+
+    async def _apply_group_action(self, action: CreateGroup | DestroyGroup) -> bool:
+        """Run one group action; True when it changed the server."""
+        stream = self.spec.stream
+        if isinstance(action, DestroyGroup):
+            self.memory.positions.pop(action.group, None)
+            if not (await self.admin.destroy_group(stream, action)).changed:
+                return False
+            self.event(Reason.GROUP_DESTROYED, action.reason, action.group)
+            return True
+        try:
+            result = await self.admin.create_group(stream, action)
+        except (RedisUnreachableError, RedisAuthError):
+            raise
+        except RedisAdminError as exc:
+            self.report.group_problems[action.group] = str(exc)
+            return False
+        if not result.changed:
+            return False
+        if action.recreated:
+            self.event(Reason.GROUP_RECREATED, action.reason, action.group, warning=True)
+        else:
+            self.event(Reason.GROUP_CREATED, f"{action.reason} on {stream}", action.group)
+        return True
+
+    async def scale(self) -> None:
+        now, memory = self.clock.monotonic(), self.memory
+        for group in self.spec.groups:
+            if group.scaling.mode == "none":
+                continue
+            current = self.backend.current_replicas(group.name)
+            if now < memory.scale_due.get(group.name, 0.0) and current is not None:
+                continue
+            memory.scale_due[group.name] = now + group.scaling.poll_interval.total_seconds()
+            decision = scaling_decision(
+                group,
+                self.report.observation.group(group.name),
+                current=current,
+                history=memory.histories.get(group.name),
+                now=self.clock.time(),
+            )
+            memory.histories[group.name] = decision.history
+            self.report.decisions[group.name] = decision
+            if current is not None and decision.desired_replicas != current:
+                await self.backend.set_replicas(group.name, decision, current)
+
+    async def retain(self) -> None:
+        spec, memory, now = self.spec, self.memory, self.clock.monotonic()
+        if now < memory.retention_due:
+            return
+        interval = spec.retention.interval.total_seconds() if spec.retention else DEFAULT_RETENTION_INTERVAL
+        memory.retention_due = now + interval
+        observation = self.report.observation
+        actions: list[TrimAction] = []
+        try:
+            outcome = None
+            if spec.retention is not None:
+                policy = retention_policy(spec.retention)
+                plan = await self.admin.retention_plan(observation, policy, now=self.clock.time())
+                actions.extend(plan.actions)
+                outcome = RetentionOutcome(held=plan.held, protected=policy.protect_unprocessed)
+                if plan.held is not None and (memory.retention is None or memory.retention.held is None):
+                    self.event(Reason.RETENTION_HELD, plan.held.message, warning=True)
+            memory.retention = outcome
+            dead_letter = plan_dead_letter_trim(
+                observation.dead_letter_length or 0, spec.dead_letter.max_length, approximate=True
+            )
+            if dead_letter is not None:
+                actions.append(dead_letter)
+            if not actions:
+                return
+            removed = await self.admin.apply_trims(spec.stream, spec.dead_letter_stream, actions)
+        except RedisAdminError as exc:
+            self.event(Reason.RETENTION_FAILED, f"retention: {exc}", warning=True)
+            return
+        trimmed = {
+            "stream": removed.get(spec.stream, 0),
+            "dead_letter": removed.get(spec.dead_letter_stream, 0),
+        }
+        self.report.trimmed = trimmed
+        for target, key in (("stream", spec.stream), ("dead_letter", spec.dead_letter_stream)):
+            if trimmed[target]:
+                why = "; ".join(action.reason for action in actions if action.target == target)
+                self.event(Reason.TRIMMED, f"trimmed {trimmed[target]} entries from {key}: {why}")
+
+    async def clean_consumers(self) -> None:
+        spec, memory, now = self.spec, self.memory, self.clock.monotonic()
+        if now < memory.cleanup_due:
+            return
+        claim_idle = spec.retry.claim_idle.total_seconds()
+        memory.cleanup_due = now + max(claim_idle, self.consumer_idle_floor)
+        names = {group.name for group in spec.groups}
+        cleanup = plan_consumer_cleanup(
+            [state for state in self.report.observation.groups if state.name in names],
+            # Idle for two claimIdle periods: a live worker reads far more often than that.
+            idle_after=max(2 * claim_idle, self.consumer_idle_floor),
+            live_consumers=self.backend.live_consumers(),
+        )
+        for action in cleanup.delete:
+            try:
+                result = await self.admin.delete_consumer(spec.stream, action)
+            except RedisAdminError as exc:
+                self.event(
+                    Reason.CONSUMER_CLEANUP_FAILED, f"consumer cleanup: {exc}", action.group, warning=True
+                )
+                continue
+            if result.deleted:
+                self.event(Reason.CONSUMER_REMOVED, action.reason, action.group)
+        for kept in cleanup.stranded:
+            self.event(
+                Reason.CONSUMER_KEPT,
+                f"consumer {kept.consumer} of group {kept.group} is idle {kept.idle:.0f}s with "
+                f"{kept.pending} pending entries: kept; a running worker claims them after claimIdle",
+                kept.group,
+            )
