@@ -438,10 +438,9 @@ def test_fuzzed_payloads_are_processed_or_dead_lettered_and_the_worker_survives(
 
 
 def test_replay_puts_back_bytes_that_are_not_utf8(redis_server: ServerProcess) -> None:
-    """Regression (found by the payload fuzzing above): the worker reads undecodable bytes as surrogates
-    and dead-letters them faithfully, but replaying such an entry with the synchronous client of
-    ``connection.create_client`` (`streampipe dlq replay`) failed with UnicodeEncodeError: its hiredis
-    packer encodes strictly. It now falls back to the Python packer, as the async client already did."""
+    """A dead-lettered entry whose bytes are not UTF-8 (the worker reads them as surrogates) replays
+    byte for byte with the synchronous client of ``connection.create_client`` (`streampipe dlq
+    replay`), as with the async one: both packers accept surrogates."""
     raw = redis.Redis(port=redis_server.port)
     client: Any = create_client(ConnectionSettings(url=redis_server.url))
     original = {b"type": b"order.created", b"payload": b"\xff\xfe not UTF-8", b"\xc3(": b"odd name"}

@@ -205,10 +205,9 @@ def blocked_reads(client: redis.Redis) -> int:
 def test_an_entry_delivered_twice_to_one_worker_runs_once(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    """Regression (found by the test above): after a partition longer than claimIdle, one worker got the
-    same entry twice - the delayed reply of its XREADGROUP (delivery 1) and its own XAUTOCLAIM, sent
-    during the partition and run at the heal (delivery 2) - ran it twice and wrote two dead-letter
-    envelopes. The copy already in flight now settles it alone."""
+    """An entry that reaches one worker twice while the first copy is in flight (the delayed reply of
+    its XREADGROUP after a partition longer than claimIdle, and its own XAUTOCLAIM at the heal) runs
+    once and gets one dead-letter envelope: the copy already in flight settles it alone."""
     server = server_factory(kind)
     admin = server.client()
     admin.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
@@ -235,10 +234,9 @@ def test_an_entry_delivered_twice_to_one_worker_runs_once(
 def test_a_late_dead_letter_move_is_not_written_twice(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    """Regression (found by the network fault test, 1 run in 6): a worker whose XREADGROUP reply was held
-    by a partition ran a poison entry that a peer had meanwhile reclaimed and dead-lettered, and wrote a
-    second envelope. A dead-letter move now first checks that the entry is still pending for this
-    consumer (as a retried move already did)."""
+    """A poison entry gets one dead-letter envelope even when a worker whose XREADGROUP reply was held
+    by a partition runs it after a peer reclaimed and dead-lettered it: a dead-letter move includes
+    only the entries still pending for this consumer."""
     server = server_factory(kind)
     admin = server.client()
     admin.xgroup_create(STREAM, GROUP, id="$", mkstream=True)

@@ -334,9 +334,9 @@ def c1_settings(redis_url: str, stream: str, **values: str) -> WorkerSettings:
 async def test_a_restarted_consumer_reports_its_pending_entries_that_were_trimmed(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above): a consumer restarted under its name hands back what its
-    previous run left pending with XCLAIM, and XCLAIM silently drops PEL entries whose stream entry was
-    deleted. Those entries were never reported as trimmed before processing; now they are."""
+    """Entries a previous run left pending whose stream entry was deleted (XCLAIM drops them from the
+    PEL without a word when a consumer restarted under its name hands them back) are reported as
+    trimmed before processing."""
     stream = "{regression}:events"
     redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     ids = [redis_client.xadd(stream, {"behaviour": "ok"}) for _ in range(5)]
@@ -395,9 +395,8 @@ class SwallowsOneCancellation(redis.asyncio.Redis):
 async def test_a_cancelled_consumer_stops_even_if_a_cancellation_is_lost(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above, which hung in 1 run of 6): when its task was cancelled (a
-    crash, or an error in one of its loops), a consumer whose reader lost the cancellation kept reading
-    forever and ``run()`` never returned."""
+    """``run()`` returns when its task is cancelled (a crash, or an error in one of its loops) even if
+    the reader's redis-py call swallowed the cancellation."""
     client = SwallowsOneCancellation.from_url(
         redis_url, decode_responses=True, socket_timeout=15, client_name="c1"
     )
@@ -436,8 +435,8 @@ class SwallowsTheCancelledHandBack(redis.asyncio.Redis):
 async def test_a_consumer_cancelled_while_starting_stops_even_if_the_cancellation_is_lost(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """Regression (found by the model above on CI: a consumer crashed 50 ms after it started hung the
-    run): a cancellation lost during the start-up hand-back left ``run()`` consuming for ever."""
+    """``run()`` returns when it is cancelled during the start-up hand-back, even if redis-py swallowed
+    the cancellation there."""
     client = SwallowsTheCancelledHandBack.from_url(redis_url, decode_responses=True, socket_timeout=15)
     consumer = idle_consumer(redis_client, redis_url, client, block="20ms")
     task = asyncio.create_task(consumer.run())

@@ -73,8 +73,8 @@ def run_worker_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_worker_messages_never_show_a_password_from_the_url() -> None:
-    """Regression (found here): ``--check --ping`` printed the URL with its password when the server was
-    unreachable, and a settings error echoed a URL with credentials."""
+    """No worker message shows a password from the URL: neither ``--check --ping`` with an unreachable
+    server nor a settings error."""
     base = {
         f"{ENV_PREFIX}STREAM": INSIDE,
         f"{ENV_PREFIX}GROUP": GROUP,
@@ -430,9 +430,9 @@ def test_no_credential_in_worker_output(server_factory: Callable[..., ServerProc
 
 @pytest.mark.timeout(60)
 async def test_a_worker_that_cannot_authenticate_never_reports_ready(redis_url: str) -> None:
-    """Regression (found by the test above): with a wrong password the worker's lease loop, which had
-    nothing to renew and so sent nothing, marked the connection restored: /readyz flapped to ready and
-    the log said "connection to Redis restored" between authentication failures."""
+    """A worker that cannot authenticate never reports ready, and never logs "connection to Redis
+    restored" between authentication failures: only a command that reached Redis (not a lease pass
+    with nothing to send) counts as connected."""
     from streampipe_worker.consumer import Consumer
     from streampipe_worker.router import classify_handler
     from streampipe_worker.settings import load_settings
