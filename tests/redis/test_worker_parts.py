@@ -58,6 +58,13 @@ def counted(metrics: WorkerMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, {"stream": STREAM, "group": GROUP, **labels})
 
 
+def leases_of(client: Any, stats: Stats) -> Leases:
+    acks = AckBuffer(client, STREAM, GROUP, dedupe_ms=None)
+    return Leases(
+        PendingEntries(client, STREAM, GROUP, "c1"), POLICY, acks, stats, WorkerMetrics(STREAM, GROUP)
+    )
+
+
 def entries_of(ids: list[str], deliveries: int = 1) -> list[Entry]:
     return [Entry(entry_id, {"type": "t"}, deliveries, STREAM, GROUP) for entry_id in ids]
 
@@ -147,13 +154,7 @@ async def test_leases_hand_back_at_shutdown_gives_unstarted_deliveries_back(
 ) -> None:
     ids = delivered(redis_client, 4)
     stats = Stats()
-    leases = Leases(
-        PendingEntries(client, STREAM, GROUP, "c1"),
-        POLICY,
-        AckBuffer(client, STREAM, GROUP, dedupe_ms=None),
-        stats,
-        WorkerMetrics(STREAM, GROUP),
-    )
+    leases = leases_of(client, stats)
     leases.note_seen(ids[1])  # ids[2:] were delivered by a read whose reply never arrived
     leases.unstarted.extend(entries_of(ids[:1]))
     leases.start(entries_of(ids[1:2]))
@@ -176,13 +177,7 @@ async def test_leases_report_entries_trimmed_before_processing(
 ) -> None:
     ids = delivered(redis_client, 2)
     stats = Stats()
-    leases = Leases(
-        PendingEntries(client, STREAM, GROUP, "c1"),
-        POLICY,
-        AckBuffer(client, STREAM, GROUP, dedupe_ms=None),
-        stats,
-        WorkerMetrics(STREAM, GROUP),
-    )
+    leases = leases_of(client, stats)
     redis_client.xdel(STREAM, ids[0])
     await leases.schedule_retries(entries_of(ids))
     assert stats.trimmed == 1
