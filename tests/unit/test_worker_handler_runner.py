@@ -73,7 +73,7 @@ async def test_a_fast_sync_handler_moves_to_the_loop_and_a_slow_call_sends_it_ba
     assert result.started == 3
     assert not result.failures
     assert not runner.inline  # a call over the limit: back on the handler thread
-    assert threads == [threading.current_thread().name] * 3  # this batch fit in the loop's budget
+    assert threads[0] == threading.current_thread().name  # it started on the loop
     threads.clear()
     await runner.run(entries(2))
     assert all(name.startswith("handler") for name in threads)
