@@ -18,11 +18,7 @@ MAX_MODULE_LINES = 700
 MAX_CLASS_LINES = 400
 
 # path (relative to the repository) -> why it may exceed the limits
-EXCEPTIONS: dict[str, str] = {
-    # Temporary: the worker's Consumer (984 lines) is being taken apart on the worker branch (issue 17,
-    # item 2); remove this entry when that branch is merged.
-    "worker/streampipe_worker/consumer.py": "temporary, until the Consumer split is merged",
-}
+EXCEPTIONS: dict[str, str] = {}
 
 
 def problems_of(path: Path) -> list[str]:

@@ -18,10 +18,10 @@ from redis.retry import Retry
 import redis
 from streampipe_operator import api
 from streampipe_operator.engine.housekeeping import PassReport, PipelineMemory, run_pass
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.groups import LastKnownPosition
 from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.streams.admin import RedisAdmin, RedisUnreachableError, WrongKeyTypeError
+from streampipe_worker.entry_ids import EntryId
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,6 @@ from redis.retry import Retry
 
 import redis
 from streampipe_operator.plan.consumers import DeleteConsumer, plan_consumer_cleanup
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.groups import (
     DesiredGroup,
     LastKnownPosition,
@@ -31,6 +30,7 @@ from streampipe_operator.streams.admin import (
     WrongKeyTypeError,
 )
 from streampipe_worker.connection import ConnectionSettings, create_async_client
+from streampipe_worker.entry_ids import EntryId
 from tests.support.servers import ServerProcess, free_port
 from tests.support.topologies import start_cluster
 

@@ -11,9 +11,9 @@ import pytest
 from streampipe_operator import api
 from streampipe_operator.controller.reconcile import error_delay
 from streampipe_operator.engine.housekeeping import scaling_decision
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import GroupState, Lag
 from streampipe_operator.plan.scaling import Recommendation
+from streampipe_worker.entry_ids import EntryId
 
 T0 = 1_800_000_000.0
 

@@ -16,9 +16,9 @@ from streampipe_operator.local.accounting import (
     backlog_settled,
     latencies,
 )
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import GroupState, Lag, StreamObservation, StreamState
 from streampipe_worker.deadletter import DeadLetterEnvelope
+from streampipe_worker.entry_ids import EntryId
 
 START_ID = "1000-0"
 

@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from streampipe_operator.plan.backlog import Backlog, counted_lag, lag_from_server
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import Lag, StreamState
+from streampipe_worker.entry_ids import EntryId
 
 
 def stream(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from streampipe_operator.plan.consumers import ConsumerCleanup, StrandedConsumer, plan_consumer_cleanup
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag
+from streampipe_worker.entry_ids import EntryId
 
 
 def group(name: str, *consumers: tuple[str, int, float]) -> GroupState:

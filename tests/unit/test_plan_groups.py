@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import pytest
 from pydantic import ValidationError
 
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.groups import (
     CreateGroup,
     DeleteKeys,
@@ -20,6 +19,7 @@ from streampipe_operator.plan.groups import (
     plan_groups,
     plan_teardown,
 )
+from streampipe_worker.entry_ids import EntryId
 
 
 def want(*groups: tuple[str, str]) -> list[DesiredGroup]:

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from streampipe_operator.plan.entry_ids import ZERO, EntryId
 from streampipe_operator.plan.observed import GroupState, Lag, StreamState
 from streampipe_operator.plan.retention import (
     CountRequest,
@@ -23,6 +22,7 @@ from streampipe_operator.plan.retention import (
     plan_retention,
     protection_bounds,
 )
+from streampipe_worker.entry_ids import ZERO, EntryId
 
 # The stream in the tables: 100 entries with IDs 100-0 .. 199-0 (one per millisecond).
 STREAM = StreamState(

@@ -18,10 +18,10 @@ from streampipe_operator.kube.status import (
     status_document,
     worth_writing,
 )
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
 from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld, RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
+from streampipe_worker.entry_ids import EntryId
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 VALKEY = ServerCapabilities(

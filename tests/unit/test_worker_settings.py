@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from streampipe_worker.connection import cluster_key_problem, hash_tag, parse_url
+from streampipe_worker.connection import parse_url
+from streampipe_worker.keys import cluster_key_problem, hash_tag
 from streampipe_worker.settings import (
     SettingsError,
     WorkerSettings,

@@ -16,14 +16,21 @@ whose name is an envelope name, or starts with ``original.``, is stored as ``ori
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streampipe_worker.router import PAYLOAD_FIELD, TYPE_FIELD
+from streampipe_worker import crash_points
+from streampipe_worker.metrics import WorkerMetrics
+from streampipe_worker.pending import PendingEntries
+from streampipe_worker.redis_errors import retry_while_transient
+from streampipe_worker.router import PAYLOAD_FIELD, TYPE_FIELD, Entry
+
+log = logging.getLogger("streampipe.worker")
 
 ENVELOPE_FIELDS = (
     "original_id",
@@ -54,6 +61,7 @@ def stored_name(field: str) -> str:
 
 
 def exception_name(exc: BaseException) -> str:
+    """The class of ``exc`` as the envelope records it: ``ValueError``, ``shop.billing.Declined``."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
@@ -102,6 +110,12 @@ class DeadLetterEnvelope(BaseModel):
             exception="" if isinstance(error, str) else exception_name(error),
             original=dict(fields),
         )
+
+    @property
+    def short_exception(self) -> str:
+        """The exception class without its module (``InvalidEventError``); empty when the entry was
+        dead-lettered for a reason rather than an exception."""
+        return self.exception.rsplit(".", 1)[-1]
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry: envelope fields plus every original field (see the module docstring)."""
@@ -164,6 +178,112 @@ def queue_dead_letter_move(
     for envelope in envelopes:
         transaction.xadd(dead_letter, envelope.to_fields())
     transaction.xack(stream, group, *[envelope.original_id for envelope in envelopes])
+
+
+class DeadLetter(NamedTuple):
+    """An entry on its way to the dead-letter stream, and why."""
+
+    entry: Entry
+    error: BaseException | str  # what the handler raised, or why the entry never ran
+    rejected: bool  # refused as such (PermanentError, invalid event): counted as reason="rejected"
+
+
+class DeadLetterMover:
+    """Moves entries of one consumer to the dead-letter stream: ``MULTI { XADD envelope ... ; XACK }``.
+
+    A move includes only the ids still pending for this consumer, checked with XPENDING before it
+    and again after a lost EXEC reply: a move that landed is not redone, and an entry a peer took
+    after this worker's lease lapsed is left to that peer.
+    """
+
+    def __init__(
+        self,
+        pel: PendingEntries,
+        dead_letter: str,
+        metrics: WorkerMetrics,
+        stopping: Callable[[], bool],
+        crash_at: str | None = None,
+    ) -> None:
+        self.pel = pel
+        self.client = pel.client
+        self.dead_letter = dead_letter
+        self.metrics = metrics
+        self._stopping = stopping
+        self._crash_at = crash_at  # a test hook, off unless the fault suite sets it
+
+    async def move(self, dead: Sequence[DeadLetter]) -> int:
+        """Move ``dead``; returns how many this consumer moved (a peer's are left to it)."""
+        pel = self.pel
+        envelopes = [
+            DeadLetterEnvelope.for_failure(
+                entry_id=item.entry.id,
+                fields=item.entry.fields,
+                stream=pel.stream,
+                group=pel.group,
+                consumer=pel.consumer,
+                deliveries=item.entry.deliveries,
+                error=item.error,
+            )
+            for item in dead
+        ]
+        todo = envelopes
+        taken: set[str] = set()  # no longer ours before we tried: a peer took them (lease lapsed)
+        failures = 0
+
+        async def attempt() -> None:
+            nonlocal todo, taken
+            # Only ids still pending for this consumer: after a lost EXEC reply the move may have
+            # happened; after a lease lapsed (a partition, a stall) a peer may have taken the
+            # entry and moved it. Either way a second envelope would be a duplicate.
+            owners = await pel.owners([envelope.original_id for envelope in todo])
+            pending = [envelope for envelope in todo if owners.get(envelope.original_id) == pel.consumer]
+            if not failures and len(pending) < len(todo):
+                taken = {e.original_id for e in todo} - {e.original_id for e in pending}
+            todo = pending
+            if not todo:
+                return
+            transaction = self.client.pipeline(transaction=True)
+            queue_dead_letter_move(
+                transaction, stream=pel.stream, group=pel.group, dead_letter=self.dead_letter, envelopes=todo
+            )
+            if self._crash_at == "inside-dlq-move":
+                await crash_points.crash_inside_transaction(self.client, transaction)
+            await transaction.execute()
+            todo = []
+
+        def failed(exc: BaseException, attempts: int) -> None:
+            nonlocal failures
+            failures = attempts
+            self.metrics.connection_errors.inc()
+            log.warning("dead-letter move of %d entries: %s; checking the PEL and retrying", len(todo), exc)
+
+        gave_up = await retry_while_transient(
+            attempt,
+            delay=lambda attempts: min(0.1 * 2**attempts, 5.0),
+            give_up=lambda attempts: self._stopping() and attempts > 20,
+            on_error=failed,
+        )
+        if gave_up is not None:
+            log.error(
+                "could not move %d entries to %s (%s); they stay pending for a peer",
+                len(todo),
+                self.dead_letter,
+                gave_up,
+            )
+            return 0
+        for entry, error, rejected in dead:
+            if entry.id in taken:
+                log.info("entry %s is no longer pending here (a peer took it): not moved here", entry.id)
+                continue
+            (self.metrics.dead_rejected if rejected else self.metrics.dead_max_deliveries).inc()
+            log.warning(
+                "entry %s moved to %s after %d deliveries: %s",
+                entry.id,
+                self.dead_letter,
+                entry.deliveries,
+                error if isinstance(error, str) else f"{type(error).__name__}: {error}",
+            )
+        return len(dead) - len(taken)
 
 
 # --- replay -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import bisect
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,6 +105,19 @@ class DurationHistogram(Collector):
             buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
         family.add_metric(list(self.labels.values()), buckets, total)
         yield family
+
+
+@dataclass
+class Stats:
+    """Counts kept in memory for tests, the demo and the benchmark (metrics have the same numbers)."""
+
+    processed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    trimmed: int = 0
+    handed_back: int = 0
+    deduplicated: int = 0
 
 
 class WorkerMetrics:

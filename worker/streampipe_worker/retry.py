@@ -10,9 +10,15 @@ its lease and hands it back once the remaining wait fits (``hand_back_idle``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from streampipe_worker.deadletter import DeadLetter
+from streampipe_worker.handler_runner import HandlerFailure
+from streampipe_worker.router import Entry, PermanentError
 
 
 class RetryPolicy(BaseModel):
@@ -69,3 +75,57 @@ class RetryPolicy(BaseModel):
         """
         shortest = min(self.backoff_initial.total_seconds(), self.claim_idle.total_seconds())
         return min(max(shortest / 4, 0.05), 0.5)
+
+
+class Runnable(NamedTuple):
+    """Reclaimed entries that may still run, with their dedupe markers (None when dedupe is off)."""
+
+    entries: list[Entry]
+    markers: list[str] | None
+
+
+def drop_exhausted(
+    entries: list[Entry], markers: list[str] | None, max_deliveries: int, dead: list[DeadLetter]
+) -> Runnable:
+    """Reclaimed entries already delivered more than ``max_deliveries`` times never ran to the end
+    (their workers crashed or lost the lease): they go to ``dead`` without running."""
+    if all(entry.deliveries <= max_deliveries for entry in entries):
+        return Runnable(entries, markers)
+    runnable: list[Entry] = []
+    runnable_markers: list[str] = []
+    for index, entry in enumerate(entries):
+        if entry.deliveries > max_deliveries:
+            reason = (
+                f"delivered {entry.deliveries} times without a result (max {max_deliveries}): the workers "
+                "handling it crashed or lost their lease"
+            )
+            dead.append(DeadLetter(entry, reason, rejected=False))
+        else:
+            runnable.append(entry)
+            if markers is not None:
+                runnable_markers.append(markers[index])
+    return Runnable(runnable, runnable_markers if markers is not None else None)
+
+
+class FailedEntry(NamedTuple):
+    """An entry whose handler call failed, to be retried."""
+
+    entry: Entry
+    error: BaseException
+
+
+def sort_failures(
+    entries: Sequence[Entry], failures: Sequence[HandlerFailure], policy: RetryPolicy, dead: list[DeadLetter]
+) -> list[FailedEntry]:
+    """A PermanentError or a failure at the last delivery goes to ``dead``; the entries to retry are
+    returned, in the order they failed."""
+    retry: list[FailedEntry] = []
+    for index, exc in failures:
+        entry = entries[index]
+        if isinstance(exc, PermanentError):
+            dead.append(DeadLetter(entry, exc, rejected=True))
+        elif policy.exhausted(entry.deliveries):
+            dead.append(DeadLetter(entry, exc, rejected=False))
+        else:
+            retry.append(FailedEntry(entry, exc))
+    return retry

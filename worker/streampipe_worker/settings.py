@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streampipe_worker import durations
 from streampipe_worker.durations import format_duration
+from streampipe_worker.keys import cluster_key_problem
 
 ENV_PREFIX = "STREAMPIPE_"
 
@@ -173,8 +174,6 @@ class WorkerSettings(BaseSettings):
         if self.dead_letter == self.stream:
             found.append((name("dead_letter_stream"), "must differ from STREAMPIPE_STREAM"))
         if self.redis_mode == "cluster":
-            from streampipe_worker.connection import cluster_key_problem
-
             problem = cluster_key_problem(self.stream, self.dead_letter)
             if problem:
                 found.append((name("stream"), problem))

@@ -27,7 +27,7 @@ def dlq_list(
     """List dead letters, oldest first: when, which entry, which group, why."""
     from rich.table import Table
 
-    from streampipe_operator.streams.dlq import DeadLetterFilter, list_dead_letters, short_exception
+    from streampipe_operator.streams.dlq import DeadLetterFilter, list_dead_letters
     from streampipe_operator.streams.targets import resolve_target, server_errors
 
     with options.command_errors("dlq list"):
@@ -53,7 +53,7 @@ def dlq_list(
             env.type,
             env.group,
             str(env.deliveries),
-            short_exception(env.exception, missing="-"),
+            env.short_exception or "-",
             env.error if len(env.error) <= 80 else env.error[:79] + "…",
         )
     make_console().print(table)

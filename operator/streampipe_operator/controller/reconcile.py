@@ -65,7 +65,6 @@ from streampipe_operator.kube.status import (
     transition_events,
     worth_writing,
 )
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.groups import LastKnownPosition
 from streampipe_operator.plan.scaling import ScalingDecision, placed_replicas
 from streampipe_operator.streams.admin import (
@@ -73,6 +72,7 @@ from streampipe_operator.streams.admin import (
     RedisAuthError,
     RedisUnreachableError,
 )
+from streampipe_worker.entry_ids import EntryId
 
 log = logging.getLogger("streampipe.operator")
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 
 from streampipe_operator.local.models import GroupSummary, LatencySummary
 from streampipe_operator.plan.backlog import group_backlog
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import StreamObservation, StreamState
-from streampipe_operator.streams.dlq import short_exception
 from streampipe_worker.deadletter import DeadLetterEnvelope
+from streampipe_worker.entry_ids import EntryId
 
 Fields = Mapping[str, str]
 
@@ -122,7 +121,7 @@ def dead_letter_reasons(dead_letters: Sequence[Fields]) -> dict[str, Counter[str
             envelope = DeadLetterEnvelope.from_fields(dict(fields))
         except (ValueError, TypeError):
             continue
-        reasons.setdefault(envelope.group, Counter())[short_exception(envelope.exception)] += 1
+        reasons.setdefault(envelope.group, Counter())[envelope.short_exception or "error"] += 1
     return reasons
 
 

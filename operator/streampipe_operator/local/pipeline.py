@@ -60,7 +60,6 @@ from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import StreamObservation
 from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError
-from streampipe_operator.streams.dlq import short_exception
 from streampipe_operator.streams.targets import CommandError, redact_url
 from streampipe_worker.deadletter import DeadLetterEnvelope
 
@@ -341,7 +340,7 @@ class LocalPipeline:
                 envelope = DeadLetterEnvelope.from_fields(fields)
             except (ValueError, TypeError):
                 continue
-            kind = short_exception(envelope.exception)
+            kind = envelope.short_exception or "error"
             self.log(
                 "dead-letter",
                 f"{envelope.group}: {envelope.original_id} after {envelope.deliveries} "

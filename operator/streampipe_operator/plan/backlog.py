@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from streampipe_operator.plan.entry_ids import ZERO, EntryId
 from streampipe_operator.plan.frozen import Frozen
 from streampipe_operator.plan.observed import GroupState, Lag, StreamState
+from streampipe_worker.entry_ids import ZERO, EntryId
 
 
 class Backlog(Frozen):

@@ -24,8 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from streampipe_operator.plan.entry_ids import ZERO, EntryId
 from streampipe_operator.plan.frozen import Frozen
+from streampipe_worker.entry_ids import ZERO, EntryId
 
 DeletionPolicy = Literal["Retain", "Delete"]
 

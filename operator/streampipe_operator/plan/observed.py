@@ -11,8 +11,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.frozen import Frozen
+from streampipe_worker.entry_ids import EntryId
 
 LagSource = Literal["server", "derived", "counted", "lower_bound", "unknown"]
 """Where a lag figure comes from:

@@ -43,9 +43,9 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from streampipe_operator.plan.entry_ids import ZERO, EntryId
 from streampipe_operator.plan.frozen import Frozen
 from streampipe_operator.plan.observed import GroupState, StreamState
+from streampipe_worker.entry_ids import ZERO, EntryId
 
 Target = Literal["stream", "dead_letter"]
 

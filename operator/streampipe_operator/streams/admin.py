@@ -31,7 +31,6 @@ import redis.exceptions
 
 from streampipe_operator.plan.backlog import counted_lag, lag_from_server
 from streampipe_operator.plan.consumers import DeleteConsumer
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.frozen import Frozen
 from streampipe_operator.plan.groups import CreateGroup, DeleteKeys, DestroyGroup, GroupPlan
 from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
@@ -46,6 +45,7 @@ from streampipe_operator.plan.retention import (
 from streampipe_operator.streams import paging
 from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities
 from streampipe_worker.connection import AsyncClient
+from streampipe_worker.entry_ids import EntryId
 
 log = logging.getLogger(__name__)
 

@@ -101,11 +101,6 @@ class PurgeResult(BaseModel):
     deleted: int
 
 
-def short_exception(name: str, missing: str = "error") -> str:
-    """``shop.errors.PermanentError`` -> ``PermanentError`` (``missing`` when the envelope has none)."""
-    return name.rsplit(".", 1)[-1] or missing
-
-
 def parse_entry(entry_id: str, fields: dict[str, str]) -> DeadLetter:
     try:
         envelope: DeadLetterEnvelope | None = DeadLetterEnvelope.from_fields(fields)

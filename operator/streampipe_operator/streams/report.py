@@ -16,11 +16,11 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from streampipe_operator.plan.entry_ids import EntryId
 from streampipe_operator.plan.observed import ConsumerState
 from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError, translate_error
 from streampipe_operator.streams.targets import CommandError, Target, redact_url
 from streampipe_worker.connection import create_async_client
+from streampipe_worker.entry_ids import EntryId
 
 
 class OldestPending(BaseModel):

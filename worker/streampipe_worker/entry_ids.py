@@ -1,8 +1,8 @@
 """Stream entry IDs as values: ``<milliseconds>-<sequence>``, ordered, with neighbours.
 
-Every comparison of stream positions in the planner goes through :class:`EntryId`; string comparison
-of IDs is wrong (``"9-0" > "10-0"``), and the "first ID after X" and "last ID before X" arithmetic that
-trimming bounds need lives here and nowhere else.
+Every comparison of stream positions goes through :class:`EntryId` (the worker's and the
+operator's): string comparison of IDs is wrong (``"9-0" > "10-0"``), and the "first ID after X" and
+"last ID before X" arithmetic that trimming bounds need lives here and nowhere else.
 """
 
 from __future__ import annotations

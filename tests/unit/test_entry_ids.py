@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from streampipe_operator.plan.entry_ids import ZERO, EntryId
 from streampipe_operator.plan.frozen import Frozen
+from streampipe_worker.entry_ids import ZERO, EntryId
 
 U64_MAX = 2**64 - 1
 
@@ -33,6 +33,8 @@ def test_parse(text: str | bytes, expected: EntryId) -> None:
         pytest.param("-1", id="negative"),
         pytest.param(f"{2**64}-0", id="too-big"),
         pytest.param("", id="empty"),
+        pytest.param("1-x", id="letters-in-sequence"),
+        pytest.param("1-2-3", id="three-parts"),
     ],
 )
 def test_parse_refuses_non_ids(text: str) -> None:
