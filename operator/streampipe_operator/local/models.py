@@ -46,15 +46,20 @@ class GroupView(BaseModel):
     restarts: int
 
 
-class Snapshot(BaseModel):
-    """What the live view shows at one moment."""
+class PipelineIdentity(BaseModel):
+    """Which pipeline on which server: the head of both the live view and the summary."""
 
     pipeline: str
     stream: str
     dead_letter: str
     server: str
-    redis_url: str
+    redis_url: str = Field(description="Password redacted")
     embedded: bool
+
+
+class Snapshot(PipelineIdentity):
+    """What the live view shows at one moment."""
+
     persistence: str | None
     phase: str
     elapsed: float
@@ -90,15 +95,9 @@ class GroupSummary(BaseModel):
     latency: LatencySummary | None
 
 
-class UpSummary(BaseModel):
+class UpSummary(PipelineIdentity):
     """What ``streampipe up --output json`` prints at the end."""
 
-    pipeline: str
-    stream: str
-    dead_letter: str
-    server: str
-    redis_url: str
-    embedded: bool
     seconds: float = Field(description="From workers ready to workers stopped")
     produced: int
     dead_lettered: int

@@ -53,7 +53,15 @@ from streampipe_operator.local.accounting import (
 from streampipe_operator.local.counters import CounterBook, WorkerCounters, scrape_counters
 from streampipe_operator.local.demo import DemoCounts, DemoProducer
 from streampipe_operator.local.embedded import EmbeddedValkey
-from streampipe_operator.local.models import EventKind, GroupView, LogEvent, ScaleEvent, Snapshot, UpSummary
+from streampipe_operator.local.models import (
+    EventKind,
+    GroupView,
+    LogEvent,
+    PipelineIdentity,
+    ScaleEvent,
+    Snapshot,
+    UpSummary,
+)
 from streampipe_operator.local.processes import LocalRuntime, ReplicaSet, ReplicaSpec
 from streampipe_operator.local.workers import preflight, wait_ready, worker_env
 from streampipe_operator.plan.backlog import group_backlog
@@ -377,6 +385,16 @@ class LocalPipeline:
 
     # --- views -------------------------------------------------------------------------------------
 
+    def identity(self) -> PipelineIdentity:
+        return PipelineIdentity(
+            pipeline=self.name,
+            stream=self.stream,
+            dead_letter=self.dead_letter,
+            server=self.server,
+            redis_url=redact_url(self.redis_url),
+            embedded=self.embedded is not None,
+        )
+
     def snapshot(self, phase: str, duration: float | None, demo: DemoProducer | None) -> Snapshot:
         observation = self.observation
         stream = observation.stream if observation is not None else None
@@ -389,12 +407,7 @@ class LocalPipeline:
             groups.append(_group_view(name, run, observation, self.counters.totals(name), throughput))
         added = stream.entries_added if stream is not None and stream.entries_added is not None else None
         return Snapshot(
-            pipeline=self.name,
-            stream=self.stream,
-            dead_letter=self.dead_letter,
-            server=self.server,
-            redis_url=redact_url(self.redis_url),
-            embedded=self.embedded is not None,
+            **self.identity().model_dump(),
             persistence=self.embedded.persistence if self.embedded is not None else None,
             phase=phase,
             elapsed=self.elapsed(),
@@ -462,12 +475,7 @@ class LocalPipeline:
             demo_sent=demo.sent if demo is not None else None,
         )
         return UpSummary(
-            pipeline=self.name,
-            stream=self.stream,
-            dead_letter=self.dead_letter,
-            server=self.server,
-            redis_url=redact_url(self.redis_url),
-            embedded=self.embedded is not None,
+            **self.identity().model_dump(),
             seconds=round(seconds, 1),
             produced=result.produced,
             dead_lettered=result.dead_lettered,
