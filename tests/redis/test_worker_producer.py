@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from redis._parsers import _RESP2Parser
 
 import redis
 from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
@@ -32,6 +33,29 @@ def test_send_many_writes_each_event_as_xadd_would_in_order(
     stored = redis_client.xrange(STREAM)
     assert ids == [entry_id for entry_id, _ in stored]
     assert [fields for _, fields in stored] == [encode_event(event) for event in sent]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"protocol": 3}, {"parser_class": _RESP2Parser}],
+    ids=["resp3", "python-parser"],
+)
+def test_send_many_reads_replies_one_by_one_where_the_hiredis_reader_is_not_used(
+    redis_url: str, redis_client: redis.Redis, options: dict[str, object]
+) -> None:
+    # The reply loop reads hiredis' RESP2 reader directly; any other parser or protocol takes
+    # redis-py's read_response, with the same ids and the same refusals.
+    client = redis.Redis.from_url(redis_url, decode_responses=True, **options)  # type: ignore[arg-type]
+    redis_client.set("not-a-stream", "x")
+    sent = events(1500)
+    ids = Producer(client, STREAM, chunk_size=1000).send_many(sent)
+    assert ids == [entry_id for entry_id, _ in redis_client.xrange(STREAM)]
+    with pytest.raises(SendManyError) as raised:
+        Producer(client, "not-a-stream").send_many(sent[:3])
+    assert sorted(raised.value.errors) == [0, 1, 2]
+    assert all(isinstance(e, redis.exceptions.ResponseError) for e in raised.value.errors.values())
+    assert client.ping()
+    client.close()
 
 
 @pytest.mark.parametrize("approximate", [True, False], ids=["maxlen-approximate", "maxlen-exact"])
