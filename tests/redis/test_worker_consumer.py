@@ -250,7 +250,7 @@ async def test_dedupe_marker_skips_a_redelivered_event(
     )
     async with running(consumer):
         await eventually(lambda: pending_count(redis_client) == 0 and len(handled) == 2)
-    assert handled == ['{"id": 1}', '{"id": 2}']
+    assert [json.loads(payload) for payload in handled] == [{"id": 1}, {"id": 2}]
     assert consumer.stats.deduplicated == 1
     ttl = redis_client.pttl(f"{STREAM}:dedupe:{GROUP}:pay-1")
     assert 0 < ttl <= 60_000
