@@ -9,7 +9,9 @@ long a test waits before it fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +103,41 @@ class OperatorProcess:
         if not self.logfile.exists():
             return ""
         return self.logfile.read_text(errors="replace")[-size:]
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The operator's log (``--log-format json``), one dict per line; a line that is not JSON
+        (the interpreter's own output before logging is set up) becomes ``{"message": line}``."""
+        records: list[dict[str, Any]] = []
+        if not self.logfile.exists():
+            return records
+        for line in self.logfile.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            records.append(record if isinstance(record, dict) else {"message": line})
+        return records
+
+
+# How an API refusal reaches the log: kopf's APIForbiddenError carries the server's Status object
+# ("code": 403, "reason": "Forbidden", a message "<resource> is forbidden: ..."), the kubernetes
+# client's ApiException prints "(403)" and "Reason: Forbidden".
+# Matched in every field of a record but its timestamp.
+_API_FORBIDDEN = re.compile(
+    r"""["']code["']:\s*403\b|^\(403\)$|\bReason: Forbidden\b|["']reason["']:\s*["']Forbidden["']"""
+    r"|\bAPIForbiddenError\b|\bis forbidden: ",
+    re.MULTILINE,
+)
+
+
+def forbidden_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The log records that report an HTTP 403 from the API server."""
+    timestamps = ("timestamp", "time", "asctime", "created")
+    return [
+        r
+        for r in records
+        if any(_API_FORBIDDEN.search(str(value)) for name, value in r.items() if name not in timestamps)
+    ]
 
 
 class Cluster:
