@@ -127,6 +127,27 @@ def test_producer_validates_with_the_routers_models() -> None:
         encode_event(Event(type="order.paid", payload={}), router)
 
 
+def test_producer_writes_plain_payloads_as_compact_json_as_documented() -> None:
+    # docs/handlers.md: compact JSON, ISO 8601 datetimes, str() for what JSON has no type for,
+    # NaN and infinities as Python's json writes them.
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    payload = {
+        "order_id": 1,
+        "total": 9.5,
+        "at": datetime(2026, 12, 3, 10, 0, tzinfo=UTC),
+        "ref": Opaque(),
+        "inf": float("inf"),
+        "name": "café",
+    }
+    fields = encode_event(Event(type="order.created", payload=payload))
+    assert fields["payload"] == (
+        '{"order_id":1,"total":9.5,"at":"2026-12-03T10:00:00Z","ref":"opaque","inf":Infinity,"name":"café"}'
+    )
+
+
 field_names = st.sampled_from(
     [
         "type",
