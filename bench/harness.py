@@ -54,7 +54,7 @@ def example_fields(i: int) -> dict[str, str]:
 
 # --- servers ------------------------------------------------------------------------------------------
 
-SERVER_LABELS = {"valkey9": "Valkey", "redis7": "Redis"}
+SERVER_LABELS = {"valkey9": "Valkey", "redis7": "Redis", "redis8": "Redis"}
 
 
 @dataclass

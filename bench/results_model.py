@@ -9,6 +9,7 @@ from memory_footprint import ServerMemory
 from operator_scaling import OperatorResult
 from producer_throughput import ProducerRates
 from scale_out import Ceiling
+from server_paths import PathCost
 from worker_profile import Profile
 from worker_throughput import Sample
 
@@ -113,6 +114,7 @@ class Results(Model):
     memory: Memory | None = None
     operator: OperatorResult | None = None
     profile: Profile | None = None
+    server_paths: list[PathCost] = Field(default_factory=list, description="Redis 8.2 commands vs fallbacks")
     skipped: dict[str, str] = Field(default_factory=dict, description="benchmark -> why it did not run")
     failed: dict[str, str] = Field(default_factory=dict, description="benchmark -> the error that stopped it")
     ratios: list[Ratio] = Field(default_factory=list)

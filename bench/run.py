@@ -31,12 +31,22 @@ import memory_footprint
 import operator_scaling
 import producer_throughput
 import scale_out
+import server_paths
 import worker_profile
 import worker_throughput
 from harness import ROOT, BenchServer, progress, running_server
 from results_model import Memory, Results, ScaleOut, Settings, Throughput
 
-BENCHMARKS = ("memory", "throughput", "scale_out", "latency", "producer", "profile", "operator")
+BENCHMARKS = (
+    "memory",
+    "throughput",
+    "scale_out",
+    "latency",
+    "producer",
+    "profile",
+    "operator",
+    "server_paths",
+)
 RESULTS_DIR = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
@@ -159,6 +169,13 @@ def measure_operator(results: Results, valkey: BenchServer) -> None:
     )
 
 
+def measure_server_paths(results: Results, valkey: BenchServer) -> None:
+    """On a Redis 8.2 server of its own (the other benchmarks use Valkey)."""
+    with running_server("redis8") as redis8:
+        results.machine.servers["redis8"] = redis8.version()
+        results.server_paths = server_paths.measure(redis8, quick=results.settings.quick)
+
+
 STEPS: dict[str, Callable[[Results, BenchServer], None]] = {
     "memory": measure_memory,
     "throughput": measure_throughput,
@@ -167,6 +184,7 @@ STEPS: dict[str, Callable[[Results, BenchServer], None]] = {
     "producer": measure_producer,
     "profile": measure_profile,
     "operator": measure_operator,
+    "server_paths": measure_server_paths,
 }
 NEEDS_FILLED_STREAM = {"throughput", "scale_out", "profile"}
 

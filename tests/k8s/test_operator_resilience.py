@@ -15,12 +15,12 @@ from tests.support.controlplane import Kubectl
 from tests.support.operator_fixtures import OperatorFactory
 from tests.support.operator_process import Cluster, forbidden_records, pipeline_manifest, worker_group
 from tests.support.polling import eventually
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(150)]
 
 STREAM = "{orders}:events"
-KINDS = ["valkey9", "redis7"]
+KINDS = SERVER_IDS
 
 
 def condition(

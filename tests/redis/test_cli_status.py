@@ -1,10 +1,11 @@
-"""`streampipe status` against real servers (valkey9, redis7): figures, missing things, bad input."""
+"""`streampipe status` on real servers (valkey9, redis7, redis8): figures, missing things, bad input."""
 
 from __future__ import annotations
 
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,8 +21,8 @@ GROUP = "billing"
 runner = CliRunner()
 
 
-def pipeline_file(tmp_path: Path, groups: list[str]) -> Path:
-    manifest = {
+def pipeline_file(tmp_path: Path, groups: list[str], **spec: object) -> Path:
+    manifest: dict[str, Any] = {
         "apiVersion": "streampipe.dev/v1alpha1",
         "kind": "StreamPipeline",
         "metadata": {"name": "cli"},
@@ -31,6 +32,7 @@ def pipeline_file(tmp_path: Path, groups: list[str]) -> Path:
             "groups": [
                 {"name": name, "handler": "shop.mod:handle", "image": "example/worker:1"} for name in groups
             ],
+            **spec,
         },
     }
     path = tmp_path / "pipeline.yaml"
@@ -72,6 +74,29 @@ def test_status_reports_stream_groups_pending_and_dead_letters(
     assert text.exit_code == 0
     assert GROUP in text.stdout
     assert "dead letters" in text.stdout
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_status_names_the_servers_stream_commands_and_the_trim_path(
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    approximate: bool,
+) -> None:
+    redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    retention = {"maxLength": 1000, "approximate": approximate}
+    path = pipeline_file(tmp_path, [GROUP], retention=retention)
+
+    done = runner.invoke(app, ["status", "-f", str(path), "--redis-url", redis_url, "-o", "json"])
+
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    redis8 = request.node.callspec.params["shared_server"] == "redis8"
+    expected = ["XAUTOCLAIM", "XTRIM ACKED", "XACKDEL", "XDELEX"] if redis8 else ["XAUTOCLAIM"]
+    assert report["stream_commands"] == expected
+    # Only exact trims go through the server's ACKED (an approximate ACKED trim removes nothing).
+    assert report["protected_trim"] == ("ServerAcked" if redis8 and not approximate else "Planned")
 
 
 def test_status_from_a_file_names_groups_that_are_missing(

@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 import redis
 from streampipe_operator.plan.retention import EntryCount, RetentionPolicy
 from streampipe_operator.streams.admin import RedisAdmin
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 GROUPS = ("billing", "audit")
 
 
-@pytest.fixture(params=["valkey9", "redis7"])
+@pytest.fixture(params=SERVER_IDS)
 def small_node_server(
     request: pytest.FixtureRequest, server_factory: Callable[..., ServerProcess]
 ) -> ServerProcess:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities, detect_capabilities
 from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 from tests.support.topologies import start_cluster
 
 
@@ -20,16 +20,15 @@ def test_capabilities_are_read_from_the_server(
 ) -> None:
     caps = detect_capabilities(redis_server.client())
     kind = request.node.callspec.params["shared_server"]
-    if kind == "valkey9":
-        assert caps.family == "valkey"
-        assert caps.version_tuple[:2] == (9, 1)
-    else:
-        assert caps.family == "redis"
-        assert caps.version_tuple[:2] == (7, 0)
-    # Both report entries-read / lag (7.0+) and have XAUTOCLAIM; neither has Redis 8.2's XTRIM ACKED.
+    # Each server is asked, not looked up: Valkey 9.1 reports its own version and family.
+    expected = {"valkey9": ("valkey", (9, 1)), "redis7": ("redis", (7, 0)), "redis8": ("redis", (8, 2))}
+    assert (caps.family, caps.version_tuple[:2]) == expected[kind]
+    # All report entries-read / lag (7.0+) and have XAUTOCLAIM; only Redis 8.2 has XTRIM ACKED
+    # and XACKDEL.
     assert caps.lag_in_xinfo
     assert caps.xautoclaim
-    assert not caps.xtrim_acked
+    assert caps.xtrim_acked == (kind == "redis8")
+    assert caps.xackdel == (kind == "redis8")
     assert not caps.aof_enabled
 
 
@@ -41,7 +40,7 @@ def test_capabilities_independent_of_reply_decoding(redis_server: ServerProcess)
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 def test_capabilities_through_a_cluster_client(kind: str, tmp_path: Path) -> None:
     """INFO and COMMAND DOCS name no key: a cluster client asks one node (they all run the same)."""
     cluster = start_cluster(kind, tmp_path)

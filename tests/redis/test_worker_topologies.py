@@ -18,7 +18,7 @@ from streampipe_worker.router import Entry, PermanentError
 from streampipe_worker.settings import load_settings
 from tests.redis.conftest import GROUP, STREAM, consumer_for, running, worker_settings_for
 from tests.support.polling import eventually_async as eventually
-from tests.support.servers import ServerProcess
+from tests.support.servers import SERVER_IDS, ServerProcess
 from tests.support.topologies import (
     make_tls_files,
     start_cluster,
@@ -39,7 +39,7 @@ def numbers(seen: list[Entry]) -> set[int]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["redis7", "valkey9"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 async def test_sentinel_failover_keeps_the_worker_going(kind: str, tmp_path: Path) -> None:
     topology = start_sentinel_set(kind, tmp_path)
     try:
@@ -154,7 +154,7 @@ async def exercise_every_path(server: ServerProcess, kind: str) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 async def test_acl_user_limited_to_the_worker_commands_suffices(
     kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -200,7 +200,7 @@ async def test_tls_with_a_ca_file(server_factory: Callable[..., ServerProcess], 
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("kind", ["valkey9", "redis7"])
+@pytest.mark.parametrize("kind", SERVER_IDS)
 async def test_server_crash_and_restart_the_worker_reconnects(
     kind: str, server_factory: Callable[..., ServerProcess]
 ) -> None:

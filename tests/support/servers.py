@@ -23,8 +23,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 TOOL_BIN = ROOT / ".cache" / "bin"
 
-# Test ids of the two real servers every Redis-touching test runs on.
-SERVER_KINDS = {"valkey9": "valkey-server", "redis7": "redis-server"}
+# Test ids of the three real servers every Redis-touching test runs on (redis8: a test server only).
+SERVER_KINDS = {"valkey9": "valkey-server", "redis7": "redis-server", "redis8": "redis8-server"}
+SERVER_IDS = tuple(SERVER_KINDS)
 
 
 class ServerStartError(RuntimeError):

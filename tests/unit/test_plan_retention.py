@@ -35,6 +35,8 @@ STREAM = StreamState(
 NOW = 0.2  # Unix seconds: 200 ms, so maxAge 0.05 s cuts at 150-0 (entries 100..149 are "old").
 BOTH = RetentionPolicy(max_length=60, max_age=0.05)
 
+EXACT = BOTH.model_copy(update={"approximate": False})
+
 
 def group(
     name: str,
@@ -152,11 +154,34 @@ CASES = [
         id="group-from-start-protects-everything",
     ),
     pytest.param(
-        Case(groups=(group("billing", 129, 70),), acked=True),
-        [maxlen(60, acked=True), minid(129, 1, acked=True)],
+        Case(groups=(group("billing", 129, 70),), acked=True, policy=EXACT),
+        [maxlen(60, acked=True, approximate=False), minid(129, 1, acked=True, approximate=False)],
         EntryCount(value=10, exact=False),
         [age_count(EntryId(129, 1))],
-        id="xtrim-acked-lets-the-server-protect",
+        id="xtrim-acked-lets-the-server-protect-exact-trims",
+    ),
+    pytest.param(
+        Case(groups=(group("billing", 129, 70),), acked=True),
+        [maxlen(60, limit=30), minid(129, 1)],
+        EntryCount(value=10, exact=False),
+        [age_count(EntryId(129, 1))],
+        id="approximate-trims-stay-planned-with-xtrim-acked",
+    ),
+    pytest.param(
+        Case(
+            groups=(group("billing", 199, 0),),
+            recreating={"audit": EntryId(109)},
+            acked=True,
+            policy=EXACT,
+            counts={
+                CountRequest(end=EntryId(109), cap=40): EntryCount(value=10),
+                age_count(EntryId(109, 1)): EntryCount(value=40),
+            },
+        ),
+        [maxlen(60, limit=10), minid(109, 1, approximate=False)],
+        EntryCount(value=40),
+        [],
+        id="a-group-being-recreated-is-unknown-to-the-server-so-the-plan-protects",
     ),
     pytest.param(
         Case(groups=(group("billing", 199, 0),), recreating={"audit": EntryId(109)}),

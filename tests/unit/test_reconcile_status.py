@@ -95,6 +95,7 @@ def test_healthy_pipeline() -> None:
     assert all(c.observed_generation == 3 for c in status.conditions)
     assert status.observed_generation == 3
     assert status.server == api.ServerStatus(family="valkey", version="9.1.0")
+    assert status.server_features == api.ServerFeatures(stream_commands=["XAUTOCLAIM"], protected_trim=None)
     group = status.groups[0]
     assert (group.lag, group.pending, group.backlog, group.consumers) == (40, 2, 42, 1)
     assert group.last_delivered_id == "1700000030000-0"
@@ -207,8 +208,26 @@ def test_unreachable_keeps_the_last_figures_and_refreshes_replicas() -> None:
     assert after.groups[0].ready_replicas == 0
     assert after.stream == before.stream
     assert after.server == before.server
+    assert after.server_features == before.server_features
     # Durability was not checked again: the condition stays as it was.
     assert after.condition("DurabilityAtRisk") == before.condition("DurabilityAtRisk")
+
+
+def test_server_features_name_the_commands_and_the_trim_path() -> None:
+    redis8 = VALKEY.model_copy(
+        update={"family": "redis", "version": "8.2.3", "xtrim_acked": True, "xackdel": True, "xdelex": True}
+    )
+    status = build_status(
+        healthy(server=redis8, retention=RetentionOutcome(protected=True, path="ServerAcked")), None, now=NOW
+    )
+    assert status.server_features == api.ServerFeatures(
+        stream_commands=["XAUTOCLAIM", "XTRIM ACKED", "XACKDEL", "XDELEX"], protected_trim="ServerAcked"
+    )
+    dumped = status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["serverFeatures"] == {
+        "streamCommands": ["XAUTOCLAIM", "XTRIM ACKED", "XACKDEL", "XDELEX"],
+        "protectedTrim": "ServerAcked",
+    }
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:

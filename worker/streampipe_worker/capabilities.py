@@ -1,9 +1,9 @@
 """What the connected server can do, found by asking it (INFO and COMMAND DOCS), never by guessing.
 
-Redis and Valkey diverged after 7.2: Redis 8.2 added ``XTRIM ... ACKED`` and 8.4 ``XREADGROUP ...
-CLAIM``; Valkey reports ``redis_version:7.2.4`` for compatibility and its own ``valkey_version``. A
-version table would be wrong for one of them sooner or later, so each stream feature is detected from
-the command's own documentation as the server reports it.
+Redis and Valkey diverged after 7.2: Redis 8.2 added ``XTRIM ... ACKED``, ``XACKDEL`` and ``XDELEX``,
+and 8.4 ``XREADGROUP ... CLAIM``; Valkey reports ``redis_version:7.2.4`` for compatibility and its own
+``valkey_version``. A version table would be wrong for one of them sooner or later, so each stream
+feature is detected from the command's own documentation (COMMAND DOCS) or presence (COMMAND INFO).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class ServerCapabilities(BaseModel):
     xtrim_acked: bool = Field(description="XTRIM accepts ACKED: trim only entries every group acked")
     xreadgroup_claim: bool = Field(description="XREADGROUP accepts CLAIM min-idle-time")
     xautoclaim: bool = Field(description="XAUTOCLAIM exists (Redis >= 6.2)")
+    xackdel: bool = Field(default=False, description="XACKDEL exists: acknowledge and delete in one command")
+    xdelex: bool = Field(default=False, description="XDELEX exists: delete with KEEPREF|DELREF|ACKED")
     aof_enabled: bool = Field(description="appendonly is on: a server crash keeps acknowledged writes")
 
     @property
@@ -38,6 +40,17 @@ class ServerCapabilities(BaseModel):
 
     def describe(self) -> str:
         return f"{self.family} {self.version}"
+
+    def stream_commands(self) -> list[str]:
+        """The optional stream commands (and arguments) this server has, as status shows them."""
+        present = {
+            "XAUTOCLAIM": self.xautoclaim,
+            "XTRIM ACKED": self.xtrim_acked,
+            "XACKDEL": self.xackdel,
+            "XDELEX": self.xdelex,
+            "XREADGROUP CLAIM": self.xreadgroup_claim,
+        }
+        return [name for name, has in present.items() if has]
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -100,11 +113,19 @@ def parse_capabilities(
         xtrim_acked="ACKED" in _tokens(xtrim_docs),
         xreadgroup_claim="CLAIM" in _tokens(xreadgroup_docs),
         xautoclaim="xautoclaim" in command_set,
+        xackdel="xackdel" in command_set,
+        xdelex="xdelex" in command_set,
         aof_enabled=str(info.get("aof_enabled", "0")) == "1",
     )
 
 
 _DOC_COMMANDS = ("xtrim", "xreadgroup", "xgroup|create")
+# Commands whose presence alone is the feature: COMMAND INFO answers nil for an unknown one.
+_PRESENCE_COMMANDS = ("xautoclaim", "xackdel", "xdelex")
+
+
+def _present(names: Iterable[str], reply: Any) -> list[str]:
+    return [name for name, info in zip(names, reply, strict=False) if info]
 
 
 def _docs_for(reply: Any, name: str) -> Any:
@@ -130,14 +151,10 @@ def detect_capabilities(client: Any) -> ServerCapabilities:
     docs = {
         name: _docs_for(client.execute_command("COMMAND DOCS", name, **node), name) for name in _DOC_COMMANDS
     }
-    has_xautoclaim = bool(client.execute_command("COMMAND INFO", "xautoclaim", **node)[0])
-    return parse_capabilities(
-        info,
-        docs["xtrim"],
-        docs["xreadgroup"],
-        docs["xgroup|create"],
-        ["xautoclaim"] if has_xautoclaim else [],
+    present = _present(
+        _PRESENCE_COMMANDS, client.execute_command("COMMAND INFO", *_PRESENCE_COMMANDS, **node)
     )
+    return parse_capabilities(info, docs["xtrim"], docs["xreadgroup"], docs["xgroup|create"], present)
 
 
 async def adetect_capabilities(client: Any) -> ServerCapabilities:
@@ -150,11 +167,6 @@ async def adetect_capabilities(client: Any) -> ServerCapabilities:
     docs = {}
     for name in _DOC_COMMANDS:
         docs[name] = _docs_for(await client.execute_command("COMMAND DOCS", name, **node), name)
-    has_xautoclaim = bool((await client.execute_command("COMMAND INFO", "xautoclaim", **node))[0])
-    return parse_capabilities(
-        info,
-        docs["xtrim"],
-        docs["xreadgroup"],
-        docs["xgroup|create"],
-        ["xautoclaim"] if has_xautoclaim else [],
-    )
+    reply = await client.execute_command("COMMAND INFO", *_PRESENCE_COMMANDS, **node)
+    present = _present(_PRESENCE_COMMANDS, reply)
+    return parse_capabilities(info, docs["xtrim"], docs["xreadgroup"], docs["xgroup|create"], present)

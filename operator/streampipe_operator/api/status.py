@@ -73,6 +73,22 @@ class ServerStatus(StatusModel):
     version: Annotated[str, StringConstraints(max_length=64)] = Field(description="The server's own version.")
 
 
+class ServerFeatures(StatusModel):
+    """Optional stream commands the server has, and the path taken where that gives a choice."""
+
+    stream_commands: Annotated[list[ShortText], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Optional stream commands found with COMMAND INFO / COMMAND DOCS (never by version): "
+        "`XAUTOCLAIM`, `XTRIM ACKED`, `XACKDEL`, `XDELEX`, `XREADGROUP CLAIM`.",
+    )
+    protected_trim: Literal["Planned", "ServerAcked"] | None = Field(
+        default=None,
+        description="How protected retention trims: `Planned` (the operator's MINID / `MAXLEN ~ LIMIT`, "
+        "bounded by what every group processed) or `ServerAcked` (`XTRIM = ... ACKED`: exact trims on a "
+        "server that has it). Unset when retention is off or unprotected.",
+    )
+
+
 class StreamStatus(StatusModel):
     """Figures of the stream (XINFO STREAM, MEMORY USAGE) and of the operator's trimming."""
 
@@ -157,6 +173,9 @@ class StreamPipelineStatus(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     server: ServerStatus | None = Field(default=None, description="The server, as detected.")
+    server_features: ServerFeatures | None = Field(
+        default=None, description="The server's optional stream commands and the paths in use."
+    )
     stream: StreamStatus | None = Field(default=None, description="Stream figures.")
     groups: Annotated[list[GroupStatus], Field(max_length=MAX_GROUPS)] = Field(
         default_factory=list,

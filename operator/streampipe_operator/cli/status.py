@@ -26,12 +26,15 @@ def status(
     """
     import asyncio
 
+    from streampipe_operator.engine.spec_mapping import retention_policy
     from streampipe_operator.streams.report import gather_status, print_status
     from streampipe_operator.streams.targets import resolve_target
 
     with options.command_errors("status"):
         target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
-        report = asyncio.run(gather_status(target, consumers=consumers))
+        spec_retention = target.pipeline.spec.retention if target.pipeline is not None else None
+        retention = retention_policy(spec_retention) if spec_retention is not None else None
+        report = asyncio.run(gather_status(target, consumers=consumers, retention=retention))
     if output is options.Output.json:
         typer.echo(report.model_dump_json(indent=2))
     else:

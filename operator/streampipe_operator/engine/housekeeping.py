@@ -37,7 +37,12 @@ from streampipe_operator.plan.groups import (
     plan_groups,
 )
 from streampipe_operator.plan.observed import GroupState, Lag, StreamObservation
-from streampipe_operator.plan.retention import RetentionOutcome, TrimAction, plan_dead_letter_trim
+from streampipe_operator.plan.retention import (
+    RetentionOutcome,
+    TrimAction,
+    plan_dead_letter_trim,
+    protection_path,
+)
 from streampipe_operator.plan.scaling import Recommendation, ScalingDecision, decide_replicas
 from streampipe_operator.streams.admin import (
     RedisAdmin,
@@ -291,7 +296,13 @@ class _Steps:
                 policy = retention_policy(spec.retention)
                 plan = await self.admin.retention_plan(observation, policy, now=self.clock.time())
                 actions.extend(plan.actions)
-                outcome = RetentionOutcome(held=plan.held, protected=policy.protect_unprocessed)
+                caps = self.report.server
+                path = protection_path(policy, xtrim_acked=caps is not None and caps.xtrim_acked)
+                outcome = RetentionOutcome(
+                    held=plan.held,
+                    protected=policy.protect_unprocessed,
+                    path=path if policy.protect_unprocessed else None,
+                )
                 if plan.held is not None and (memory.retention is None or memory.retention.held is None):
                     self.event(Reason.RETENTION_HELD, plan.held.message, warning=True)
             memory.retention = outcome

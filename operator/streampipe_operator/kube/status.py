@@ -150,8 +150,13 @@ def build_status(
     observation = findings.observation
     if findings.server is not None:
         status.server = api.ServerStatus(family=findings.server.family, version=findings.server.version)
+        status.server_features = api.ServerFeatures(
+            stream_commands=findings.server.stream_commands(),
+            protected_trim=findings.retention.path if findings.retention is not None else None,
+        )
     else:
         status.server = previous.server
+        status.server_features = previous.server_features
     status.stream = _stream_status(findings, previous)
     if observation is not None:
         states = {state.name: state for state in observation.groups}

@@ -26,7 +26,14 @@ may remove an entry at or after the smallest bound ``B`` of all groups.
   in-flight window, small in a healthy pipeline), and only if that does not settle it, for a count
   of the entries before ``B``, capped by ``count_cap``. See :class:`CountRequest`.
 - Servers with ``XTRIM ... ACKED`` (Redis >= 8.2, detected) protect pending and unread entries
-  themselves, atomically; the planner then sends the policy as it is, with ``ACKED``.
+  themselves, atomically. The planner sends ``ACKED`` only for **exact** trimming
+  (``approximate: false``), and only when the server knows every group's position (no group is being
+  recreated). Two facts measured on Redis 8.2.3 decide this (``make bench``, "Redis 8.2 paths"):
+  ``XTRIM ... ~ ... ACKED`` removes nothing at all, so approximate trims cannot use it; and an exact
+  ``ACKED`` trim checks every entry against every group, 8-15x the server CPU per removed entry of
+  the planned ``MAXLEN ~ n LIMIT P`` (whole nodes). So approximate trimming (the default) stays
+  planned on every server, and exact protected length trimming, which the planned path cannot do,
+  becomes possible where ``ACKED`` exists.
 
 The plan also reports what protection **held back**: how many entries the policy wanted removed
 that stay because some group has not processed them, and which groups hold them.
@@ -48,6 +55,8 @@ from streampipe_operator.plan.observed import GroupState, StreamState
 from streampipe_worker.entry_ids import ZERO, EntryId
 
 Target = Literal["stream", "dead_letter"]
+# How protected trims run: the operator's proven plan, or the server's XTRIM = ... ACKED.
+ProtectionPath = Literal["Planned", "ServerAcked"]
 
 
 class RetentionPolicy(Frozen):
@@ -192,6 +201,7 @@ def plan_retention(
     bounds = protection_bounds(groups, recreating) if policy.protect_unprocessed else ()
     if not bounds:
         return RetentionPlan(actions=_unprotected(policy, cutoff if age_wanted else None, excess))
+    server_protects = protection_path(policy, xtrim_acked=xtrim_acked, recreating=recreating) == "ServerAcked"
 
     counter = _Counter(stream=stream, groups=groups, known=counts or {}, cap=count_cap)
     bound = bounds[0]
@@ -204,7 +214,7 @@ def plan_retention(
             bound,
             max_length=max_length,
             excess=excess,
-            xtrim_acked=xtrim_acked,
+            xtrim_acked=server_protects,
             approximate=policy.approximate,
         )
         actions.extend([action] if action else [])
@@ -213,7 +223,7 @@ def plan_retention(
             holders[bound.group] = bound
 
     if age_wanted and cutoff is not None:
-        action, held_by_age = counter.protected_age(bound, cutoff, policy=policy, xtrim_acked=xtrim_acked)
+        action, held_by_age = counter.protected_age(bound, cutoff, policy=policy, xtrim_acked=server_protects)
         actions.extend([action] if action else [])
         held_parts.append(held_by_age)
         if held_by_age is None or held_by_age.value > 0:
@@ -228,8 +238,20 @@ def plan_retention(
             entries=entries, holders=tuple(sorted(holders.values(), key=lambda b: (b.id, b.group)))
         )
     return RetentionPlan(
-        actions=tuple(actions), held=held, missing_counts=tuple(dict.fromkeys(counter.missing))
+        actions=tuple(actions),
+        held=held,
+        missing_counts=tuple(dict.fromkeys(counter.missing)),
     )
+
+
+def protection_path(
+    policy: RetentionPolicy, *, xtrim_acked: bool, recreating: Mapping[str, EntryId] | None = None
+) -> ProtectionPath:
+    """How protected trims run: ``ServerAcked`` (``XTRIM = ... ACKED``) for exact trimming on a server
+    that has it and knows every group's position, else ``Planned`` (see the module docstring)."""
+    if xtrim_acked and policy.protect_unprocessed and not policy.approximate and not recreating:
+        return "ServerAcked"
+    return "Planned"
 
 
 def plan_dead_letter_trim(
@@ -290,8 +312,9 @@ class _Counter:
                 held = EntryCount(value=0)
 
         if xtrim_acked:
-            # The server skips entries a group has not acknowledged: the policy can go as it is.
-            return TrimAction(max_length=max_length, approximate=approximate, acked=True, reason=reason), held
+            # The server skips entries a group has not acknowledged: the policy goes as it is, exact
+            # (an approximate ACKED trim removes nothing on Redis 8.2).
+            return TrimAction(max_length=max_length, approximate=False, acked=True, reason=reason), held
         if before_bound is None or before_bound.value == 0:
             return None, held
         limit = before_bound.value
@@ -307,7 +330,7 @@ class _Counter:
         if self.stream.first_entry_id is not None and target > self.stream.first_entry_id:
             action = TrimAction(
                 min_id=target,
-                approximate=policy.approximate,
+                approximate=policy.approximate and not xtrim_acked,
                 acked=xtrim_acked,
                 reason=_age_reason(policy, cutoff, target),
             )
@@ -380,3 +403,4 @@ class RetentionOutcome:
 
     held: RetentionHeld | None = None
     protected: bool = True
+    path: ProtectionPath | None = None  # None: nothing to protect (protection off)

@@ -515,6 +515,8 @@ class RedisAdmin:
         ]
         tail: list[Any] = ["ACKED"] if action.acked else []
         doing = f"trimming {key} ({action.strategy} {action.threshold})"
+        if action.acked and action.max_length is not None:
+            return await self._trim_acked_length(key, action.max_length, doing)
         if not action.approximate:
             async with self._errors(doing, key):
                 return int(await self.client.execute_command(*base, *tail))
@@ -525,6 +527,26 @@ class RedisAdmin:
                 break
             async with self._errors(doing, key):
                 deleted = int(await self.client.execute_command(*base, "LIMIT", chunk, *tail))
+            removed += deleted
+            if deleted == 0:
+                break
+        return removed
+
+    async def _trim_acked_length(self, key: str, max_length: int, doing: str) -> int:
+        """``XTRIM key MAXLEN = n ACKED`` in steps of at most ``trim_chunk`` entries.
+
+        An exact trim takes no ``LIMIT``, and an ``ACKED`` one checks each entry against every group,
+        so a single call over a long backlog would block the server; each step asks for the length
+        less one chunk (the server then removes at most that many, acknowledged ones only).
+        """
+        removed = 0
+        for _ in range(self.max_trim_calls):
+            async with self._errors(doing, key):
+                length = int(await self.client.xlen(key))
+                if length <= max_length:
+                    break
+                step = max(max_length, length - self.trim_chunk)
+                deleted = int(await self.client.execute_command("XTRIM", key, "MAXLEN", "=", step, "ACKED"))
             removed += deleted
             if deleted == 0:
                 break

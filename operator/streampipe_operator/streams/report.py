@@ -9,7 +9,7 @@ was produced, how long since it was last delivered, and how often.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from rich.console import Console, Group, RenderableType
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streampipe_operator.plan.observed import ConsumerState
+from streampipe_operator.plan.retention import RetentionPolicy, protection_path
 from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError, translate_error
 from streampipe_operator.streams.targets import CommandError, Target, redact_url
 from streampipe_worker.connection import create_async_client
@@ -68,6 +69,13 @@ class StatusReport(BaseModel):
     """What ``streampipe status --output json`` prints."""
 
     server: str = Field(description="Implementation and version, e.g. `valkey 9.1.0`")
+    stream_commands: list[str] = Field(
+        default_factory=list, description="Optional stream commands the server has, e.g. `XACKDEL`"
+    )
+    protected_trim: Literal["Planned", "ServerAcked"] | None = Field(
+        default=None,
+        description="How the file's protected retention trims on this server (None: no retention)",
+    )
     redis_url: str = Field(description="The server's URL, password hidden")
     pipeline: str | None = Field(default=None, description="metadata.name of the file's StreamPipeline")
     stream: StreamReport
@@ -84,8 +92,12 @@ def _age(entry_id: EntryId | None, now: float) -> float | None:
     return max(0.0, now - entry_id.unix_seconds)
 
 
-async def gather_status(target: Target, *, consumers: bool = False) -> StatusReport:
-    """Observe the target; :class:`CommandError` (exit 1) when the server cannot be asked."""
+async def gather_status(
+    target: Target, *, consumers: bool = False, retention: RetentionPolicy | None = None
+) -> StatusReport:
+    """Observe the target; :class:`CommandError` (exit 1) when the server cannot be asked.
+
+    ``retention``: the file's policy, to say which protected-trim path it takes on this server."""
     client: Any = create_async_client(target.connection_settings())
     admin = RedisAdmin(client)
     try:
@@ -152,6 +164,10 @@ async def gather_status(target: Target, *, consumers: bool = False) -> StatusRep
     on_server = {group.name for group in observation.groups}
     return StatusReport(
         server=caps.describe(),
+        stream_commands=caps.stream_commands(),
+        protected_trim=protection_path(retention, xtrim_acked=caps.xtrim_acked)
+        if retention is not None and retention.protect_unprocessed
+        else None,
         redis_url=redact_url(target.redis_url),
         pipeline=target.pipeline.metadata.name if target.pipeline is not None else None,
         stream=stream,
@@ -199,6 +215,9 @@ def render_status(report: StatusReport) -> RenderableType:
     parts: list[RenderableType] = []
     title = f"{report.pipeline + ' · ' if report.pipeline else ''}{report.stream.key}"
     parts.append(Text.assemble((title, "bold"), f"  on {report.server} at {report.redis_url}"))
+    features = ", ".join(report.stream_commands) or "none"
+    trims = f"; protected trims: {report.protected_trim}" if report.protected_trim else ""
+    parts.append(Text(f"optional stream commands: {features}{trims}", style="dim"))
     if not report.stream.exists:
         parts.append(
             Text(
