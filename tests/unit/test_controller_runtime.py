@@ -183,3 +183,20 @@ async def test_drift_is_put_back_and_a_removed_group_loses_its_deployment(metric
         await restarted.connection.close()
     assert set(kube.deployments) == {"quickstart-fulfilment"}
     assert ("Normal", "DeploymentDeleted") in [(type_, reason) for type_, reason, _ in kube.events]
+
+
+async def test_a_pass_during_deletion_leaves_status_to_the_teardown(metrics: OperatorMetrics) -> None:
+    """The finalizer may have written Ready=False/DeletionBlocked; a pass that was under way when the
+    pipeline got its deletionTimestamp must not write its own Ready over it (seen as a flaky test)."""
+    kube, body = FakeKube(), _body(_closed_port())
+    runtime = _runtime(kube, metrics, body)
+    try:
+        await runtime.reconcile(body, {}, {})
+        written = len(kube.status)
+        assert written == 1
+        body["metadata"]["deletionTimestamp"] = "2026-12-04T05:00:00Z"
+        body["metadata"]["generation"] = 2  # a change that would otherwise be written at once
+        await runtime.reconcile(body, {}, {})
+        assert len(kube.status) == written
+    finally:
+        await runtime.connection.close()

@@ -487,6 +487,10 @@ class PipelineRuntime:
         status = build_status(findings, previous, now=now)
         document = status_document(status)
         self.metrics.export_status(self.namespace, self.name, findings, status, now=now.timestamp())
+        if self.stopping or (body.get("metadata") or {}).get("deletionTimestamp"):
+            # Being deleted: the teardown (the finalizer) owns Ready now, e.g. DeletionBlocked; a pass
+            # that was under way must not put its Reconciled back over it.
+            return
         before = self.written if self.written is not None else _document_of(body)
         figures_due = time.monotonic() - self.figures_written_at >= FIGURES_INTERVAL
         if not worth_writing(document, before, figures_due=figures_due):
