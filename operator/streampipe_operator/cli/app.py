@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from streampipe_operator import __version__
-from streampipe_operator.cli import bench, dlq, operator, produce, status, up, validate
+from streampipe_operator.cli import bench, dlq, housekeep, operator, produce, status, up, validate
 
 app = typer.Typer(
     name="streampipe",
@@ -31,6 +31,7 @@ app.add_typer(dlq.dlq_app, name="dlq")
 app.command()(produce.produce)
 app.add_typer(operator.operator_app, name="operator")
 app.command()(up.up)
+app.command()(housekeep.housekeep)
 
 
 def main() -> None:

@@ -76,6 +76,12 @@ class OperatorMetrics:
             PIPELINE,
             registry=r,
         )
+        self.leader = Gauge(
+            "streampipe_operator_housekeeper_leader",
+            "`streampipe housekeep` only: 1 while this process holds the pipeline's lease, else 0.",
+            PIPELINE,
+            registry=r,
+        )
         self.redis_up = Gauge(
             "streampipe_operator_redis_up",
             "1 when the operator reached the pipeline's server on the last pass, else 0.",
