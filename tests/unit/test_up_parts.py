@@ -65,12 +65,14 @@ def test_worker_env_from_the_spec_is_what_the_worker_reads_back() -> None:
 def test_dedupe_ttl_reaches_the_local_workers_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A stale variable in the shell must not decide it: the spec does, in both directions.
     monkeypatch.setenv("STREAMPIPE_DEDUPE_TTL", "5s")
+    monkeypatch.setenv("STREAMPIPE_CREATE_GROUP", "0")  # the engine creates groups under up, not workers
     document = quickstart().to_manifest()
     plain = StreamPipeline.model_validate(document).spec
     env, _ = worker_env(
         plain, plain.group("fulfilment"), redis_url="redis://127.0.0.1:7000/0", python_path=[]
     )
     assert "STREAMPIPE_DEDUPE_TTL" not in env
+    assert "STREAMPIPE_CREATE_GROUP" not in env
     document["spec"]["groups"][0]["dedupe"] = {"ttl": "90m"}
     spec = StreamPipeline.model_validate(document).spec
     group = spec.groups[0]

@@ -157,6 +157,11 @@ def test_dedupe_ttl_reaches_the_worker_env_only_when_set() -> None:
     assert load_settings(literal).dedupe_ttl == timedelta(hours=36)
 
 
+def test_the_operator_owns_groups_so_pods_never_create_them() -> None:
+    for name in ("minimal.yaml", "full.yaml"):
+        assert WorkerSettings.env_name("create_group") not in env_of(render(example(name)))
+
+
 def test_worker_shutdown_grace_ends_before_the_pod_is_killed() -> None:
     grace_default = env_of(render(minimal()))["STREAMPIPE_SHUTDOWN_GRACE"]["value"]
     assert grace_default == "25s"
