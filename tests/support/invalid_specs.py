@@ -346,6 +346,27 @@ INVALID_SPECS: list[InvalidSpec] = [
         "must be at most 1h",
     ),
     InvalidSpec(
+        "dedupe-ttl-above-limit",
+        _set(*GROUP, "dedupe", value={"ttl": "721h"}),
+        "spec.groups[0].dedupe.ttl",
+        "must be between 1s and 720h",
+    ),
+    InvalidSpec(
+        "dedupe-ttl-below-limit",
+        _set(*GROUP, "dedupe", value={"ttl": "500ms"}),
+        "spec.groups[0].dedupe.ttl",
+        "must be between 1s and 720h",
+    ),
+    InvalidSpec(
+        "dedupe-ttl-without-unit",
+        _set(*GROUP, "dedupe", value={"ttl": "3600"}),
+        "spec.groups[0].dedupe.ttl",
+        DURATION_PATTERN_FRAGMENT,
+    ),
+    InvalidSpec(
+        "dedupe-without-ttl", _set(*GROUP, "dedupe", value={}), "spec.groups[0].dedupe.ttl", "Required value"
+    ),
+    InvalidSpec(
         "env-reserved-name",
         _set(*TEMPLATE, value={"env": [{"name": "STREAMPIPE_BATCH_SIZE", "value": "5"}]}),
         "spec.groups[0].template.env[0].name",
@@ -529,6 +550,8 @@ class ValidSpec:
 # (tests/unit/test_api_invalid.py, tests/k8s/test_crd_server.py), and its worker Deployment by the API
 # server too (tests/k8s/test_crd_server.py).
 VALID_SPECS: list[ValidSpec] = [
+    ValidSpec("dedupe-ttl-lowest", _set(*GROUP, "dedupe", value={"ttl": "1s"})),
+    ValidSpec("dedupe-ttl-highest", _set(*GROUP, "dedupe", value={"ttl": "720h"})),
     ValidSpec("extended-resource", _set(*TEMPLATE, value={"resources": {"limits": {"nvidia.com/gpu": 1}}})),
     ValidSpec(
         "hugepages",

@@ -331,3 +331,45 @@ def test_duration_range_message_and_rule_agree() -> None:
 )
 def test_hash_tag_follows_redis(key: str, tag: str | None) -> None:
     assert api.hash_tag(key) == tag
+
+
+def test_group_dedupe_ttl_is_optional_and_a_duration() -> None:
+    group = {"name": "billing", "handler": "shop.billing:handle", "image": "reg/billing:1"}
+    assert api.GroupSpec.model_validate(group).dedupe is None
+    with_ttl = api.GroupSpec.model_validate({**group, "dedupe": {"ttl": "1h30m"}})
+    assert with_ttl.dedupe is not None
+    assert with_ttl.dedupe.ttl.delta == timedelta(hours=1, minutes=30)
+    # It serializes back as written, and a manifest without it stays without it.
+    assert with_ttl.model_dump(by_alias=True, mode="json", exclude_none=True)["dedupe"] == {"ttl": "1h30m"}
+    assert "dedupe" not in api.GroupSpec.model_validate(group).model_dump(by_alias=True, exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "error_type"),
+    [
+        ("0s", "duration_range"),
+        ("721h", "duration_range"),
+        ("1d", "duration_syntax"),
+        ("3600", "duration_syntax"),
+        (3600, "string_type"),
+    ],
+)
+def test_group_dedupe_ttl_refuses(ttl: object, error_type: str) -> None:
+    group = {"name": "billing", "handler": "shop.billing:handle", "image": "reg/billing:1"}
+    with pytest.raises(ValidationError) as caught:
+        api.GroupSpec.model_validate({**group, "dedupe": {"ttl": ttl}})
+    [error] = caught.value.errors()
+    assert error["loc"] == ("dedupe", "ttl")
+    assert error["type"] == error_type
+
+
+def test_group_dedupe_needs_a_ttl_and_nothing_else() -> None:
+    group = {"name": "billing", "handler": "shop.billing:handle", "image": "reg/billing:1"}
+    with pytest.raises(ValidationError) as missing:
+        api.GroupSpec.model_validate({**group, "dedupe": {}})
+    assert [(e["loc"], e["type"]) for e in missing.value.errors()] == [(("dedupe", "ttl"), "missing")]
+    with pytest.raises(ValidationError) as extra:
+        api.GroupSpec.model_validate({**group, "dedupe": {"ttl": "1h", "maxKeys": 5}})
+    assert [(e["loc"], e["type"]) for e in extra.value.errors()] == [
+        (("dedupe", "maxKeys"), "extra_forbidden")
+    ]

@@ -255,3 +255,15 @@ def test_docs_reference_is_current() -> None:
         "docs/api.md's generated reference is stale: run `make crds`"
     )
     assert "`spec.groups[].scaling.maxReplicas`" in reference_markdown()
+
+
+def test_group_dedupe_ttl_is_in_the_schema_with_its_range_rule() -> None:
+    group = openapi_schema()["properties"]["spec"]["properties"]["groups"]["items"]
+    dedupe = group["properties"]["dedupe"]
+    assert "dedupe" not in group.get("required", [])
+    assert "default" not in dedupe  # off unless written
+    assert dedupe["required"] == ["ttl"]
+    ttl = dedupe["properties"]["ttl"]
+    assert ttl["type"] == "string"
+    assert [rule["message"] for rule in ttl["x-kubernetes-validations"]] == ["must be between 1s and 720h"]
+    assert "duration('720h')" in ttl["x-kubernetes-validations"][0]["rule"]

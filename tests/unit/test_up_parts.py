@@ -18,6 +18,7 @@ from streampipe_operator.engine.spec_mapping import (
 from streampipe_operator.local.accounting import percentile
 from streampipe_operator.local.counters import CounterBook
 from streampipe_operator.local.demo import DemoCounts, order_event, order_kind
+from streampipe_operator.local.workers import worker_env
 from streampipe_operator.streams.dlq import DeadLetterFilter
 from streampipe_operator.streams.producing import parse_events
 from streampipe_operator.streams.targets import UsageError, load_pipeline, resolve_target
@@ -59,6 +60,25 @@ def test_worker_env_from_the_spec_is_what_the_worker_reads_back() -> None:
     assert settings.dead_letter == "{shop}:orders:dlq"
     assert settings.shutdown_grace == timedelta(seconds=5)  # terminationGracePeriodSeconds 10, half kept
     assert template_env(group) == ({"QUICKSTART_WORK_MS": "4"}, [])
+
+
+def test_dedupe_ttl_reaches_the_local_workers_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stale variable in the shell must not decide it: the spec does, in both directions.
+    monkeypatch.setenv("STREAMPIPE_DEDUPE_TTL", "5s")
+    monkeypatch.setenv("STREAMPIPE_CREATE_GROUP", "0")  # the engine creates groups under up, not workers
+    document = quickstart().to_manifest()
+    plain = StreamPipeline.model_validate(document).spec
+    env, _ = worker_env(
+        plain, plain.group("fulfilment"), redis_url="redis://127.0.0.1:7000/0", python_path=[]
+    )
+    assert "STREAMPIPE_DEDUPE_TTL" not in env
+    assert "STREAMPIPE_CREATE_GROUP" not in env
+    document["spec"]["groups"][0]["dedupe"] = {"ttl": "90m"}
+    spec = StreamPipeline.model_validate(document).spec
+    group = spec.groups[0]
+    env, _ = worker_env(spec, group, redis_url="redis://127.0.0.1:7000/0", python_path=[])
+    assert env["STREAMPIPE_DEDUPE_TTL"] == "1h30m"  # the worker's own spelling of the same duration
+    assert load_settings(env).dedupe_ttl == timedelta(minutes=90)
 
 
 @pytest.mark.parametrize(

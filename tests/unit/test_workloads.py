@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,31 @@ def test_env_names_come_from_the_worker_settings_and_read_back() -> None:
     assert settings.backoff_initial == pipeline.spec.retry.backoff.initial.delta
     assert settings.claim_idle == pipeline.spec.retry.claim_idle.delta
     assert settings.dead_letter == "{orders}:dead"
+    assert settings.dedupe_ttl == timedelta(hours=24)
     assert settings.metrics_port == deployments.METRICS_PORT
     assert settings.log_format == "json"
     assert env["STREAMPIPE_CONSUMER"] == {
         "name": "STREAMPIPE_CONSUMER",
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
+
+
+def test_dedupe_ttl_reaches_the_worker_env_only_when_set() -> None:
+    assert "STREAMPIPE_DEDUPE_TTL" not in env_of(render(minimal()))
+    group = {"name": "billing", "handler": "shop.billing:handle", "image": "reg/billing:1"}
+    pipeline = minimal(groups=[{**group, "dedupe": {"ttl": "36h"}}, {**group, "name": "audit"}])
+    assert env_of(render(pipeline))["STREAMPIPE_DEDUPE_TTL"] == {
+        "name": "STREAMPIPE_DEDUPE_TTL",
+        "value": "36h",
+    }
+    assert "STREAMPIPE_DEDUPE_TTL" not in env_of(render(pipeline, group=1))
+    literal = {name: item["value"] for name, item in env_of(render(pipeline)).items() if "value" in item}
+    assert load_settings(literal).dedupe_ttl == timedelta(hours=36)
+
+
+def test_the_operator_owns_groups_so_pods_never_create_them() -> None:
+    for name in ("minimal.yaml", "full.yaml"):
+        assert WorkerSettings.env_name("create_group") not in env_of(render(example(name)))
 
 
 def test_worker_shutdown_grace_ends_before_the_pod_is_killed() -> None:

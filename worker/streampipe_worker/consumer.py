@@ -15,7 +15,8 @@ holds the retry time (see ``retry.py``). The PEL delivery count is the attempt c
 :class:`Consumer` wires the parts together: the ack buffer (``acks.py``), the handler runner
 (``handler_runner.py``), the lease bookkeeping (``leases.py``), the dead-letter mover
 (``deadletter.py``), the connection state (``connection_state.py``) and the counts (``Stats``).
-With ``DEDUPE_TTL`` the ack buffer also skips entries whose processed marker exists.
+With ``DEDUPE_TTL`` the ack buffer also skips entries whose processed marker exists. The group is the
+operator's to create; with ``CREATE_GROUP`` the worker creates it itself (``groups.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from streampipe_worker.connection import AsyncClient, ConnectionSettings, create
 from streampipe_worker.connection_state import ConnectionState
 from streampipe_worker.deadletter import DeadLetter, DeadLetterMover
 from streampipe_worker.durations import format_duration
+from streampipe_worker.groups import GroupKeeper
 from streampipe_worker.handler_runner import BatchResult, HandlerRunner
 from streampipe_worker.leases import Leases
 from streampipe_worker.metrics import Health, Stats, WorkerMetrics
@@ -106,6 +108,9 @@ class Consumer:
         self.connection = ConnectionState(
             self.client, self.health, self.metrics, self._pause, self._stopping.is_set
         )
+        self.group_keeper = GroupKeeper(
+            self.client, settings, self.health, self._pause, self.connection.retry_delay
+        )
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
 
@@ -130,6 +135,7 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; then settle, hand back what is left, and return."""
+        await self.group_keeper.ensure()  # only with STREAMPIPE_CREATE_GROUP
         await self.leases.hand_back_previous_run()
         _raise_if_a_cancellation_was_lost()
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
@@ -228,14 +234,7 @@ class Consumer:
                 if kind is RedisErrorKind.TRANSIENT:
                     await self.connection.lost("read", exc)
                 elif kind is RedisErrorKind.GROUP_MISSING:
-                    self.health.set_ready(False, "consumer group missing")
-                    log.error(
-                        "stream %s: group %s missing (NOGROUP); the operator creates groups: is the "
-                        "StreamPipeline applied?",
-                        self.stream,
-                        self.group,
-                    )
-                    await self._pause(self.connection.retry_delay())
+                    await self.group_keeper.missing()
                 else:
                     raise
                 continue

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     PlainSerializer,
@@ -25,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streampipe_worker import durations
 from streampipe_worker.durations import format_duration
+from streampipe_worker.entry_ids import EntryId
 from streampipe_worker.keys import cluster_key_problem
 
 ENV_PREFIX = "STREAMPIPE_"
@@ -52,6 +54,20 @@ def redact_url(url: str) -> str:
     if not at or ":" not in userinfo:
         return url
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hosts}"
+
+
+def parse_group_position(value: str) -> str:
+    """``STREAMPIPE_CREATE_GROUP``: ``$`` (new entries only), ``0`` (the whole stream) or an entry ID
+    (``1700000000000-0``; a bare ``5`` means ``5-0``), as XGROUP CREATE takes it."""
+    text = value.strip()
+    if text in ("$", "0"):
+        return text
+    try:
+        return str(EntryId.parse(text))
+    except ValueError:
+        raise ValueError(
+            "expected $ (new entries only), 0 (the whole stream) or a stream entry ID such as 1700000000000-0"
+        ) from None
 
 
 Duration = Annotated[
@@ -122,6 +138,11 @@ class WorkerSettings(BaseSettings):
     dead_letter_stream: str | None = Field(default=None, description="DLQ stream; default <stream>:dlq")
     dedupe_ttl: Duration | None = Field(
         default=None, description="Keep a processed marker this long; unset = no dedupe"
+    )
+    create_group: Annotated[str, AfterValidator(parse_group_position)] | None = Field(
+        default=None,
+        description="Create the group at start (XGROUP CREATE ... MKSTREAM) at $, 0 or an entry ID, and "
+        "again if it vanishes; unset = wait for the operator to create it",
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="/metrics /healthz /readyz; 0 = off")
     metrics_host: str = Field(

@@ -287,6 +287,17 @@ class ScalingSpec(SpecModel):
         return self.activation_backlog == 0 or self.min_replicas == 0
 
 
+class DedupeSpec(SpecModel):
+    """Skipping repeated events: after an entry is processed, its processed marker is kept for ttl."""
+
+    ttl: Annotated[Duration, DurationRange("1s", "720h")] = Field(
+        description="How long a processed marker (`<stream>:dedupe:<group>:<key>`, key = the entry's "
+        "`dedupe_key` field, else its ID) is kept. An entry whose marker exists is acknowledged without "
+        "calling the handler. Cover the longest gap between a producer's retries of one event; at most "
+        "720h (30 days).",
+    )
+
+
 class GroupSpec(SpecModel):
     """A consumer group: its handler, its worker image and how its workers scale."""
 
@@ -321,6 +332,11 @@ class GroupSpec(SpecModel):
         default_factory=ScalingSpec,
         description="Autoscaling on backlog.",
         json_schema_extra=default_of(ScalingSpec),
+    )
+    dedupe: DedupeSpec | None = Field(
+        default=None,
+        description="Process each event at most once per ttl: entries with a `dedupe_key` (or an ID) "
+        "seen within ttl are acknowledged without calling the handler. Omit for no dedupe.",
     )
     template: PodTemplateSpec | None = Field(default=None, description="Overrides for the worker pods.")
 

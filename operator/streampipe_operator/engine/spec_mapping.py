@@ -61,6 +61,7 @@ def worker_settings_values(
         "backoff_max": retry.backoff.max.delta,
         "claim_idle": retry.claim_idle.delta,
         "dead_letter_stream": spec.dead_letter_stream,
+        "dedupe_ttl": group.dedupe.ttl.delta if group.dedupe is not None else None,
         "shutdown_grace": shutdown_grace(
             template.termination_grace_period_seconds if template is not None else None
         ),
