@@ -119,6 +119,52 @@ def api_status(body: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def condition_of(cluster: Cluster, namespace: str, type_: str) -> tuple[str, str] | None:
+    found = cluster.condition(namespace, "orders", type_)
+    return None if found is None else (found.status, found.reason)
+
+
+@pytest.mark.usefixtures("operator")
+def test_server_settings_changed_at_runtime_show_on_the_next_pass(
+    kubectl: Kubectl, cluster: Cluster, namespace: str, server_factory: Any
+) -> None:
+    """Durability and eviction are read every pass: a CONFIG SET on the running server shows in
+    status without a reconnect (the operator's client stays the same)."""
+    server = server_factory("valkey9")
+    admin = server.client()
+    kubectl.apply(pipeline_manifest("orders", namespace, server.url))
+    eventually(lambda: ready(cluster, namespace, "orders"), what="Ready=True")
+    assert condition_of(cluster, namespace, "DurabilityAtRisk") == ("True", "AppendOnlyOff")
+    assert condition_of(cluster, namespace, "EvictionRisk") == ("False", "StreamsNotEvicted")
+    clients_before = {c["id"] for c in admin.client_list() if c.get("name", "").startswith("streampipe")}
+
+    admin.config_set("appendonly", "yes")
+    admin.config_set("appendfsync", "no")
+    eventually(
+        lambda: condition_of(cluster, namespace, "DurabilityAtRisk") == ("True", "AppendFsyncNo"),
+        what="AppendFsyncNo",
+    )
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    eventually(
+        lambda: condition_of(cluster, namespace, "EvictionRisk") == ("True", "KeysEvictable"),
+        what="KeysEvictable",
+    )
+    assert cluster.event(namespace, "orders", "EvictionRisk")
+    admin.config_set("appendfsync", "everysec")
+    eventually(
+        lambda: condition_of(cluster, namespace, "DurabilityAtRisk") == ("False", "AppendOnlyOn"),
+        what="AppendOnlyOn",
+    )
+    body = cluster.pipeline(namespace, "orders")
+    assert body is not None
+    server_status = api_status(body)["server"]
+    assert (server_status["maxmemoryPolicy"], server_status["appendonly"]) == ("allkeys-lru", True)
+    assert server_status["appendfsync"] == "everysec"
+    assert server_status["usedMemory"] > 0
+    clients_after = {c["id"] for c in admin.client_list() if c.get("name", "").startswith("streampipe")}
+    assert clients_before & clients_after  # the same connection: seen without reconnecting
+
+
 @pytest.mark.usefixtures("operator")
 def test_worker_pods_pass_pod_security_restricted(
     kubectl: Kubectl, cluster: Cluster, namespace: str, redis_url: str

@@ -67,6 +67,7 @@ def test_status_reports_stream_groups_pending_and_dead_letters(
     assert (group["name"], group["lag"], group["pending"], group["backlog"]) == (GROUP, 6, 4, 10)
     assert group["oldest_pending"]["deliveries"] == 1
     assert group["oldest_pending"]["age_seconds"] >= 0
+    assert group["oldest_unread_age_seconds"] >= 0  # 6 entries not read yet
     assert [c["name"] for c in group["consumer_details"]] == ["worker-1"]
     assert report["dead_letter"] == {"key": f"{STREAM}:dlq", "length": 1}
 

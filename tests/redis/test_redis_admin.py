@@ -32,7 +32,7 @@ from streampipe_operator.streams.admin import (
 from streampipe_worker.connection import ConnectionSettings, create_async_client
 from streampipe_worker.entry_ids import EntryId
 from tests.support.servers import SERVER_IDS, ServerProcess, free_port
-from tests.support.topologies import start_cluster
+from tests.support.topologies import start_cluster, write_acl_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -427,3 +427,60 @@ async def test_works_through_a_cluster_client(tmp_path: Path) -> None:
     finally:
         await client.aclose()
         cluster.stop()
+
+
+async def test_the_oldest_unread_entry_is_observed_per_group(
+    admin: RedisAdmin, redis_client: redis.Redis
+) -> None:
+    ids = fill(redis_client, 5)
+    redis_client.xgroup_create(STREAM, "billing", id="0")
+    redis_client.xgroup_create(STREAM, "done", id="$")
+    redis_client.xreadgroup("billing", "pod-a", {STREAM: ">"}, count=2)
+    observed = await admin.observe_stream(STREAM)
+    billing, done = observed.group("billing"), observed.group("done")
+    assert billing is not None
+    assert done is not None
+    assert str(billing.oldest_unread_id) == ids[2]  # the first entry after last-delivered-id
+    assert done.oldest_unread_id is None
+
+
+@pytest.mark.parametrize("kind", SERVER_IDS)
+async def test_server_state_is_read_every_time_and_config_get_is_optional(
+    kind: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    user = "user reader on >s3cret ~* -@all +ping +client|setname +info"
+    server = server_factory(kind, "--aclfile", str(write_acl_file(tmp_path / "users.acl", [user])))
+    setup = server.client()
+    full = redis.asyncio.Redis.from_url(server.url)
+    limited = redis.asyncio.Redis(host="127.0.0.1", port=server.port, username="reader", password="s3cret")
+    try:
+        first = await RedisAdmin(full).server_state()
+        assert (first.aof_enabled, first.appendfsync, first.maxmemory_policy) == (
+            False,
+            "everysec",
+            "noeviction",
+        )
+        assert first.used_memory is not None
+        assert first.used_memory > 0
+        assert not first.evicts_any_key
+        setup.config_set("maxmemory-policy", "allkeys-lfu")
+        setup.config_set("maxmemory", str(512 * 1024 * 1024))
+        setup.config_set("appendonly", "yes")
+        setup.config_set("appendfsync", "no")
+        # The same admin object (and client) sees the change: nothing of it is cached.
+        again = await RedisAdmin(full).server_state()
+        assert (again.aof_enabled, again.appendfsync, again.maxmemory_policy) == (True, "no", "allkeys-lfu")
+        assert again.maxmemory == 512 * 1024 * 1024
+        assert again.evicts_any_key
+        # A user without +config|get (the documented operator ACL) gets everything but appendfsync.
+        refused = await RedisAdmin(limited).server_state()
+        assert (refused.aof_enabled, refused.appendfsync, refused.maxmemory_policy) == (
+            True,
+            None,
+            "allkeys-lfu",
+        )
+        assert (await RedisAdmin(limited).server_state()).appendfsync is None  # not asked again
+    finally:
+        await full.aclose()
+        await limited.aclose()
+        setup.close()

@@ -16,9 +16,17 @@ from streampipe_operator.kube.status import (
     GroupWorkload,
     build_status,
     status_document,
+    transition_events,
     worth_writing,
 )
-from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
+from streampipe_operator.plan.observed import (
+    ConsumerState,
+    GroupState,
+    Lag,
+    ServerState,
+    StreamObservation,
+    StreamState,
+)
 from streampipe_operator.plan.retention import EntryCount, ProtectionBound, RetentionHeld, RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 from streampipe_worker.entry_ids import EntryId
@@ -64,6 +72,9 @@ def healthy(**changes: Any) -> Findings:
     findings = Findings(
         generation=3,
         server=VALKEY,
+        server_state=ServerState(
+            used_memory=2_000_000, maxmemory=0, maxmemory_policy="noeviction", aof_enabled=False
+        ),
         where="127.0.0.1:6379",
         observation=observation(),
         group_names=["billing"],
@@ -90,11 +101,19 @@ def test_healthy_pipeline() -> None:
         "Scaling": ("True", "Active"),
         "RetentionHeld": ("False", "NotHeld"),
         "DurabilityAtRisk": ("True", "AppendOnlyOff"),
+        "EvictionRisk": ("False", "StreamsNotEvicted"),
     }
     assert [c.type for c in status.conditions] == [str(t) for t in api.ConditionType]
     assert all(c.observed_generation == 3 for c in status.conditions)
     assert status.observed_generation == 3
-    assert status.server == api.ServerStatus(family="valkey", version="9.1.0")
+    assert status.server == api.ServerStatus(
+        family="valkey",
+        version="9.1.0",
+        used_memory=2_000_000,
+        maxmemory=0,
+        maxmemory_policy="noeviction",
+        appendonly=False,
+    )
     assert status.server_features == api.ServerFeatures(stream_commands=["XAUTOCLAIM"], protected_trim=None)
     group = status.groups[0]
     assert (group.lag, group.pending, group.backlog, group.consumers) == (40, 2, 42, 1)
@@ -228,6 +247,57 @@ def test_server_features_name_the_commands_and_the_trim_path() -> None:
         "streamCommands": ["XAUTOCLAIM", "XTRIM ACKED", "XACKDEL", "XDELEX"],
         "protectedTrim": "ServerAcked",
     }
+
+
+@pytest.mark.parametrize(
+    ("state", "durability", "eviction"),
+    [
+        pytest.param(
+            ServerState(aof_enabled=True, appendfsync="everysec", maxmemory_policy="noeviction"),
+            ("False", "AppendOnlyOn"),
+            ("False", "StreamsNotEvicted"),
+            id="everysec-is-the-documented-trade-off",
+        ),
+        pytest.param(
+            ServerState(aof_enabled=True, appendfsync="no", maxmemory_policy="volatile-lru", maxmemory=10**9),
+            ("True", "AppendFsyncNo"),
+            ("False", "StreamsNotEvicted"),
+            id="fsync-no-is-a-risk-volatile-never-evicts-streams",
+        ),
+        pytest.param(
+            ServerState(aof_enabled=True, appendfsync=None, maxmemory_policy="allkeys-lru", maxmemory=10**9),
+            ("False", "AppendOnlyOn"),
+            ("True", "KeysEvictable"),
+            id="allkeys-evicts-streams-fsync-unreadable",
+        ),
+        pytest.param(
+            ServerState(aof_enabled=False, maxmemory_policy="allkeys-lfu"),
+            ("True", "AppendOnlyOff"),
+            ("True", "KeysEvictable"),
+            id="read-this-pass-not-the-cached-capabilities",
+        ),
+    ],
+)
+def test_durability_and_eviction_follow_the_server_state(
+    state: ServerState, durability: tuple[str, str], eviction: tuple[str, str]
+) -> None:
+    status = build_status(healthy(server_state=state), None, now=NOW)
+    found = conditions(status)
+    assert found["DurabilityAtRisk"] == durability
+    assert found["EvictionRisk"] == eviction
+    events = {reason for _, reason, _ in transition_events(None, status)}
+    assert ("EvictionRisk" in events) == (eviction[0] == "True")
+    assert ("DurabilityAtRisk" in events) == (durability[0] == "True")
+
+
+def test_oldest_unread_age_comes_from_the_first_unread_id() -> None:
+    base = observation()
+    group = base.groups[0].model_copy(
+        update={"oldest_unread_id": EntryId(int(NOW.timestamp() * 1000) - 75_000)}
+    )
+    status = build_status(healthy(observation=base.model_copy(update={"groups": (group,)})), None, now=NOW)
+    assert status.groups[0].oldest_unread_age == "1m15s"
+    assert build_status(healthy(), None, now=NOW).groups[0].oldest_unread_age is None
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:

@@ -135,7 +135,7 @@ def _docs_for(reply: Any, name: str) -> Any:
     return reply
 
 
-def _one_node(client: Any) -> dict[str, Any]:
+def keyless_target(client: Any) -> dict[str, Any]:
     """Routing for INFO and COMMAND: they name no key, so a cluster client cannot route them by slot;
     its default node answers (every node of a cluster runs the same server)."""
     if isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster):
@@ -145,7 +145,7 @@ def _one_node(client: Any) -> dict[str, Any]:
 
 def detect_capabilities(client: Any) -> ServerCapabilities:
     """Ask a synchronous redis-py client (standalone, Sentinel master or cluster) what it supports."""
-    node = _one_node(client)
+    node = keyless_target(client)
     info = dict(client.info("server", **node))
     info.update(client.info("persistence", **node))
     docs = {
@@ -161,7 +161,7 @@ async def adetect_capabilities(client: Any) -> ServerCapabilities:
     """Ask a ``redis.asyncio`` client (standalone, Sentinel master or cluster) what it supports."""
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         await client.initialize()  # its default node is known once it has read the cluster's slots
-    node = _one_node(client)
+    node = keyless_target(client)
     info = dict(await client.info("server", **node))
     info.update(await client.info("persistence", **node))
     docs = {}

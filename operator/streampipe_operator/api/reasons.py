@@ -44,6 +44,11 @@ class Reason(StrEnum):
     APPEND_ONLY_OFF = "AppendOnlyOff"
     APPEND_ONLY_ON = "AppendOnlyOn"
     DURABILITY_AT_RISK = "DurabilityAtRisk"
+    APPEND_FSYNC_NO = "AppendFsyncNo"
+    # EvictionRisk (also an Event when it turns True)
+    KEYS_EVICTABLE = "KeysEvictable"
+    NO_EVICTION = "StreamsNotEvicted"
+    EVICTION_RISK = "EvictionRisk"
     # Events of a housekeeping pass (engine.housekeeping; the operator posts some, `up` shows them)
     GROUP_CREATED = "GroupCreated"
     GROUP_RECREATED = "GroupRecreated"

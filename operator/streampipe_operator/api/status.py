@@ -33,6 +33,7 @@ class ConditionType(StrEnum):
     SCALING = "Scaling"
     RETENTION_HELD = "RetentionHeld"
     DURABILITY_AT_RISK = "DurabilityAtRisk"
+    EVICTION_RISK = "EvictionRisk"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -51,7 +52,7 @@ class Condition(StatusModel):
 
     type: Annotated[str, StringConstraints(max_length=316)] = Field(
         description="Condition type: Ready, RedisReachable, GroupsReady, Scaling, RetentionHeld, "
-        "DurabilityAtRisk."
+        "DurabilityAtRisk, EvictionRisk."
     )
     status: ConditionStatus = Field(description="`True`, `False` or `Unknown`.")
     reason: Annotated[
@@ -71,6 +72,20 @@ class ServerStatus(StatusModel):
 
     family: Literal["redis", "valkey"] = Field(description="`redis` or `valkey`.")
     version: Annotated[str, StringConstraints(max_length=64)] = Field(description="The server's own version.")
+    used_memory: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Bytes the server uses (INFO memory `used_memory`)."
+    )
+    maxmemory: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="The server's memory limit in bytes (`maxmemory`); 0 = none."
+    )
+    maxmemory_policy: ShortText | None = Field(
+        default=None, description="What the server does at `maxmemory` (`noeviction`, `allkeys-lru`, ...)."
+    )
+    appendonly: bool | None = Field(default=None, description="The server writes an append-only file.")
+    appendfsync: ShortText | None = Field(
+        default=None,
+        description="`always`, `everysec` or `no`; unset when the operator's user may not run CONFIG GET.",
+    )
 
 
 class ServerFeatures(StatusModel):
@@ -132,6 +147,11 @@ class GroupStatus(StatusModel):
     oldest_pending_age: ShortText | None = Field(
         default=None,
         description="Age of the oldest pending entry (since it was added, from its ID), e.g. `2s`.",
+    )
+    oldest_unread_age: ShortText | None = Field(
+        default=None,
+        description="Age of the oldest entry the group has not read yet (since it was added, from its ID), "
+        "e.g. `45s`: how far behind the group's reading is in time. Unset when nothing is unread.",
     )
     last_delivered_id: ShortText | None = Field(
         default=None,

@@ -212,6 +212,7 @@ class Housekeeper:
                 kept.backend.advise(name, first, None)  # the first advice, before any change
         findings = Findings(
             server=report.server,
+            server_state=report.server_state,
             where=kept.admin.where,
             observation=report.observation,
             group_names=[group.name for group in spec.groups],

@@ -24,7 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType
-from streampipe_operator.kube.status import Findings, oldest_pending_seconds
+from streampipe_operator.kube.status import Findings, oldest_pending_seconds, oldest_unread_seconds
 
 PIPELINE = ("namespace", "pipeline")
 # The kinds of streampipe_operator_errors_total (docs/operator.md lists them).
@@ -111,6 +111,36 @@ class OperatorMetrics:
             "Age of a group's oldest pending entry (now minus its ID's timestamp); 0 when nothing is "
             "pending, absent while the group is missing.",
             GROUP,
+            registry=r,
+        )
+        self.oldest_unread_age = Gauge(
+            "streampipe_operator_group_oldest_unread_age_seconds",
+            "Age of the oldest entry the group has not read yet (from its ID; 0 when nothing is unread).",
+            GROUP,
+            registry=r,
+        )
+        self.used_memory = Gauge(
+            "streampipe_operator_server_used_memory_bytes",
+            "The pipeline's server: INFO memory used_memory.",
+            PIPELINE,
+            registry=r,
+        )
+        self.maxmemory = Gauge(
+            "streampipe_operator_server_maxmemory_bytes",
+            "The pipeline's server: maxmemory (0 = no limit).",
+            PIPELINE,
+            registry=r,
+        )
+        self.evicts_streams = Gauge(
+            "streampipe_operator_server_evicts_streams",
+            "1 when the server's maxmemory-policy (allkeys-*) may evict the pipeline's streams.",
+            PIPELINE,
+            registry=r,
+        )
+        self.stream_memory_share = Gauge(
+            "streampipe_operator_stream_memory_share",
+            "The stream's MEMORY USAGE as a share of the server's used_memory (0..1).",
+            PIPELINE,
             registry=r,
         )
         self.consumers = Gauge(
@@ -214,6 +244,18 @@ class OperatorMetrics:
             metrics.put(metrics.consumers, group.consumers if state is not None else None, *labels)
             age = oldest_pending_seconds(state, now=now) if state is not None else None
             metrics.put(metrics.oldest_pending_age, age, *labels)
+            unread = (oldest_unread_seconds(state, now=now) or 0.0) if state is not None else None
+            metrics.put(metrics.oldest_unread_age, unread, *labels)
+        server = findings.server_state
+        if server is not None:
+            metrics.put(metrics.used_memory, server.used_memory, *pipeline)
+            metrics.put(metrics.maxmemory, server.maxmemory, *pipeline)
+            evicts = None if server.maxmemory_policy is None else float(server.evicts_any_key)
+            metrics.put(metrics.evicts_streams, evicts, *pipeline)
+            share = None
+            if server.used_memory and observation.memory_bytes is not None:
+                share = min(1.0, observation.memory_bytes / server.used_memory)
+            metrics.put(metrics.stream_memory_share, share, *pipeline)
         stream = status.stream
         metrics.stream_length.labels(*pipeline).set(stream.length if stream is not None else 0)
         metrics.put(metrics.stream_memory, stream.memory_bytes if stream is not None else None, *pipeline)

@@ -351,6 +351,7 @@ class PipelineRuntime:
         else:
             work.decisions = report.decisions
             findings.server = report.server
+            findings.server_state = report.server_state
             findings.where = admin.where
             findings.observation = report.observation
             findings.group_problems = report.group_problems

@@ -36,7 +36,7 @@ from streampipe_operator.plan.groups import (
     LastKnownPosition,
     plan_groups,
 )
-from streampipe_operator.plan.observed import GroupState, Lag, StreamObservation
+from streampipe_operator.plan.observed import GroupState, Lag, ServerState, StreamObservation
 from streampipe_operator.plan.retention import (
     RetentionOutcome,
     TrimAction,
@@ -122,6 +122,7 @@ class PassReport:
 
     observation: StreamObservation
     server: ServerCapabilities
+    server_state: ServerState | None = None  # memory and persistence, read every pass
     events: list[PassEvent] = field(default_factory=list)
     group_problems: dict[str, str] = field(default_factory=dict)
     orphaned: tuple[str, ...] = ()
@@ -179,7 +180,9 @@ async def run_pass(
     """One pass (see the module docstring). ``known_positions`` are group positions from a durable
     record (the operator's status); what ``memory`` saw last is fresher and wins."""
     observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
-    report = PassReport(observation=observation, server=await admin.capabilities())
+    report = PassReport(
+        observation=observation, server=await admin.capabilities(), server_state=await admin.server_state()
+    )
     steps = _Steps(spec, admin, backend, memory, report, clock, consumer_idle_floor)
     await steps.fix_groups(known_positions or {})
     await steps.scale()

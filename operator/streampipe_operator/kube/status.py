@@ -20,7 +20,7 @@ from typing import Any, Literal
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType, Reason
 from streampipe_operator.plan.backlog import group_backlog
-from streampipe_operator.plan.observed import GroupState, StreamObservation
+from streampipe_operator.plan.observed import GroupState, ServerState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
 
@@ -55,6 +55,7 @@ class Findings:
     deletion_blocked: str | None = None
     redis_problem: tuple[RedisProblem, str] | None = None
     server: ServerCapabilities | None = None
+    server_state: ServerState | None = None
     where: str = ""
     observation: StreamObservation | None = None
     group_names: Sequence[str] = ()
@@ -88,6 +89,14 @@ def oldest_pending_seconds(state: GroupState, *, now: float) -> float:
     return max(0.0, now - state.oldest_pending_id.unix_seconds)
 
 
+def oldest_unread_seconds(state: GroupState, *, now: float) -> float | None:
+    """Seconds since the oldest entry the group has not read was added (its ID's timestamp): the age
+    of the lag. None when nothing is unread; the figure of ``oldestUnreadAge`` and of the metric."""
+    if state.oldest_unread_id is None:
+        return None
+    return max(0.0, now - state.oldest_unread_id.unix_seconds)
+
+
 def group_status(
     name: str, state: GroupState | None, workload: GroupWorkload | None, *, now: float
 ) -> api.GroupStatus:
@@ -105,6 +114,9 @@ def group_status(
         if state.oldest_pending_id is not None and state.pending:
             status.oldest_pending_id = str(state.oldest_pending_id)
             status.oldest_pending_age = _age(oldest_pending_seconds(state, now=now))
+        unread_age = oldest_unread_seconds(state, now=now)
+        if unread_age is not None:
+            status.oldest_unread_age = _age(unread_age)
     if workload is not None:
         status.replicas = workload.replicas
         status.ready_replicas = workload.ready_replicas
@@ -137,6 +149,7 @@ def build_status(
     _scaling_condition(findings, put)
     _retention_condition(findings, previous, put)
     _durability_condition(findings, put)
+    _eviction_condition(findings, put)
     put(
         ConditionType.READY,
         "True" if ready_reason == Reason.RECONCILED else "False",
@@ -149,7 +162,16 @@ def build_status(
     status = api.StreamPipelineStatus(observed_generation=generation, conditions=conditions)
     observation = findings.observation
     if findings.server is not None:
-        status.server = api.ServerStatus(family=findings.server.family, version=findings.server.version)
+        state = findings.server_state or ServerState()
+        status.server = api.ServerStatus(
+            family=findings.server.family,
+            version=findings.server.version,
+            used_memory=state.used_memory,
+            maxmemory=state.maxmemory,
+            maxmemory_policy=state.maxmemory_policy,
+            appendonly=state.aof_enabled,
+            appendfsync=state.appendfsync,
+        )
         status.server_features = api.ServerFeatures(
             stream_commands=findings.server.stream_commands(),
             protected_trim=findings.retention.path if findings.retention is not None else None,
@@ -379,18 +401,42 @@ def _retention_condition(findings: Findings, previous: api.StreamPipelineStatus,
 
 
 def _durability_condition(findings: Findings, put: Any) -> None:
+    """From what the server says this pass (INFO persistence, CONFIG GET appendfsync), so a change
+    made to a running server shows on the next pass, not only after a reconnect."""
     server = findings.server
     if server is None:
         skipped = _not_checked(findings)
         if skipped:
             put(ConditionType.DURABILITY_AT_RISK, "Unknown", Reason.NOT_CHECKED, skipped)
         return
-    if server.aof_enabled:
+    state = findings.server_state
+    aof = state.aof_enabled if state is not None and state.aof_enabled is not None else server.aof_enabled
+    fsync = state.appendfsync if state is not None else None
+    where = f"{server.describe()} at {findings.where}"
+    if aof and fsync == "no":
+        put(
+            ConditionType.DURABILITY_AT_RISK,
+            "True",
+            Reason.APPEND_FSYNC_NO,
+            f"{where} writes an append-only file but never syncs it (appendfsync no): the kernel decides "
+            f"when entries reach the disk, so a host crash can lose many seconds of acknowledged writes; "
+            f"set appendfsync everysec (at most about one second lost) or always",
+        )
+    elif aof:
+        if fsync == "everysec":
+            detail = (
+                "appendfsync everysec: a host crash can lose up to about one second of acknowledged "
+                "writes, the documented trade-off"
+            )
+        elif fsync == "always":
+            detail = "appendfsync always: every write is on disk before it is acknowledged"
+        else:
+            detail = "appendfsync not readable by this user (CONFIG GET); everysec is the default"
         put(
             ConditionType.DURABILITY_AT_RISK,
             "False",
             Reason.APPEND_ONLY_ON,
-            f"{server.describe()} writes an append-only file",
+            f"{server.describe()} writes an append-only file ({detail})",
         )
     else:
         put(
@@ -403,6 +449,36 @@ def _durability_condition(findings: Findings, put: Any) -> None:
         )
 
 
+def _eviction_condition(findings: Findings, put: Any) -> None:
+    """EvictionRisk: whether the server's maxmemory-policy may evict the pipeline's streams."""
+    state, server = findings.server_state, findings.server
+    if server is None or state is None or state.maxmemory_policy is None:
+        skipped = _not_checked(findings)
+        if skipped:
+            put(ConditionType.EVICTION_RISK, "Unknown", Reason.NOT_CHECKED, skipped)
+        return
+    policy = state.maxmemory_policy
+    limit = f"maxmemory {state.maxmemory} bytes" if state.maxmemory else "no maxmemory set yet"
+    if state.evicts_any_key:
+        put(
+            ConditionType.EVICTION_RISK,
+            "True",
+            Reason.KEYS_EVICTABLE,
+            f"{server.describe()} at {findings.where} has maxmemory-policy {policy} ({limit}): at the "
+            f"limit it evicts any key, this pipeline's stream and dead-letter stream included, and every "
+            f"entry in them is lost without an error; use noeviction (writes fail instead) or a volatile-* "
+            f"policy "
+            f"(streams have no TTL, so they are never chosen)",
+        )
+    else:
+        put(
+            ConditionType.EVICTION_RISK,
+            "False",
+            Reason.NO_EVICTION,
+            f"maxmemory-policy {policy} ({limit}) never evicts keys without a TTL, such as streams",
+        )
+
+
 # ------------------------------------------------------------------------------------ writing it
 
 _GROUP_FIGURES = (
@@ -412,6 +488,7 @@ _GROUP_FIGURES = (
     "backlog",
     "consumers",
     "oldestPendingAge",
+    "oldestUnreadAge",
     "oldestPendingId",
     "lastDeliveredId",
     "entriesRead",
@@ -433,7 +510,9 @@ def significant(document: Mapping[str, Any]) -> dict[str, Any]:
             (c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
             for c in document.get("conditions") or []
         ],
-        "server": document.get("server"),
+        "server": {
+            key: value for key, value in (document.get("server") or {}).items() if key != "usedMemory"
+        },
         "groups": [
             {key: value for key, value in group.items() if key not in _GROUP_FIGURES}
             for group in document.get("groups") or []
@@ -468,7 +547,7 @@ def transition_events(
 ) -> list[tuple[EventType, str, str]]:
     """The Events a status change is worth (type, reason, message): one per change of Ready's status or
     reason (not for the very first status, when Ready is True: DeploymentCreated etc. say enough), and
-    one when DurabilityAtRisk turns True."""
+    one when DurabilityAtRisk or EvictionRisk turns True."""
     events: list[tuple[EventType, str, str]] = []
     old = api.StreamPipelineStatus.model_validate(before) if before else api.StreamPipelineStatus()
     ready, was = status.condition(ConditionType.READY), old.condition(ConditionType.READY)
@@ -483,4 +562,10 @@ def transition_events(
     )
     if risk is not None and risk.status == "True" and (had is None or had.status != "True"):
         events.append(("Warning", Reason.DURABILITY_AT_RISK, risk.message))
+    eviction, evicted = (
+        status.condition(ConditionType.EVICTION_RISK),
+        old.condition(ConditionType.EVICTION_RISK),
+    )
+    if eviction is not None and eviction.status == "True" and (evicted is None or evicted.status != "True"):
+        events.append(("Warning", Reason.EVICTION_RISK, eviction.message))
     return events

@@ -75,7 +75,28 @@ class GroupState(Frozen):
     lag: Lag = Field(description="Entries not yet delivered to the group (see backlog.Lag for its source)")
     pending: int = Field(ge=0, description="Delivered and not acknowledged (the PEL size)")
     oldest_pending_id: EntryId | None = Field(default=None, description="Smallest ID in the PEL")
+    oldest_unread_id: EntryId | None = Field(
+        default=None, description="The first entry after last_delivered_id; None when nothing is unread"
+    )
     consumers: tuple[ConsumerState, ...] = ()
+
+
+class ServerState(Frozen):
+    """What the server says of its memory and persistence now (INFO, CONFIG GET), read every pass."""
+
+    used_memory: int | None = Field(default=None, ge=0, description="INFO memory used_memory, bytes")
+    maxmemory: int | None = Field(default=None, ge=0, description="INFO memory maxmemory; 0 = no limit")
+    maxmemory_policy: str | None = Field(default=None, description="INFO memory maxmemory_policy")
+    aof_enabled: bool | None = Field(default=None, description="INFO persistence aof_enabled")
+    appendfsync: str | None = Field(
+        default=None, description="CONFIG GET appendfsync: always, everysec or no; None when not readable"
+    )
+
+    @property
+    def evicts_any_key(self) -> bool:
+        """An ``allkeys-*`` policy may evict any key, streams included (``volatile-*`` only keys with
+        a TTL, which streams do not have)."""
+        return (self.maxmemory_policy or "").startswith("allkeys-")
 
 
 class StreamState(Frozen):

@@ -33,7 +33,14 @@ from streampipe_operator.plan.backlog import counted_lag, lag_from_server
 from streampipe_operator.plan.consumers import DeleteConsumer
 from streampipe_operator.plan.frozen import Frozen
 from streampipe_operator.plan.groups import CreateGroup, DeleteKeys, DestroyGroup, GroupPlan
-from streampipe_operator.plan.observed import ConsumerState, GroupState, Lag, StreamObservation, StreamState
+from streampipe_operator.plan.observed import (
+    ConsumerState,
+    GroupState,
+    Lag,
+    ServerState,
+    StreamObservation,
+    StreamState,
+)
 from streampipe_operator.plan.retention import (
     CountRequest,
     EntryCount,
@@ -43,7 +50,7 @@ from streampipe_operator.plan.retention import (
     plan_retention,
 )
 from streampipe_operator.streams import paging
-from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities
+from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities, keyless_target
 from streampipe_worker.connection import AsyncClient
 from streampipe_worker.entry_ids import EntryId
 
@@ -183,6 +190,44 @@ def _optional_int(value: Any) -> int | None:
 
 
 _capabilities_cache: weakref.WeakKeyDictionary[Any, ServerCapabilities] = weakref.WeakKeyDictionary()
+# Clients whose user may not run CONFIG GET: not asked again.
+_config_refused: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+async def _appendfsync(client: Any, node: Mapping[str, Any]) -> str | None:
+    """CONFIG GET appendfsync; None for a user without ``+config|get`` (the documented ACL: CONFIG GET
+    also reads passwords) or a server that renamed CONFIG, asked once per client."""
+    if client in _config_refused:
+        return None
+    try:
+        reply = await client.config_get("appendfsync", **node)
+    except (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError):
+        _config_refused.add(client)
+        return None
+    return _decoded_config(reply).get("appendfsync") or None
+
+
+def _server_state(
+    memory: Mapping[str, Any], persistence: Mapping[str, Any], appendfsync: str | None
+) -> ServerState:
+    policy = memory.get("maxmemory_policy")
+    return ServerState(
+        used_memory=_optional_int(memory.get("used_memory")),
+        maxmemory=_optional_int(memory.get("maxmemory")),
+        maxmemory_policy=None if policy is None else _text(policy),
+        aof_enabled=str(persistence.get("aof_enabled", "0")) == "1" if persistence else None,
+        appendfsync=appendfsync,
+    )
+
+
+def _decoded_config(reply: Any) -> dict[str, str]:
+    """CONFIG GET's reply as str -> str, whatever the decoding and the protocol (dict or flat list)."""
+    if isinstance(reply, Mapping):
+        items = list(reply.items())
+    else:
+        items = list(zip(reply[::2], reply[1::2], strict=True))
+    return {_text(key): _text(value) for key, value in items}
+
 
 # Delete a consumer only if it has nothing pending *at that moment*: XGROUP DELCONSUMER would drop its
 # pending entries, and a consumer can read between our observation and the deletion.
@@ -241,6 +286,16 @@ class RedisAdmin:
             _capabilities_cache[self.client] = cached
         return cached
 
+    async def server_state(self) -> ServerState:
+        """Memory and persistence as the server reports them now (INFO memory / persistence), and
+        ``appendfsync`` where the user may read it (see :func:`_appendfsync`)."""
+        node = keyless_target(self.client)
+        async with self._errors("reading INFO memory / persistence, CONFIG GET appendfsync"):
+            memory = await self.client.info("memory", **node)
+            persistence = await self.client.info("persistence", **node)
+            appendfsync = await _appendfsync(self.client, node)
+        return _server_state(memory, persistence, appendfsync)
+
     # --- observe -------------------------------------------------------------------------------------
 
     async def observe_stream(
@@ -264,9 +319,11 @@ class RedisAdmin:
 
         pipe = self.client.pipeline(transaction=False)
         names = [_text(g["name"]) for g in raw_groups]
-        for name in names:
+        for name, raw in zip(names, raw_groups, strict=True):
             pipe.xpending(stream, name)
             pipe.xinfo_consumers(stream, name)
+            # The oldest entry the group has not read: its ID's time is the lag's age.
+            pipe.xrange(stream, min=paging.after(_text(raw["last-delivered-id"])), max="+", count=1)
         if memory:
             pipe.memory_usage(stream)
         if dead_letter is not None:
@@ -276,11 +333,14 @@ class RedisAdmin:
 
         groups: list[GroupState] = []
         for index, raw in enumerate(raw_groups):
-            pending_reply, consumers_reply = replies[2 * index], replies[2 * index + 1]
+            pending_reply, consumers_reply, unread_reply = replies[3 * index : 3 * index + 3]
             if self._group_gone(stream, names[index], pending_reply, consumers_reply):
                 continue
-            groups.append(await self._group_state(stream, state, raw, pending_reply, consumers_reply))
-        rest = replies[2 * len(names) :]
+            group = await self._group_state(stream, state, raw, pending_reply, consumers_reply)
+            if unread_reply and not isinstance(unread_reply, Exception):
+                group = group.model_copy(update={"oldest_unread_id": _entry_id(unread_reply[0][0])})
+            groups.append(group)
+        rest = replies[3 * len(names) :]
         # MEMORY USAGE is a nicety: an ACL user without +memory still gets everything else.
         memory_reply = rest.pop(0) if memory else None
         memory_bytes = (

@@ -43,6 +43,9 @@ class GroupReport(BaseModel):
     lag_source: str
     backlog: int | None = Field(description="lag + pending")
     oldest_pending: OldestPending | None = None
+    oldest_unread_age_seconds: float | None = Field(
+        default=None, description="Age of the oldest entry the group has not read (None: nothing unread)"
+    )
     consumer_details: list[ConsumerState] = Field(default_factory=list)
     in_spec: bool | None = Field(default=None, description="Declared in the file (None: no file given)")
 
@@ -156,6 +159,7 @@ async def gather_status(
             lag_source=group.lag.source,
             backlog=None if group.lag.value is None else group.lag.value + group.pending,
             oldest_pending=oldest.get(group.name),
+            oldest_unread_age_seconds=_age(group.oldest_unread_id, now),
             consumer_details=list(group.consumers) if consumers else [],
             in_spec=None if declared is None else group.name in declared,
         )
@@ -249,6 +253,7 @@ def render_status(report: StatusReport) -> RenderableType:
     groups = Table(title="groups", title_justify="left")
     for column in ("group", "consumers", "lag", "pending", "backlog", "last delivered", "entries read"):
         groups.add_column(column, justify="left" if column in ("group", "last delivered") else "right")
+    groups.add_column("oldest unread age", justify="right")
     groups.add_column("oldest pending (age / idle / deliveries)")
     for group in report.groups:
         oldest = group.oldest_pending
@@ -260,13 +265,14 @@ def render_status(report: StatusReport) -> RenderableType:
             "unknown" if group.backlog is None else f"{group.backlog:,}",
             group.last_delivered_id,
             "-" if group.entries_read is None else f"{group.entries_read:,}",
+            seconds(group.oldest_unread_age_seconds),
             "-"
             if oldest is None
             else f"{oldest.id}  {seconds(oldest.age_seconds)} / {seconds(oldest.idle_seconds)} / "
             f"{oldest.deliveries}x",
         )
     for name in report.missing_groups:
-        groups.add_row(Text(f"{name} (missing)", style="red"), *["-"] * 7)
+        groups.add_row(Text(f"{name} (missing)", style="red"), *["-"] * 8)
     parts.append(groups)
     for group in report.groups:
         if not group.consumer_details:
