@@ -64,6 +64,13 @@ def render(
     return [doc for doc in documents if doc]
 
 
+def refusal(*args: str) -> str:
+    """``helm template`` with these arguments must fail; its error output."""
+    done = helm("template", "sp", str(CHART), "--namespace", RELEASE_NAMESPACE, *args, check=False)
+    assert done.returncode != 0, f"rendered with {args}"
+    return done.stderr
+
+
 def render_text(values: Path | None = None, *args: str, **kwargs: Any) -> str:
     return yaml.safe_dump_all(render(values, *args, **kwargs), sort_keys=False)
 
@@ -416,7 +423,11 @@ def test_ha_enables_peering_rolling_updates_and_spreads_pods() -> None:
     assert pod["containers"][0]["image"] == ("ghcr.io/streampipe/streampipe-operator@sha256:" + "0" * 64)
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     pdb = one(objects, "PodDisruptionBudget")
-    assert pdb["spec"] == {"minAvailable": 2, "selector": deployment["spec"]["selector"]}
+    assert pdb["spec"] == {
+        "minAvailable": 2,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": deployment["spec"]["selector"],
+    }
     assert deployment["metadata"]["labels"]["team"] == "platform"
     assert deployment["metadata"]["annotations"]["owner"] == "platform@example.com"
 
@@ -532,3 +543,62 @@ def test_chart_test_pod_checks_the_health_port_through_the_service() -> None:
     labels = pod["metadata"]["labels"]
     assert not all(labels.get(key) == value for key, value in service_selector.items())
     compile(script, "test-health", "exec")  # the inline check is valid Python
+
+
+# --- PodDisruptionBudget ---------------------------------------------------------------------------
+
+
+def test_pdb_defaults_to_max_unavailable_one_and_always_allow() -> None:
+    objects = render()
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": one(objects, "Deployment")["spec"]["selector"],
+    }
+    pdb = one(
+        render(None, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget"),
+        "PodDisruptionBudget",
+    )
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    pdb = one(render(None, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy="), "PodDisruptionBudget")
+    assert "unhealthyPodEvictionPolicy" not in pdb["spec"]
+
+
+def test_pdb_keeps_max_unavailable_zero() -> None:
+    pdb = one(render(None, "--set", "podDisruptionBudget.maxUnavailable=0"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 0
+    assert "minAvailable" not in pdb["spec"]
+    pdb = one(render(None, "--set", "podDisruptionBudget.maxUnavailable=null"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available"),
+    [("1", "1"), ("2", "2"), ("3", "5"), ("3", '"70%"'), ("1", '"100%"')],
+)
+def test_pdb_min_available_not_below_replicas_fails_rendering(replicas: str, min_available: str) -> None:
+    stderr = refusal(
+        "--set", f"replicaCount={replicas}", "--set-json", f"podDisruptionBudget.minAvailable={min_available}"
+    )
+    assert "podDisruptionBudget.minAvailable" in stderr
+    assert "every node drain blocks" in stderr
+    assert "below replicaCount" in stderr
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available", "expected"), [("3", "2", 2), ("2", '"50%"', "50%"), ("2", "0", 0)]
+)
+def test_pdb_min_available_below_replicas_renders(
+    replicas: str, min_available: str, expected: object
+) -> None:
+    objects = render(
+        None,
+        "--set",
+        f"replicaCount={replicas}",
+        "--set-json",
+        f"podDisruptionBudget.minAvailable={min_available}",
+    )
+    spec = one(objects, "PodDisruptionBudget")["spec"]
+    assert spec["minAvailable"] == expected
+    assert "maxUnavailable" not in spec
