@@ -602,3 +602,30 @@ def test_pdb_min_available_below_replicas_renders(
     spec = one(objects, "PodDisruptionBudget")["spec"]
     assert spec["minAvailable"] == expected
     assert "maxUnavailable" not in spec
+
+
+# --- labels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["podLabels", "commonLabels"])
+@pytest.mark.parametrize(
+    "label", ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"]
+)
+def test_schema_refuses_labels_that_override_the_selector(field: str, label: str) -> None:
+    key = f"{field}.{label.replace('.', chr(92) + '.')}"
+    stderr = refusal("--set", f"{key}=other")
+    assert f"/{field}/{label.replace('/', '~1')}" in stderr, stderr
+    assert f"invalid propertyName '{label}'" in stderr, stderr
+    lint = helm("lint", "--strict", str(CHART), "--set", f"{key}=other", check=False)
+    assert lint.returncode != 0
+    assert f"invalid propertyName '{label}'" in lint.stdout + lint.stderr
+
+
+def test_extra_pod_labels_are_added_next_to_the_selector_labels() -> None:
+    objects = render(None, "--set", "podLabels.team=payments", "--set", "commonLabels.tier=ops")
+    deployment = one(objects, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "payments"
+    assert labels["tier"] == "ops"
+    for key, value in deployment["spec"]["selector"]["matchLabels"].items():
+        assert labels[key] == value
