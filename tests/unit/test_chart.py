@@ -71,6 +71,18 @@ def refusal(*args: str) -> str:
     return done.stderr
 
 
+def render_values(tmp_path: Path, values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    """``render`` with a values file written from ``values``."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return render(path, **kwargs)
+
+
+def operator_container(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
 def render_text(values: Path | None = None, *args: str, **kwargs: Any) -> str:
     return yaml.safe_dump_all(render(values, *args, **kwargs), sort_keys=False)
 
@@ -250,6 +262,9 @@ def test_every_value_is_documented() -> None:
         (["--set-json", 'watchNamespaces=["Not_A_Namespace"]'], "watchNamespaces"),
         (["--set", "networkPolicy.redis.ports[0]=70000"], "ports"),
         (["--set", "serviceMonitor.interval=30"], "interval"),
+        (["--set", "namespaceOverride=Not_A_Namespace"], "namespaceOverride"),
+        (["--set", "livenessProbe.httpGett.path=/"], "httpGett"),
+        (["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=Never"], "unhealthyPodEvictionPolicy"),
     ],
     ids=[
         "unknown-top-level",
@@ -260,6 +275,9 @@ def test_every_value_is_documented() -> None:
         "namespace",
         "port-range",
         "interval-unit",
+        "namespace-override",
+        "probe-field",
+        "eviction-policy",
     ],
 )
 def test_schema_refuses_typos_and_bad_values(args: list[str], message: str) -> None:
@@ -629,3 +647,231 @@ def test_extra_pod_labels_are_added_next_to_the_selector_labels() -> None:
     assert labels["tier"] == "ops"
     for key, value in deployment["spec"]["selector"]["matchLabels"].items():
         assert labels[key] == value
+
+
+# --- conventional values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        ({}, "ghcr.io/streampipe/streampipe-operator:0.1.0"),
+        (
+            {"image": {"registry": "registry.example.com"}},
+            "registry.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        ({"image": {"registry": ""}}, "streampipe/streampipe-operator:0.1.0"),
+        (
+            {"global": {"imageRegistry": "mirror.example.com/"}},
+            "mirror.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        (
+            {
+                "global": {"imageRegistry": "mirror.example.com"},
+                "image": {"registry": "registry.example.com"},
+            },
+            "mirror.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        (
+            {"global": {"imageRegistry": "mirror.example.com"}, "image": {"digest": "sha256:" + "a" * 64}},
+            "mirror.example.com/streampipe/streampipe-operator@sha256:" + "a" * 64,
+        ),
+        # A repository that names its own registry host is used as is.
+        (
+            {"global": {"imageRegistry": "mirror.example.com"}, "image": {"repository": "localhost:5000/op"}},
+            "localhost:5000/op:0.1.0",
+        ),
+        (
+            {"image": {"repository": "registry.example.com/ops/operator", "tag": "1.2"}},
+            "registry.example.com/ops/operator:1.2",
+        ),
+    ],
+    ids=[
+        "default",
+        "image-registry",
+        "no-registry",
+        "global",
+        "global-wins",
+        "digest",
+        "own-host-port",
+        "own-host",
+    ],
+)
+def test_image_registry_prefixes_the_repository(tmp_path: Path, values: dict[str, Any], image: str) -> None:
+    objects = render_values(tmp_path, values)
+    assert operator_container(objects)["image"] == image
+    assert one(objects, "Pod")["spec"]["containers"][0]["image"] == image  # the chart test pod
+
+
+def test_global_image_pull_secrets_are_merged_with_the_charts(tmp_path: Path) -> None:
+    values = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "global": {"imagePullSecrets": ["mirror-cred", {"name": "org-cred"}, "regcred"]},
+    }
+    objects = render_values(tmp_path, values)
+    expected = [{"name": "regcred"}, {"name": "mirror-cred"}, {"name": "org-cred"}]
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == expected
+    assert one(objects, "Pod")["spec"]["imagePullSecrets"] == expected
+    only_global = render_values(tmp_path, {"global": {"imagePullSecrets": ["mirror-cred"]}})
+    assert one(only_global, "Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == [
+        {"name": "mirror-cred"}
+    ]
+    assert "imagePullSecrets" not in one(render(), "Deployment")["spec"]["template"]["spec"]
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_namespace_override_moves_every_namespaced_object(name: str) -> None:
+    objects = render(VALUE_SETS[name], "--set", "namespaceOverride=ops", api_versions=MONITORING_APIS)
+    watched = {"team-a", "team-b"} if name == "namespaced" else set()
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        namespace = obj["metadata"].get("namespace")
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert namespace is None, where
+        elif obj["kind"] in {"Role", "RoleBinding", "KopfPeering"}:
+            assert namespace in watched, where  # the watched namespaces' own objects stay there
+        else:
+            assert namespace == "ops", where
+    for binding in by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "ops"
+    for monitor in by_kind(objects, "ServiceMonitor"):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    script = one(objects, "Pod")["spec"]["containers"][0]["command"][-1]
+    assert "http://sp-streampipe.ops.svc:8080/healthz" in script
+
+
+def test_service_account_automount() -> None:
+    objects = render()
+    assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is True
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    objects = render(None, "--set", "serviceAccount.automount=false")
+    assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_revision_history_limit() -> None:
+    assert one(render(), "Deployment")["spec"]["revisionHistoryLimit"] == 5
+    assert (
+        one(render(None, "--set", "revisionHistoryLimit=1"), "Deployment")["spec"]["revisionHistoryLimit"]
+        == 1
+    )
+    assert (
+        one(render(None, "--set", "revisionHistoryLimit=0"), "Deployment")["spec"]["revisionHistoryLimit"]
+        == 0
+    )
+
+
+def test_extra_env_from_volumes_and_mounts_reach_the_deployment(tmp_path: Path) -> None:
+    volume = {"name": "ca", "configMap": {"name": "corporate-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}
+    env_from = [{"secretRef": {"name": "operator-env"}}, {"configMapRef": {"name": "operator-settings"}}]
+    values = {"operator": {"extraEnvFrom": env_from}, "extraVolumes": [volume], "extraVolumeMounts": [mount]}
+    pod = one(render_values(tmp_path, values), "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["envFrom"] == env_from
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, mount]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, volume]
+    default = operator_container(render())
+    assert "envFrom" not in default
+    assert default["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+
+def test_probe_defaults_and_overrides(tmp_path: Path) -> None:
+    container = operator_container(render())
+    health = {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"] == {
+        "httpGet": health,
+        "initialDelaySeconds": 10,
+        "periodSeconds": 15,
+        "timeoutSeconds": 5,
+        "failureThreshold": 4,
+    }
+    assert container["readinessProbe"]["httpGet"] == health
+    assert "startupProbe" not in container
+    values = {
+        "livenessProbe": {"exec": {"command": ["python", "-c", "pass"]}, "periodSeconds": 30},
+        "readinessProbe": {"tcpSocket": {"port": "health"}, "successThreshold": 2},
+        "startupProbe": {"enabled": True, "failureThreshold": 60},
+    }
+    container = operator_container(render_values(tmp_path, values))
+    assert container["livenessProbe"] == {
+        "exec": {"command": ["python", "-c", "pass"]},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 30,
+        "timeoutSeconds": 5,
+        "failureThreshold": 4,
+    }
+    assert container["readinessProbe"] == {
+        "tcpSocket": {"port": "health"},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+        "successThreshold": 2,
+    }
+    assert container["startupProbe"] == {
+        "httpGet": health,
+        "periodSeconds": 5,
+        "timeoutSeconds": 5,
+        "failureThreshold": 60,
+    }
+    container = operator_container(render(None, "--set", "livenessProbe.enabled=false"))
+    assert "livenessProbe" not in container
+    assert "readinessProbe" in container
+    stderr = refusal("--set", "livenessProbe.tcpSocket.port=health", "--set", "livenessProbe.httpGet.path=/x")
+    assert "livenessProbe has more than one handler (httpGet, tcpSocket)" in stderr
+
+
+def test_monitor_relabelings(tmp_path: Path) -> None:
+    relabel = {"action": "replace", "targetLabel": "cluster", "replacement": "eu-1"}
+    drop = {"action": "drop", "sourceLabels": ["__name__"], "regex": "python_gc_.*"}
+    values = {
+        "podMonitor": {"enabled": True, "relabelings": [relabel], "metricRelabelings": [drop]},
+        "serviceMonitor": {"enabled": True, "relabelings": [relabel], "metricRelabelings": [drop]},
+    }
+    objects = render_values(tmp_path, values, api_versions=MONITORING_APIS)
+    (endpoint,) = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_label_streampipe_dev_pipeline"], "targetLabel": "pipeline"},
+        relabel,
+    ]
+    assert endpoint["metricRelabelings"] == [drop]
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["relabelings"] == [relabel]
+    assert endpoint["metricRelabelings"] == [drop]
+    (endpoint,) = one(render(VALUE_SETS["monitoring"], api_versions=MONITORING_APIS), "PodMonitor")["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert len(endpoint["relabelings"]) == 1
+    assert "metricRelabelings" not in endpoint
+
+
+def test_monitoring_objects_take_their_own_namespace() -> None:
+    values = VALUE_SETS["monitoring"]
+    objects = render(values, api_versions=MONITORING_APIS)
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert one(objects, kind)["metadata"]["namespace"] == RELEASE_NAMESPACE
+    objects = render(
+        values,
+        "--set",
+        "serviceMonitor.namespace=monitoring",
+        "--set",
+        "podMonitor.namespace=monitoring",
+        "--set",
+        "prometheusRule.namespace=alerts",
+        "--set",
+        "namespaceOverride=ops",
+        api_versions=MONITORING_APIS,
+    )
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    # It still scrapes the Service, which stays with the operator.
+    assert monitor["spec"]["namespaceSelector"] == {
+        "matchNames": [one(objects, "Service")["metadata"]["namespace"]]
+    }
+    assert one(objects, "Service")["metadata"]["namespace"] == "ops"
+    assert one(objects, "PodMonitor")["metadata"]["namespace"] == "monitoring"
+    assert one(objects, "PrometheusRule")["metadata"]["namespace"] == "alerts"
