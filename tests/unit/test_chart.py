@@ -7,6 +7,7 @@ defaults; tests/k8s/test_chart_server.py sends the same renders to a real API se
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -875,3 +876,47 @@ def test_monitoring_objects_take_their_own_namespace() -> None:
     assert one(objects, "Service")["metadata"]["namespace"] == "ops"
     assert one(objects, "PodMonitor")["metadata"]["namespace"] == "monitoring"
     assert one(objects, "PrometheusRule")["metadata"]["namespace"] == "alerts"
+
+
+# --- NOTES.txt -------------------------------------------------------------------------------------
+
+
+def notes(*args: str) -> str:
+    """The release notes of a client-side dry-run install (no cluster: no monitoring.coreos.com/v1)."""
+    command = [
+        str(HELM),
+        "install",
+        "sp",
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--dry-run=client",
+        *args,
+    ]
+    env = {**os.environ, "KUBECONFIG": os.devnull}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_upgrade_with_reset_then_reuse_values() -> None:
+    text = notes()
+    upgrade = next(line for line in text.splitlines() if line.strip().startswith("helm upgrade"))
+    assert upgrade.split() == [
+        *("helm", "upgrade", "sp", "<chart", "reference>", "--version", "<new", "version>"),
+        *("-n", RELEASE_NAMESPACE, "--reset-then-reuse-values"),
+    ]
+    assert "WARNING" not in text
+    assert f"kubectl -n {RELEASE_NAMESPACE} rollout status deployment/sp-streampipe" in text
+    text = notes("--set", "namespaceOverride=ops")
+    assert "kubectl -n ops rollout status deployment/sp-streampipe" in text
+
+
+@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor", "prometheusRule"])
+def test_notes_warn_when_a_monitoring_api_is_missing(monitor: str) -> None:
+    text = notes("--set", f"{monitor}.enabled=true")
+    kind = monitor[0].upper() + monitor[1:]
+    warnings = [paragraph for paragraph in text.split("\n\n") if paragraph.startswith("WARNING")]
+    assert len(warnings) == 1, text
+    assert f"{monitor}.enabled is true" in warnings[0]
+    assert f"monitoring.coreos.com/v1\n{kind}" in warnings[0]
