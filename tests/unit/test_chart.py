@@ -194,6 +194,23 @@ def test_chart_metadata_matches_the_package() -> None:
     assert "streampipelines.streampipe.dev" in crd_names
 
 
+def test_chart_names_its_maintainer_sources_and_icon() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = "https://github.com/streampipe/streampipe"
+    assert chart["maintainers"] == [{"name": "streampipe", "url": project}]
+    assert all("email" not in maintainer for maintainer in chart["maintainers"])
+    assert chart["sources"][0] == project
+    assert all(source.startswith(project) for source in chart["sources"])
+    # The icon is a file of this repository, served raw from its main branch.
+    prefix = "https://raw.githubusercontent.com/streampipe/streampipe/main/"
+    assert chart["icon"].startswith(prefix)
+    icon = ROOT / chart["icon"].removeprefix(prefix)
+    assert icon.is_file()
+    assert icon.read_text().lstrip().startswith("<svg")
+    lint = helm("lint", "--strict", str(CHART))
+    assert "icon is recommended" not in lint.stdout
+
+
 def test_chart_crds_are_the_generated_crd_and_kopf_peering() -> None:
     crd_dir = CHART / "crds"
     assert (crd_dir / "streampipeline.yaml").read_text() == (
