@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -937,3 +938,24 @@ def test_notes_warn_when_a_monitoring_api_is_missing(monitor: str) -> None:
     assert len(warnings) == 1, text
     assert f"{monitor}.enabled is true" in warnings[0]
     assert f"monitoring.coreos.com/v1\n{kind}" in warnings[0]
+
+
+def test_values_of_a_release_from_before_these_values_render_the_same_operator(tmp_path: Path) -> None:
+    """``helm upgrade --reuse-values`` from an older release: the values added since are missing
+    altogether (not even the chart's defaults), yet the operator keeps its probes, token and history."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in ("global", "namespaceOverride", "revisionHistoryLimit", "extraVolumes", "extraVolumeMounts"):
+        del values[key]
+    del values["startupProbe"], values["livenessProbe"]["enabled"], values["readinessProbe"]["enabled"]
+    del values["serviceAccount"]["automount"], values["operator"]["extraEnvFrom"]
+    del values["podDisruptionBudget"]["unhealthyPodEvictionPolicy"]
+    values["image"] = {**values["image"], "repository": "ghcr.io/streampipe/streampipe-operator"}
+    del values["image"]["registry"]
+    old_chart = tmp_path / "streampipe"
+    shutil.copytree(CHART, old_chart)
+    (old_chart / "values.schema.json").unlink()  # the old release's values, as Helm would reuse them
+    (old_chart / "values.yaml").write_text(yaml.safe_dump(values))
+    done = helm("template", "sp", str(old_chart), "--namespace", RELEASE_NAMESPACE)
+    old = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert one(old, "Deployment") == one(render(), "Deployment")
+    assert one(old, "ServiceAccount") == one(render(), "ServiceAccount")

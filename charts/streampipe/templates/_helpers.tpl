@@ -128,7 +128,7 @@ the values bring their own handler.
 */}}
 {{- define "streampipe.probe" -}}
 {{- $name := index . 0 }}
-{{- $probe := omit (index . 1) "enabled" }}
+{{- $probe := omit (index . 1 | default dict) "enabled" }}
 {{- $handlers := list }}
 {{- range $handler := list "httpGet" "exec" "tcpSocket" "grpc" }}
 {{- if index $probe $handler }}
