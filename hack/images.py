@@ -367,7 +367,8 @@ def dockerfile_images() -> list[DockerfileImage]:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     chart = ROOT / "charts" / "streampipe"
     app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
-    repository = yaml.safe_load((chart / "values.yaml").read_text())["image"]["repository"]
+    image_values = yaml.safe_load((chart / "values.yaml").read_text())["image"]
+    repository = "/".join(part for part in (image_values.get("registry"), image_values["repository"]) if part)
     team_dockerfile = ROOT / "examples" / "worker-image" / "Dockerfile"
     quickstart_dockerfile = ROOT / "examples" / "quickstart" / "Dockerfile"
     team_arg = "STREAMPIPE_WORKER_IMAGE"

@@ -7,7 +7,9 @@ defaults; tests/k8s/test_chart_server.py sends the same renders to a real API se
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -62,6 +64,25 @@ def render(
     command += list(args)
     documents = yaml.safe_load_all(helm(*command).stdout)
     return [doc for doc in documents if doc]
+
+
+def refusal(*args: str) -> str:
+    """``helm template`` with these arguments must fail; its error output."""
+    done = helm("template", "sp", str(CHART), "--namespace", RELEASE_NAMESPACE, *args, check=False)
+    assert done.returncode != 0, f"rendered with {args}"
+    return done.stderr
+
+
+def render_values(tmp_path: Path, values: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    """``render`` with a values file written from ``values``."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return render(path, **kwargs)
+
+
+def operator_container(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def render_text(values: Path | None = None, *args: str, **kwargs: Any) -> str:
@@ -174,6 +195,23 @@ def test_chart_metadata_matches_the_package() -> None:
     assert "streampipelines.streampipe.dev" in crd_names
 
 
+def test_chart_names_its_maintainer_sources_and_icon() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = "https://github.com/streampipe/streampipe"
+    assert chart["maintainers"] == [{"name": "streampipe", "url": project}]
+    assert all("email" not in maintainer for maintainer in chart["maintainers"])
+    assert chart["sources"][0] == project
+    assert all(source.startswith(project) for source in chart["sources"])
+    # The icon is a file of this repository, served raw from its main branch.
+    prefix = "https://raw.githubusercontent.com/streampipe/streampipe/main/"
+    assert chart["icon"].startswith(prefix)
+    icon = ROOT / chart["icon"].removeprefix(prefix)
+    assert icon.is_file()
+    assert icon.read_text().lstrip().startswith("<svg")
+    lint = helm("lint", "--strict", str(CHART))
+    assert "icon is recommended" not in lint.stdout
+
+
 def test_chart_crds_are_the_generated_crd_and_kopf_peering() -> None:
     crd_dir = CHART / "crds"
     assert (crd_dir / "streampipeline.yaml").read_text() == (
@@ -243,6 +281,9 @@ def test_every_value_is_documented() -> None:
         (["--set-json", 'watchNamespaces=["Not_A_Namespace"]'], "watchNamespaces"),
         (["--set", "networkPolicy.redis.ports[0]=70000"], "ports"),
         (["--set", "serviceMonitor.interval=30"], "interval"),
+        (["--set", "namespaceOverride=Not_A_Namespace"], "namespaceOverride"),
+        (["--set", "livenessProbe.httpGett.path=/"], "httpGett"),
+        (["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=Never"], "unhealthyPodEvictionPolicy"),
     ],
     ids=[
         "unknown-top-level",
@@ -253,6 +294,9 @@ def test_every_value_is_documented() -> None:
         "namespace",
         "port-range",
         "interval-unit",
+        "namespace-override",
+        "probe-field",
+        "eviction-policy",
     ],
 )
 def test_schema_refuses_typos_and_bad_values(args: list[str], message: str) -> None:
@@ -416,7 +460,11 @@ def test_ha_enables_peering_rolling_updates_and_spreads_pods() -> None:
     assert pod["containers"][0]["image"] == ("ghcr.io/streampipe/streampipe-operator@sha256:" + "0" * 64)
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     pdb = one(objects, "PodDisruptionBudget")
-    assert pdb["spec"] == {"minAvailable": 2, "selector": deployment["spec"]["selector"]}
+    assert pdb["spec"] == {
+        "minAvailable": 2,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": deployment["spec"]["selector"],
+    }
     assert deployment["metadata"]["labels"]["team"] == "platform"
     assert deployment["metadata"]["annotations"]["owner"] == "platform@example.com"
 
@@ -532,3 +580,382 @@ def test_chart_test_pod_checks_the_health_port_through_the_service() -> None:
     labels = pod["metadata"]["labels"]
     assert not all(labels.get(key) == value for key, value in service_selector.items())
     compile(script, "test-health", "exec")  # the inline check is valid Python
+
+
+# --- PodDisruptionBudget ---------------------------------------------------------------------------
+
+
+def test_pdb_defaults_to_max_unavailable_one_and_always_allow() -> None:
+    objects = render()
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": one(objects, "Deployment")["spec"]["selector"],
+    }
+    pdb = one(
+        render(None, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget"),
+        "PodDisruptionBudget",
+    )
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    pdb = one(render(None, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy="), "PodDisruptionBudget")
+    assert "unhealthyPodEvictionPolicy" not in pdb["spec"]
+
+
+def test_pdb_keeps_max_unavailable_zero() -> None:
+    pdb = one(render(None, "--set", "podDisruptionBudget.maxUnavailable=0"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 0
+    assert "minAvailable" not in pdb["spec"]
+    pdb = one(render(None, "--set", "podDisruptionBudget.maxUnavailable=null"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available"),
+    [("1", "1"), ("2", "2"), ("3", "5"), ("3", '"70%"'), ("1", '"100%"')],
+)
+def test_pdb_min_available_not_below_replicas_fails_rendering(replicas: str, min_available: str) -> None:
+    stderr = refusal(
+        "--set", f"replicaCount={replicas}", "--set-json", f"podDisruptionBudget.minAvailable={min_available}"
+    )
+    assert "podDisruptionBudget.minAvailable" in stderr
+    assert "every node drain blocks" in stderr
+    assert "below replicaCount" in stderr
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available", "expected"), [("3", "2", 2), ("2", '"50%"', "50%"), ("2", "0", 0)]
+)
+def test_pdb_min_available_below_replicas_renders(
+    replicas: str, min_available: str, expected: object
+) -> None:
+    objects = render(
+        None,
+        "--set",
+        f"replicaCount={replicas}",
+        "--set-json",
+        f"podDisruptionBudget.minAvailable={min_available}",
+    )
+    spec = one(objects, "PodDisruptionBudget")["spec"]
+    assert spec["minAvailable"] == expected
+    assert "maxUnavailable" not in spec
+
+
+# --- labels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["podLabels", "commonLabels"])
+@pytest.mark.parametrize(
+    "label", ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"]
+)
+def test_schema_refuses_labels_that_override_the_selector(field: str, label: str) -> None:
+    key = f"{field}.{label.replace('.', chr(92) + '.')}"
+    stderr = refusal("--set", f"{key}=other")
+    assert f"/{field}/{label.replace('/', '~1')}" in stderr, stderr
+    assert f"invalid propertyName '{label}'" in stderr, stderr
+    lint = helm("lint", "--strict", str(CHART), "--set", f"{key}=other", check=False)
+    assert lint.returncode != 0
+    assert f"invalid propertyName '{label}'" in lint.stdout + lint.stderr
+
+
+def test_extra_pod_labels_are_added_next_to_the_selector_labels() -> None:
+    objects = render(None, "--set", "podLabels.team=payments", "--set", "commonLabels.tier=ops")
+    deployment = one(objects, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "payments"
+    assert labels["tier"] == "ops"
+    for key, value in deployment["spec"]["selector"]["matchLabels"].items():
+        assert labels[key] == value
+
+
+# --- conventional values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        ({}, "ghcr.io/streampipe/streampipe-operator:0.1.0"),
+        (
+            {"image": {"registry": "registry.example.com"}},
+            "registry.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        ({"image": {"registry": ""}}, "streampipe/streampipe-operator:0.1.0"),
+        (
+            {"global": {"imageRegistry": "mirror.example.com/"}},
+            "mirror.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        (
+            {
+                "global": {"imageRegistry": "mirror.example.com"},
+                "image": {"registry": "registry.example.com"},
+            },
+            "mirror.example.com/streampipe/streampipe-operator:0.1.0",
+        ),
+        (
+            {"global": {"imageRegistry": "mirror.example.com"}, "image": {"digest": "sha256:" + "a" * 64}},
+            "mirror.example.com/streampipe/streampipe-operator@sha256:" + "a" * 64,
+        ),
+        # A repository that names its own registry host is used as is.
+        (
+            {"global": {"imageRegistry": "mirror.example.com"}, "image": {"repository": "localhost:5000/op"}},
+            "localhost:5000/op:0.1.0",
+        ),
+        (
+            {"image": {"repository": "registry.example.com/ops/operator", "tag": "1.2"}},
+            "registry.example.com/ops/operator:1.2",
+        ),
+    ],
+    ids=[
+        "default",
+        "image-registry",
+        "no-registry",
+        "global",
+        "global-wins",
+        "digest",
+        "own-host-port",
+        "own-host",
+    ],
+)
+def test_image_registry_prefixes_the_repository(tmp_path: Path, values: dict[str, Any], image: str) -> None:
+    objects = render_values(tmp_path, values)
+    assert operator_container(objects)["image"] == image
+    assert one(objects, "Pod")["spec"]["containers"][0]["image"] == image  # the chart test pod
+
+
+def test_global_image_pull_secrets_are_merged_with_the_charts(tmp_path: Path) -> None:
+    values = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "global": {"imagePullSecrets": ["mirror-cred", {"name": "org-cred"}, "regcred"]},
+    }
+    objects = render_values(tmp_path, values)
+    expected = [{"name": "regcred"}, {"name": "mirror-cred"}, {"name": "org-cred"}]
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == expected
+    assert one(objects, "Pod")["spec"]["imagePullSecrets"] == expected
+    only_global = render_values(tmp_path, {"global": {"imagePullSecrets": ["mirror-cred"]}})
+    assert one(only_global, "Deployment")["spec"]["template"]["spec"]["imagePullSecrets"] == [
+        {"name": "mirror-cred"}
+    ]
+    assert "imagePullSecrets" not in one(render(), "Deployment")["spec"]["template"]["spec"]
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_namespace_override_moves_every_namespaced_object(name: str) -> None:
+    objects = render(VALUE_SETS[name], "--set", "namespaceOverride=ops", api_versions=MONITORING_APIS)
+    watched = {"team-a", "team-b"} if name == "namespaced" else set()
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        namespace = obj["metadata"].get("namespace")
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert namespace is None, where
+        elif obj["kind"] in {"Role", "RoleBinding", "KopfPeering"}:
+            assert namespace in watched, where  # the watched namespaces' own objects stay there
+        else:
+            assert namespace == "ops", where
+    for binding in by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "ops"
+    for monitor in by_kind(objects, "ServiceMonitor"):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    script = one(objects, "Pod")["spec"]["containers"][0]["command"][-1]
+    assert "http://sp-streampipe.ops.svc:8080/healthz" in script
+
+
+def test_service_account_automount() -> None:
+    objects = render()
+    assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is True
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    objects = render(None, "--set", "serviceAccount.automount=false")
+    assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_revision_history_limit() -> None:
+    assert one(render(), "Deployment")["spec"]["revisionHistoryLimit"] == 5
+    assert (
+        one(render(None, "--set", "revisionHistoryLimit=1"), "Deployment")["spec"]["revisionHistoryLimit"]
+        == 1
+    )
+    assert (
+        one(render(None, "--set", "revisionHistoryLimit=0"), "Deployment")["spec"]["revisionHistoryLimit"]
+        == 0
+    )
+
+
+def test_extra_env_from_volumes_and_mounts_reach_the_deployment(tmp_path: Path) -> None:
+    volume = {"name": "ca", "configMap": {"name": "corporate-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}
+    env_from = [{"secretRef": {"name": "operator-env"}}, {"configMapRef": {"name": "operator-settings"}}]
+    values = {"operator": {"extraEnvFrom": env_from}, "extraVolumes": [volume], "extraVolumeMounts": [mount]}
+    pod = one(render_values(tmp_path, values), "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["envFrom"] == env_from
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, mount]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, volume]
+    default = operator_container(render())
+    assert "envFrom" not in default
+    assert default["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+
+def test_probe_defaults_and_overrides(tmp_path: Path) -> None:
+    container = operator_container(render())
+    health = {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"] == {
+        "httpGet": health,
+        "initialDelaySeconds": 10,
+        "periodSeconds": 15,
+        "timeoutSeconds": 5,
+        "failureThreshold": 4,
+    }
+    assert container["readinessProbe"]["httpGet"] == health
+    assert "startupProbe" not in container
+    values = {
+        "livenessProbe": {"exec": {"command": ["python", "-c", "pass"]}, "periodSeconds": 30},
+        "readinessProbe": {"tcpSocket": {"port": "health"}, "successThreshold": 2},
+        "startupProbe": {"enabled": True, "failureThreshold": 60},
+    }
+    container = operator_container(render_values(tmp_path, values))
+    assert container["livenessProbe"] == {
+        "exec": {"command": ["python", "-c", "pass"]},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 30,
+        "timeoutSeconds": 5,
+        "failureThreshold": 4,
+    }
+    assert container["readinessProbe"] == {
+        "tcpSocket": {"port": "health"},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+        "successThreshold": 2,
+    }
+    assert container["startupProbe"] == {
+        "httpGet": health,
+        "periodSeconds": 5,
+        "timeoutSeconds": 5,
+        "failureThreshold": 60,
+    }
+    container = operator_container(render(None, "--set", "livenessProbe.enabled=false"))
+    assert "livenessProbe" not in container
+    assert "readinessProbe" in container
+    stderr = refusal("--set", "livenessProbe.tcpSocket.port=health", "--set", "livenessProbe.httpGet.path=/x")
+    assert "livenessProbe has more than one handler (httpGet, tcpSocket)" in stderr
+
+
+def test_monitor_relabelings(tmp_path: Path) -> None:
+    relabel = {"action": "replace", "targetLabel": "cluster", "replacement": "eu-1"}
+    drop = {"action": "drop", "sourceLabels": ["__name__"], "regex": "python_gc_.*"}
+    values = {
+        "podMonitor": {"enabled": True, "relabelings": [relabel], "metricRelabelings": [drop]},
+        "serviceMonitor": {"enabled": True, "relabelings": [relabel], "metricRelabelings": [drop]},
+    }
+    objects = render_values(tmp_path, values, api_versions=MONITORING_APIS)
+    (endpoint,) = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_label_streampipe_dev_pipeline"], "targetLabel": "pipeline"},
+        relabel,
+    ]
+    assert endpoint["metricRelabelings"] == [drop]
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["relabelings"] == [relabel]
+    assert endpoint["metricRelabelings"] == [drop]
+    (endpoint,) = one(render(VALUE_SETS["monitoring"], api_versions=MONITORING_APIS), "PodMonitor")["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert len(endpoint["relabelings"]) == 1
+    assert "metricRelabelings" not in endpoint
+
+
+def test_monitoring_objects_take_their_own_namespace() -> None:
+    values = VALUE_SETS["monitoring"]
+    objects = render(values, api_versions=MONITORING_APIS)
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert one(objects, kind)["metadata"]["namespace"] == RELEASE_NAMESPACE
+    objects = render(
+        values,
+        "--set",
+        "serviceMonitor.namespace=monitoring",
+        "--set",
+        "podMonitor.namespace=monitoring",
+        "--set",
+        "prometheusRule.namespace=alerts",
+        "--set",
+        "namespaceOverride=ops",
+        api_versions=MONITORING_APIS,
+    )
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    # It still scrapes the Service, which stays with the operator.
+    assert monitor["spec"]["namespaceSelector"] == {
+        "matchNames": [one(objects, "Service")["metadata"]["namespace"]]
+    }
+    assert one(objects, "Service")["metadata"]["namespace"] == "ops"
+    assert one(objects, "PodMonitor")["metadata"]["namespace"] == "monitoring"
+    assert one(objects, "PrometheusRule")["metadata"]["namespace"] == "alerts"
+
+
+# --- NOTES.txt -------------------------------------------------------------------------------------
+
+
+def notes(*args: str) -> str:
+    """The release notes of a client-side dry-run install (no cluster: no monitoring.coreos.com/v1)."""
+    command = [
+        str(HELM),
+        "install",
+        "sp",
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--dry-run=client",
+        *args,
+    ]
+    env = {**os.environ, "KUBECONFIG": os.devnull}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_upgrade_with_reset_then_reuse_values() -> None:
+    text = notes()
+    upgrade = next(line for line in text.splitlines() if line.strip().startswith("helm upgrade"))
+    assert upgrade.split() == [
+        *("helm", "upgrade", "sp", "<chart", "reference>", "--version", "<new", "version>"),
+        *("-n", RELEASE_NAMESPACE, "--reset-then-reuse-values"),
+    ]
+    assert "WARNING" not in text
+    assert f"kubectl -n {RELEASE_NAMESPACE} rollout status deployment/sp-streampipe" in text
+    text = notes("--set", "namespaceOverride=ops")
+    assert "kubectl -n ops rollout status deployment/sp-streampipe" in text
+
+
+@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor", "prometheusRule"])
+def test_notes_warn_when_a_monitoring_api_is_missing(monitor: str) -> None:
+    text = notes("--set", f"{monitor}.enabled=true")
+    kind = monitor[0].upper() + monitor[1:]
+    warnings = [paragraph for paragraph in text.split("\n\n") if paragraph.startswith("WARNING")]
+    assert len(warnings) == 1, text
+    assert f"{monitor}.enabled is true" in warnings[0]
+    assert f"monitoring.coreos.com/v1\n{kind}" in warnings[0]
+
+
+def test_values_of_a_release_from_before_these_values_render_the_same_operator(tmp_path: Path) -> None:
+    """``helm upgrade --reuse-values`` from an older release: the values added since are missing
+    altogether (not even the chart's defaults), yet the operator keeps its probes, token and history."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in ("global", "namespaceOverride", "revisionHistoryLimit", "extraVolumes", "extraVolumeMounts"):
+        del values[key]
+    del values["startupProbe"], values["livenessProbe"]["enabled"], values["readinessProbe"]["enabled"]
+    del values["serviceAccount"]["automount"], values["operator"]["extraEnvFrom"]
+    del values["podDisruptionBudget"]["unhealthyPodEvictionPolicy"]
+    values["image"] = {**values["image"], "repository": "ghcr.io/streampipe/streampipe-operator"}
+    del values["image"]["registry"]
+    old_chart = tmp_path / "streampipe"
+    shutil.copytree(CHART, old_chart)
+    (old_chart / "values.schema.json").unlink()  # the old release's values, as Helm would reuse them
+    (old_chart / "values.yaml").write_text(yaml.safe_dump(values))
+    done = helm("template", "sp", str(old_chart), "--namespace", RELEASE_NAMESPACE)
+    old = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert one(old, "Deployment") == one(render(), "Deployment")
+    assert one(old, "ServiceAccount") == one(render(), "ServiceAccount")

@@ -72,12 +72,79 @@ annotations:
 {{- end }}
 {{- end }}
 
-{{/* repository:tag, or repository@digest when a digest pins the image. */}}
+{{/* The namespace of the release's namespaced objects: namespaceOverride, else the release's. */}}
+{{- define "streampipe.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{/*
+[registry/]repository:tag, or [registry/]repository@digest when a digest pins the image. The registry
+is global.imageRegistry when set, else image.registry; a repository whose first path component is a
+registry host (it has a "." or a ":", or is "localhost") already names its registry and is used as is.
+*/}}
 {{- define "streampipe.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- $first := first (splitList "/" $repository) }}
+{{- $named := and (contains "/" $repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $registry := "" }}
+{{- if not $named }}
+{{- $registry = (.Values.global).imageRegistry | default .Values.image.registry }}
+{{- end }}
+{{- with $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pods' imagePullSecrets entries: imagePullSecrets, then global.imagePullSecrets (names or {name}
+objects), each name once. Empty when there are none.
+*/}}
+{{- define "streampipe.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range (.Values.global).imagePullSecrets }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range uniq $names }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe of the operator container from its values (list "<value name>" <probe values>): every Probe
+field of the values, `enabled` aside; the health endpoint (httpGet /healthz on the health port) unless
+the values bring their own handler.
+*/}}
+{{- define "streampipe.probe" -}}
+{{- $name := index . 0 }}
+{{- $probe := omit (index . 1 | default dict) "enabled" }}
+{{- $handlers := list }}
+{{- range $handler := list "httpGet" "exec" "tcpSocket" "grpc" }}
+{{- if index $probe $handler }}
+{{- $handlers = append $handlers $handler }}
+{{- end }}
+{{- end }}
+{{- if gt (len $handlers) 1 }}
+{{- fail (printf "%s has more than one handler (%s): keep one of them" $name (join ", " $handlers)) }}
+{{- end }}
+{{- if not $handlers }}
+httpGet:
+  path: /healthz
+  port: health
+{{- end }}
+{{- with $probe }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
