@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from streampipe_operator import __version__
-from streampipe_operator.cli import bench, dlq, housekeep, operator, produce, status, up, validate
+from streampipe_operator.cli import bench, dlq, housekeep, operator, peek, produce, status, up, validate
 
 app = typer.Typer(
     name="streampipe",
@@ -27,6 +27,7 @@ app.command()(validate.validate)
 app.add_typer(bench.bench_app, name="bench")
 # data commands: status, dlq, produce (targets, errors and exit codes: streams/targets.py)
 app.command()(status.status)
+app.command()(peek.peek)
 app.add_typer(dlq.dlq_app, name="dlq")
 app.command()(produce.produce)
 app.add_typer(operator.operator_app, name="operator")

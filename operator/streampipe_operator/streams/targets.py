@@ -1,4 +1,4 @@
-"""Which server and streams a data command (``status``, ``dlq``, ``produce``, ``up``) works on.
+"""Which server and streams a data command (``status``, ``peek``, ``dlq``, ``produce``, ``up``) works on.
 
 A command names its target with a StreamPipeline file (``-f pipeline.yaml``: its stream, dead-letter
 stream, mode and url), with ``--redis-url`` and ``--stream``, or with both (the options win: a file
