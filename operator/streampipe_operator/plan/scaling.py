@@ -1,6 +1,6 @@
 """How many worker replicas a group should have, from its backlog.
 
-The rules (design.md, "Backlog for scaling"), in the order they apply:
+The rules (docs/operator.md, "Scaling"), in the order they apply:
 
 1. ``recommended = ceil(backlog / backlog_per_replica)``, or 0 while the backlog is at or below
    ``activation_backlog`` (the 0 <-> 1 switch, as in KEDA), then clamped to
