@@ -114,6 +114,20 @@ def operator_args(objects: list[dict[str, Any]]) -> list[str]:
     return args
 
 
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def operator_cluster_role(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's ClusterRole: the one not aggregated into Kubernetes' default roles."""
+    roles = [
+        role
+        for role in by_kind(objects, "ClusterRole")
+        if not any(key.startswith(AGGREGATE) for key in role["metadata"].get("labels", {}))
+    ]
+    assert len(roles) == 1, [role["metadata"]["name"] for role in roles]
+    return roles[0]
+
+
 def rbac_rules(objects: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for obj in objects:
         if obj["kind"] in {"Role", "ClusterRole"}:
@@ -382,7 +396,7 @@ def test_default_watches_all_namespaces_with_one_standalone_replica() -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert by_kind(objects, "Role") == []
     assert by_kind(objects, "ClusterKopfPeering") == []
-    cluster_role = one(objects, "ClusterRole")
+    cluster_role = operator_cluster_role(objects)
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -445,7 +459,7 @@ def test_ha_enables_peering_rolling_updates_and_spreads_pods() -> None:
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     (peering,) = by_kind(objects, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "sp-streampipe"
-    cluster_role = one(objects, "ClusterRole")
+    cluster_role = operator_cluster_role(objects)
     assert {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings"],
@@ -497,7 +511,7 @@ def test_names_are_truncated_to_63_characters() -> None:
 
 def test_finalizers_update_only_where_owner_reference_enforcement_needs_it() -> None:
     rule = {"apiGroups": ["streampipe.dev"], "resources": ["streampipelines/finalizers"], "verbs": ["update"]}
-    assert rule not in one(render(), "ClusterRole")["rules"]
+    assert rule not in operator_cluster_role(render())["rules"]
     objects = render(VALUE_SETS["namespaced"], "--set", "rbac.ownerReferencesPermissionEnforcement=true")
     for role in by_kind(objects, "Role"):
         assert rule in role["rules"]
@@ -959,3 +973,43 @@ def test_values_of_a_release_from_before_these_values_render_the_same_operator(t
     old = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     assert one(old, "Deployment") == one(render(), "Deployment")
     assert one(old, "ServiceAccount") == one(render(), "ServiceAccount")
+
+
+def test_aggregated_roles_let_view_read_and_edit_change_pipelines_only() -> None:
+    objects = render()
+    roles = {
+        role["metadata"]["name"]: role
+        for role in by_kind(objects, "ClusterRole")
+        if any(key.startswith(AGGREGATE) for key in role["metadata"]["labels"])
+    }
+    assert set(roles) == {"sp-streampipe-view", "sp-streampipe-edit"}
+    view, edit = roles["sp-streampipe-view"], roles["sp-streampipe-edit"]
+    aggregated = {
+        key.removeprefix(AGGREGATE) for key in view["metadata"]["labels"] if key.startswith(AGGREGATE)
+    }
+    assert aggregated == {"view", "edit", "admin"}
+    assert {k.removeprefix(AGGREGATE) for k in edit["metadata"]["labels"] if k.startswith(AGGREGATE)} == {
+        "edit",
+        "admin",
+    }
+    assert view["rules"] == [
+        {
+            "apiGroups": ["streampipe.dev"],
+            "resources": ["streampipelines", "streampipelines/status"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert edit["rules"] == [
+        {
+            "apiGroups": ["streampipe.dev"],
+            "resources": ["streampipelines"],
+            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+        }
+    ]
+    # Nobody is bound to them by the chart: aggregation gives them to whoever has view/edit/admin.
+    bound = {
+        b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding")
+    }
+    assert not bound & set(roles)
+    off = render(None, "--set", "rbac.aggregateToDefaultRoles=false")
+    assert [r["metadata"]["name"] for r in by_kind(off, "ClusterRole")] == ["sp-streampipe"]
