@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from streampipe_operator.controller.metrics import OperatorMetrics
 from streampipe_operator.controller.reconcile import OperatorContext, PipelineRuntime
 from streampipe_operator.kube.client import KubeClient, KubeError
+from streampipe_operator.kube.policy import WorkloadPolicy
 from streampipe_operator.kube.status import EventType
 
 NAMESPACE = "shop"
@@ -198,5 +199,36 @@ async def test_a_pass_during_deletion_leaves_status_to_the_teardown(metrics: Ope
         body["metadata"]["generation"] = 2  # a change that would otherwise be written at once
         await runtime.reconcile(body, {}, {})
         assert len(kube.status) == written
+    finally:
+        await runtime.connection.close()
+
+
+async def test_a_pipeline_outside_the_workload_policy_is_refused_and_gets_nothing(
+    metrics: OperatorMetrics,
+) -> None:
+    kube, body = FakeKube(), _body(_closed_port())
+    body["spec"]["groups"][1]["template"] = {"serviceAccountName": "cluster-admin-ish"}
+    policy = WorkloadPolicy(
+        allowed_images=("registry.example.com/shop/*",), allowed_service_accounts=("default", "workers")
+    )
+    runtime = OperatorContext(kube, metrics, policy).runtime_for(SimpleNamespace(), body)
+    try:
+        await runtime.reconcile(body, {}, {})
+        assert kube.deployments == {}  # nothing created for a refused pipeline
+        status = kube.status[-1]
+        assert _condition(status, "Ready") == ("False", "NotAllowed")
+        assert _condition(status, "RedisReachable") == ("Unknown", "NotChecked")
+        assert ("Warning", "NotAllowed") in [(type_, reason) for type_, reason, _ in kube.events]
+        errors = metrics.registry.get_sample_value(
+            "streampipe_operator_errors_total",
+            {"namespace": NAMESPACE, "pipeline": "quickstart", "kind": "not_allowed"},
+        )
+        assert errors == 1
+
+        body["spec"]["groups"][1]["template"] = {"serviceAccountName": "workers"}
+        body["metadata"]["generation"] = 2
+        await runtime.reconcile(body, {}, {})
+        assert set(kube.deployments) == {"quickstart-fulfilment", "quickstart-analytics"}
+        assert _condition(kube.status[-1], "Ready") == ("False", "RedisUnreachable")  # allowed now
     finally:
         await runtime.connection.close()

@@ -184,6 +184,12 @@ or --all-namespaces), peering or standalone, the probe and metrics endpoints, lo
 - --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
 - --metrics-port={{ .Values.operator.metricsPort }}
 - --log-format={{ .Values.operator.logFormat }}
+{{- range .Values.operator.allowedImages }}
+- --allowed-image={{ . }}
+{{- end }}
+{{- range .Values.operator.allowedServiceAccounts }}
+- --allowed-service-account={{ . }}
+{{- end }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}

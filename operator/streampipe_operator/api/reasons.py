@@ -14,6 +14,7 @@ class Reason(StrEnum):
     RECONCILED = "Reconciled"
     INVALID_SPEC = "InvalidSpec"
     CONFLICT = "Conflict"
+    NOT_ALLOWED = "NotAllowed"
     DELETION_BLOCKED = "DeletionBlocked"
     REDIS_UNREACHABLE = "RedisUnreachable"
     REDIS_AUTH_FAILED = "RedisAuthFailed"

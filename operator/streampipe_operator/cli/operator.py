@@ -40,6 +40,22 @@ def operator_run(
     priority: Annotated[
         int | None, typer.Option(help="Peering priority; default: random, so replicas never tie.")
     ] = None,
+    allowed_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-image",
+            help="Only run worker images matching this pattern (shell-style, e.g. "
+            "'registry.example.com/shop/*'; repeatable). Default: any image.",
+        ),
+    ] = None,
+    allowed_service_account: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-service-account",
+            help="Only run workers under this ServiceAccount (repeatable; `default` for pods that name "
+            "none). Default: any.",
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: reconcile StreamPipelines until SIGTERM."""
     from pydantic import ValidationError
@@ -57,6 +73,8 @@ def operator_run(
             peering=peering,
             standalone=standalone,
             priority=priority,
+            allowed_images=allowed_image or [],
+            allowed_service_accounts=allowed_service_account or [],
         )
     except ValidationError as exc:
         for error in exc.errors():

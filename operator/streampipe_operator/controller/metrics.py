@@ -35,6 +35,7 @@ ErrorKind = Literal[
     "credentials",
     "kubernetes",
     "invalid_spec",
+    "not_allowed",
     "conflict",
     "unexpected",
 ]

@@ -56,6 +56,7 @@ from streampipe_operator.kube.deployments import (
     deployment_drift,
     deployment_name,
 )
+from streampipe_operator.kube.policy import WorkloadPolicy
 from streampipe_operator.kube.status import (
     EventType,
     Findings,
@@ -115,9 +116,10 @@ def error_delay(failures: int, base: float, cap: float) -> float:
 class OperatorContext:
     """What every pipeline's loop shares: the Kubernetes adapter, metrics, the live runtimes."""
 
-    def __init__(self, kube: KubeClient, metrics: OperatorMetrics):
+    def __init__(self, kube: KubeClient, metrics: OperatorMetrics, policy: WorkloadPolicy | None = None):
         self.kube = kube
         self.metrics = metrics
+        self.policy = policy or WorkloadPolicy()
         self.runtimes: dict[str, PipelineRuntime] = {}
 
     def runtime_for(self, memo: Any, body: Mapping[str, Any]) -> PipelineRuntime:
@@ -276,6 +278,13 @@ class PipelineRuntime:
         spec = pipeline.spec
         self.identity = stream_identity(spec)
         findings.group_names = [group.name for group in spec.groups]
+        refused = self.context.policy.refusals(spec)
+        if refused:
+            # Nothing is created or changed for it (Redis included) until the spec is allowed.
+            findings.not_allowed = refused
+            self._error("not_allowed")
+            await self._finish(findings, body, pipeline)
+            return IDLE_INTERVAL
         findings.dead_letter_stream = spec.dead_letter_stream
         findings.retention_configured = spec.retention is not None
         poll = min(group.scaling.poll_interval.total_seconds() for group in spec.groups)

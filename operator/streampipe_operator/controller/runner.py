@@ -32,6 +32,8 @@ class RunOptions(BaseModel):
     peering: str | None = None
     standalone: bool = False
     priority: int | None = None
+    allowed_images: Sequence[str] = ()
+    allowed_service_accounts: Sequence[str] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunOptions:
@@ -59,6 +61,7 @@ def run_operator(options: RunOptions) -> None:
     from streampipe_operator.controller.metrics import OperatorMetrics
     from streampipe_operator.controller.reconcile import OperatorContext
     from streampipe_operator.kube.client import KubeApi, KubeError, load_configuration, resource_served
+    from streampipe_operator.kube.policy import WorkloadPolicy
 
     kopf.configure(log_format=kopf.LogFormat.JSON if options.log_format == "json" else kopf.LogFormat.FULL)
     # kopf logs every handler call at INFO ("Handler 'pipeline_event' succeeded") for every watch
@@ -81,7 +84,11 @@ def run_operator(options: RunOptions) -> None:
     metrics = OperatorMetrics()
     if options.metrics_port:
         metrics.serve(options.metrics_port)
-    context = OperatorContext(kube, metrics)
+    policy = WorkloadPolicy(
+        allowed_images=tuple(options.allowed_images),
+        allowed_service_accounts=tuple(options.allowed_service_accounts),
+    )
+    context = OperatorContext(kube, metrics, policy)
     # With peering, replicas of the operator need distinct priorities: kopf pauses every operator
     # that sees a peer of the same priority. The highest acts; the others wait and take over when it
     # stops (at once on a clean stop, after the peering lifetime when it dies).
@@ -95,6 +102,12 @@ def run_operator(options: RunOptions) -> None:
         "standalone" if options.standalone else f"peering {options.peering or '(auto)'} priority {priority}",
         handlers.__name__,
     )
+    if options.allowed_images or options.allowed_service_accounts:
+        log.info(
+            "streampipe operator: worker images allowed: %s; ServiceAccounts allowed: %s",
+            ", ".join(options.allowed_images) or "any",
+            ", ".join(options.allowed_service_accounts) or "any",
+        )
     try:
         kopf.run(
             clusterwide=options.all_namespaces,

@@ -51,6 +51,7 @@ class Findings:
 
     generation: int | None = None
     invalid: Sequence[str] = ()
+    not_allowed: Sequence[str] = ()  # what the operator's workload policy refuses (kube.policy)
     conflict_with: str | None = None
     deletion_blocked: str | None = None
     redis_problem: tuple[RedisProblem, str] | None = None
@@ -244,6 +245,12 @@ def _ready(findings: Findings) -> tuple[str, str]:
         )
         if findings.invalid
         else None,
+        (
+            Reason.NOT_ALLOWED,
+            "this operator does not run what the spec asks for: " + "; ".join(findings.not_allowed),
+        )
+        if findings.not_allowed
+        else None,
         (Reason.DELETION_BLOCKED, findings.deletion_blocked) if findings.deletion_blocked else None,
         (Reason.CONFLICT, findings.conflict_with) if findings.conflict_with else None,
         findings.redis_problem,
@@ -262,6 +269,8 @@ def _ready(findings: Findings) -> tuple[str, str]:
 def _not_checked(findings: Findings) -> str | None:
     if findings.invalid:
         return "not checked: the spec is invalid"
+    if findings.not_allowed:
+        return "not checked: the spec names images or ServiceAccounts this operator does not allow"
     if findings.conflict_with:
         return "not checked: another StreamPipeline owns this stream"
     return None
