@@ -253,3 +253,27 @@ def test_json_output(tmp_path: Path) -> None:
     assert [(e.path, e.message) for e in document.errors] == [
         ("spec.groups[1].scaling.maxReplicas", "must be >= minReplicas (2)")
     ]
+
+
+def test_the_examples_folder_validates_with_its_gitops_manifests_skipped() -> None:
+    code, report = _json_report(str(ROOT / "examples"))
+    assert code == 0
+    pipelines = {
+        Path(d.file).relative_to(ROOT / "examples").as_posix()
+        for f in report.files
+        for d in f.documents
+        if d.kind == "StreamPipeline" and not d.skipped and d.valid
+    }
+    assert {"minimal.yaml", "full.yaml", "sentinel.yaml", "cluster.yaml", "tls-acl.yaml"} <= pipelines
+    assert report.invalid == 0
+    skipped_kinds = {d.kind for f in report.files for d in f.documents if d.skipped}
+    assert {"Secret", "HelmRelease"} <= skipped_kinds
+
+
+def test_the_documented_pre_commit_snippet_names_the_hook() -> None:
+    [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    configs = [yaml.safe_load(block) for block in blocks if block.startswith("# .pre-commit-config.yaml")]
+    [config] = configs
+    assert [h["id"] for repo in config["repos"] for h in repo["hooks"]] == [hook["id"]]
