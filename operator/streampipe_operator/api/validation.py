@@ -5,6 +5,10 @@ far as pydantic's error kinds allow, in the API server's words (``Required value
 "x": supported values: ...``, ``should be greater than or equal to 1``), so a message found here is the
 message ``kubectl apply`` would print. Cross-field rules use the CEL rules' own messages
 (:mod:`streampipe_operator.api.cel`).
+
+It also owns what ``validate`` reads and how it reports: files, folders (``*.yaml``/``*.yml``, recursive,
+sorted) and stdin, YAML documents of other kinds skipped and counted, syntax errors with their line,
+and the report models ``--output json`` prints.
 """
 
 from __future__ import annotations
