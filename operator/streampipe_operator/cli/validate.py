@@ -26,8 +26,13 @@ def crd(
 
 
 def validate(
-    files: Annotated[
-        list[Path], typer.Argument(help="Manifest files; several YAML documents each are fine.")
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Manifest files, folders (their *.yaml and *.yml files, recursively, sorted) or - for "
+            "stdin; several YAML documents per file are fine.",
+            show_default=False,
+        ),
     ],
     output: Annotated[
         ValidateOutput, typer.Option("--output", "-o", help="text for people, json for machines.")
@@ -35,13 +40,20 @@ def validate(
 ) -> None:
     """Check StreamPipeline manifests offline, with the rules the API server applies.
 
-    Exit code 0 when every file is valid, 1 when some manifest is invalid, 2 when a file cannot be read.
+    Documents of other kinds (ConfigMaps, Deployments, Kustomizations...) are skipped and counted.
+    Exit code 0 when every StreamPipeline is valid (also when there is none: a note says so), 1 when
+    some StreamPipeline is invalid, 2 when a file cannot be read or is not valid YAML.
     """
-    from streampipe_operator.api.validation import render_text, validate_files
+    import sys
 
-    report = validate_files(files)
+    from streampipe_operator.api.validation import render_notes, render_text, validate_files
+
+    report = validate_files(paths, read_stdin=sys.stdin.read)
     if output is ValidateOutput.json:
         typer.echo(report.model_dump_json(indent=2))
     else:
-        typer.echo(render_text(report))
+        text = render_text(report)
+        if text:
+            typer.echo(text)
+        typer.echo(render_notes(report), err=True)
     raise typer.Exit(report.exit_code)
