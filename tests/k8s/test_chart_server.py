@@ -549,3 +549,7 @@ def test_helm_uninstall_removes_the_release_but_keeps_crds(
     )
     # Helm never deletes CRDs from crds/: StreamPipelines (and their Redis data) survive an uninstall.
     kubectl("get", "crd", CRD_NAME, *PEERING_CRDS)
+    kept = json.loads(kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)["metadata"]["annotations"]
+    # ... and it says so to Helm (templated CRDs) and to Argo CD (no prune, no delete with the app).
+    assert kept["helm.sh/resource-policy"] == "keep"
+    assert kept["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false"

@@ -222,6 +222,13 @@ def crd_manifest() -> dict[str, Any]:
         "metadata": {
             "name": CRD_NAME,
             "labels": {"app.kubernetes.io/name": "streampipe", "app.kubernetes.io/part-of": "streampipe"},
+            # Deleting the CRD deletes every StreamPipeline: no uninstall or prune may do it. Helm keeps
+            # crds/ anyway (and, with this, a CRD rendered as a template); Argo CD neither prunes it nor
+            # deletes it with its Application.
+            "annotations": {
+                "helm.sh/resource-policy": "keep",
+                "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",
+            },
         },
         "spec": {
             "group": api.GROUP,
