@@ -4,7 +4,11 @@ exit codes 0/1/2, JSON output, and the pre-commit hook's entry."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import yaml
@@ -222,8 +226,51 @@ def test_the_pre_commit_hook_runs_a_console_script_of_the_package() -> None:
     assert command == "validate"
     assert script in project["scripts"]
     assert project["scripts"][script] == "streampipe_operator.cli.app:main"
-    # The bare distribution has no dependencies; the CLI needs the operator extra.
-    assert hook["additional_dependencies"] == [f"{project['name']}[operator]"]
+
+
+def _distribution(requirement: str) -> str:
+    name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_pre_commit_hook_needs_only_its_declared_dependencies(tmp_path: Path) -> None:
+    """pre-commit installs the package without extras, plus additional_dependencies: validate must run
+    with every other dependency of the operator and worker extras missing."""
+    [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    declared = [r for r in extras["operator"] + extras["worker"] if not r.startswith("streampipe")]
+    assert set(hook["additional_dependencies"]) <= set(declared)
+    missing = {_distribution(r) for r in declared} - {
+        _distribution(r) for r in hook["additional_dependencies"]
+    }
+    modules = sorted(
+        module
+        for module, distributions in packages_distributions().items()
+        if any(_distribution(d) in missing for d in distributions)
+    )
+    assert {"kopf", "redis", "kubernetes"} <= set(modules)
+    blocker = f"""
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {modules!r}:
+            raise ImportError("not installed by the hook: " + name)
+sys.meta_path.insert(0, Blocked())
+from streampipe_operator.cli.app import main
+sys.argv = ["streampipe", "validate", *sys.argv[1:]]
+main()
+"""
+    manifest = _write(tmp_path / "pipeline.yaml", minimal_manifest())
+    done = subprocess.run(
+        [sys.executable, "-c", blocker, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_wrong_version_or_kind_in_our_group_is_refused(tmp_path: Path) -> None:
