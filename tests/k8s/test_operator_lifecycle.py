@@ -160,7 +160,6 @@ def test_server_settings_changed_at_runtime_show_on_the_next_pass(
     server_status = api_status(body)["server"]
     assert (server_status["maxmemoryPolicy"], server_status["appendonly"]) == ("allkeys-lru", True)
     assert server_status["appendfsync"] == "everysec"
-    assert server_status["usedMemory"] > 0
     clients_after = {c["id"] for c in admin.client_list() if c.get("name", "").startswith("streampipe")}
     assert clients_before & clients_after  # the same connection: seen without reconnecting
 

@@ -109,7 +109,6 @@ def test_healthy_pipeline() -> None:
     assert status.server == api.ServerStatus(
         family="valkey",
         version="9.1.0",
-        used_memory=2_000_000,
         maxmemory=0,
         maxmemory_policy="noeviction",
         appendonly=False,

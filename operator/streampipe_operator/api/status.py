@@ -72,9 +72,6 @@ class ServerStatus(StatusModel):
 
     family: Literal["redis", "valkey"] = Field(description="`redis` or `valkey`.")
     version: Annotated[str, StringConstraints(max_length=64)] = Field(description="The server's own version.")
-    used_memory: Annotated[int, Field(ge=0)] | None = Field(
-        default=None, description="Bytes the server uses (INFO memory `used_memory`)."
-    )
     maxmemory: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="The server's memory limit in bytes (`maxmemory`); 0 = none."
     )

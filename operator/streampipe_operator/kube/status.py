@@ -167,7 +167,6 @@ def build_status(
         status.server = api.ServerStatus(
             family=findings.server.family,
             version=findings.server.version,
-            used_memory=state.used_memory,
             maxmemory=state.maxmemory,
             maxmemory_policy=state.maxmemory_policy,
             appendonly=state.aof_enabled,
