@@ -30,7 +30,7 @@ may remove an entry at or after the smallest bound ``B`` of all groups.
   (``approximate: false``), and only when the server knows every group's position (no group is being
   recreated). Two facts measured on Redis 8.2.3 decide this (``make bench``, "Redis 8.2 paths"):
   ``XTRIM ... ~ ... ACKED`` removes nothing at all, so approximate trims cannot use it; and an exact
-  ``ACKED`` trim checks every entry against every group, 8-15x the server CPU per removed entry of
+  ``ACKED`` trim checks every entry against every group, 7-15x the server CPU per removed entry of
   the planned ``MAXLEN ~ n LIMIT P`` (whole nodes). So approximate trimming (the default) stays
   planned on every server, and exact protected length trimming, which the planned path cannot do,
   becomes possible where ``ACKED`` exists.
