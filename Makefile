@@ -16,7 +16,7 @@ DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools containerd runc build
 	containernetworking-plugins iptables
 PYTEST_ARGS ?=
 
-.PHONY: help setup debian tools controlplane images cluster lint test test-fast demo bench chaos crds clean
+.PHONY: help setup debian tools controlplane images cluster lint test test-fast demo bench chaos crds chart-readme clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -85,6 +85,9 @@ crds: $(VENV)/.installed ## regenerate crds/, the chart's copy and docs/api.md's
 	mkdir -p charts/streampipe/crds
 	cp crds/streampipeline.yaml charts/streampipe/crds/streampipeline.yaml
 	$(VENV)/bin/streampipe crd --update-docs docs/api.md
+
+chart-readme: $(VENV)/.installed ## regenerate charts/streampipe/README.md from Chart.yaml and the values.yaml comments
+	$(VENV)/bin/python hack/chart_readme.py
 
 clean: ## remove the venv and caches (the Go build cache is left alone)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
