@@ -396,6 +396,10 @@ async def test_works_through_a_cluster_client(tmp_path: Path) -> None:
         await client.config_set("stream-node-max-entries", 4, target_nodes=client.ALL_NODES)
         admin = RedisAdmin(client)
         assert (await admin.capabilities()).family == "valkey"
+        server = await admin.server_state()  # one INFO with two sections, sent to one node
+        assert (server.maxmemory_policy, server.aof_enabled) == ("noeviction", False)
+        assert server.used_memory is not None
+        assert server.used_memory > 0
         await admin.apply_group_plan(
             STREAM, plan_groups([DesiredGroup(name="billing", start_id="0")], set(), {}, "Retain")
         )
