@@ -5,10 +5,8 @@ vanishes, and refuses a value that is no position at start."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from streampipe_worker.settings import SettingsError, WorkerSettings, load_setti
 from tests.redis.conftest import GROUP, STREAM, consumer_for, pending_count, running
 from tests.support.polling import eventually, eventually_async
 from tests.support.servers import free_port
+from tests.support.worker_process import WorkerProcesses
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,40 +39,9 @@ Start = Callable[..., subprocess.Popen[str]]
 @pytest.fixture
 def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Start]:
     """Start bare ``python -m streampipe_worker`` processes (no operator); stopped by PID after the test."""
-    (tmp_path / "group_handlers.py").write_text(HANDLER_MODULE)
-    started: list[subprocess.Popen[str]] = []
-
-    def start(name: str, **env: str) -> subprocess.Popen[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPIPE_")}
-        environ.update(
-            {
-                "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-                "STREAMPIPE_REDIS_URL": redis_url,
-                "STREAMPIPE_STREAM": STREAM,
-                "STREAMPIPE_GROUP": GROUP,
-                "STREAMPIPE_CONSUMER": name,
-                "STREAMPIPE_HANDLER": "group_handlers:handle",
-                "STREAMPIPE_BLOCK": "100ms",
-                "STREAMPIPE_METRICS_PORT": "0",
-                "TEST_OUT": str(tmp_path / f"{name}.out"),
-                **env,
-            }
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streampipe_worker"],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+    workers = WorkerProcesses(redis_url, tmp_path, STREAM, GROUP, "group_handlers", HANDLER_MODULE)
+    yield workers.start
+    workers.stop_all()
 
 
 def processed(tmp_path: Path, *names: str) -> list[str]:

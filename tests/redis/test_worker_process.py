@@ -18,6 +18,7 @@ import redis
 from tests.redis.conftest import GROUP, STREAM, pending_count
 from tests.support.polling import eventually
 from tests.support.servers import free_port
+from tests.support.worker_process import WorkerProcesses
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("stream_group")]
 
@@ -39,40 +40,9 @@ def handle(entry):
 @pytest.fixture
 def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start ``python -m streampipe_worker`` processes; each is stopped (by PID) after the test."""
-    (tmp_path / "proc_handlers.py").write_text(HANDLER_MODULE)
-    started: list[subprocess.Popen[str]] = []
-
-    def start(name: str, **env: str) -> subprocess.Popen[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPIPE_")}
-        environ.update(
-            {
-                "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-                "STREAMPIPE_REDIS_URL": redis_url,
-                "STREAMPIPE_STREAM": STREAM,
-                "STREAMPIPE_GROUP": GROUP,
-                "STREAMPIPE_CONSUMER": name,
-                "STREAMPIPE_HANDLER": "proc_handlers:handle",
-                "STREAMPIPE_BLOCK": "100ms",
-                "STREAMPIPE_METRICS_PORT": "0",
-                "TEST_OUT": str(tmp_path / f"{name}.out"),
-            }
-        )
-        environ.update(env)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streampipe_worker"],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+    workers = WorkerProcesses(redis_url, tmp_path, STREAM, GROUP, "proc_handlers", HANDLER_MODULE)
+    yield workers.start
+    workers.stop_all()
 
 
 def finished(tmp_path: Path, name: str) -> list[tuple[str, int]]:

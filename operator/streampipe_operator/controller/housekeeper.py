@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from streampipe_operator import api
 from streampipe_operator.controller.metrics import ErrorKind, OperatorMetrics
-from streampipe_operator.engine.housekeeping import FAILURES, PassReport, PipelineMemory, run_pass
+from streampipe_operator.engine.housekeeping import PassReport, PipelineMemory, run_pass
 from streampipe_operator.kube.status import Findings, build_status
 from streampipe_operator.plan.scaling import ScalingDecision
 from streampipe_operator.streams.admin import (
@@ -202,35 +202,23 @@ class Housekeeper:
     def _publish(self, kept: KeptPipeline, report: PassReport, outcome: PipelineOutcome) -> None:
         spec = kept.pipeline.spec
         label = kept.backend.label
+        self.metrics.record_pass(kept.namespace, kept.name, report)
         for event in report.events:
             log.log(logging.WARNING if event.warning else logging.INFO, "%s: %s", label, event.message)
             outcome.events.append({"reason": str(event.reason), "message": event.message})
-            if event.reason in FAILURES:
-                self.metrics.count_error(kept.namespace, kept.name, "redis_command")
         for name, first in report.decisions.items():
             if kept.backend.advised.get(name) is None:
                 kept.backend.advise(name, first, None)  # the first advice, before any change
         findings = Findings(
-            server=report.server,
-            server_state=report.server_state,
-            where=kept.admin.where,
-            observation=report.observation,
             group_names=[group.name for group in spec.groups],
-            group_problems=report.group_problems,
-            orphaned=report.orphaned,
             retention_configured=spec.retention is not None,
-            retention=report.retention,
             dead_letter_stream=spec.dead_letter_stream,
         )
+        findings.take_pass(report, kept.admin.where)
         kept.status = build_status(findings, kept.status, now=datetime.now(UTC))
         self.metrics.track_groups(kept.namespace, kept.name, findings.group_names)
         self.metrics.export_status(kept.namespace, kept.name, findings, kept.status, now=time.time())
         labels = (kept.namespace, kept.name)
-        held = report.retention.held if report.retention is not None else None
-        self.metrics.retention_held.labels(*labels).set(held.entries.value if held is not None else 0)
-        if report.trimmed is not None:
-            for target, removed in report.trimmed.items():
-                self.metrics.trimmed.labels(*labels, target).inc(removed)
         for group in kept.status.groups:
             advised = kept.backend.advised.get(group.name)
             self.metrics.put(self.metrics.desired_replicas, advised, *labels, group.name)

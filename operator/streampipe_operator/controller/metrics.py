@@ -23,7 +23,8 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 from streampipe_operator import api
-from streampipe_operator.api import ConditionType
+from streampipe_operator.api import ConditionType, Reason
+from streampipe_operator.engine.housekeeping import FAILURES, PassReport
 from streampipe_operator.kube.status import Findings, oldest_pending_seconds, oldest_unread_seconds
 
 PIPELINE = ("namespace", "pipeline")
@@ -264,6 +265,20 @@ class OperatorMetrics:
         metrics.put(metrics.stream_entries_added, added, *pipeline)
         if status.dead_letter is not None:
             metrics.dead_letter_length.labels(*pipeline).set(status.dead_letter.length)
+
+    def record_pass(self, namespace: str, pipeline: str, report: PassReport) -> None:
+        """What one housekeeping pass did (the operator's and ``housekeep``'s): failed steps, removed
+        consumers, the entries retention holds back and the entries trimmed."""
+        labels = (namespace, pipeline)
+        for event in report.events:
+            if event.reason in FAILURES:
+                self.count_error(*labels, "redis_command")
+            if event.reason == Reason.CONSUMER_REMOVED and event.group is not None:
+                self.consumers_removed.labels(*labels, event.group).inc()
+        held = report.retention.held if report.retention is not None else None
+        self.retention_held.labels(*labels).set(held.entries.value if held is not None else 0)
+        for target, removed in (report.trimmed or {}).items():
+            self.trimmed.labels(*labels, target).inc(removed)
 
     def count_error(self, namespace: str, pipeline: str, kind: ErrorKind) -> None:
         """One failure of this kind during a pipeline's reconciliation."""

@@ -44,7 +44,6 @@ from streampipe_operator.controller.metrics import ErrorKind, OperatorMetrics
 from streampipe_operator.controller.ownership import PipelineRef, identity_of, owner, stream_identity
 from streampipe_operator.controller.scaler import DeploymentScaler
 from streampipe_operator.engine.housekeeping import (
-    FAILURES,
     PassReport,
     PipelineMemory,
     run_pass,
@@ -359,13 +358,7 @@ class PipelineRuntime:
             self._error("redis_command")
         else:
             work.decisions = report.decisions
-            findings.server = report.server
-            findings.server_state = report.server_state
-            findings.where = admin.where
-            findings.observation = report.observation
-            findings.group_problems = report.group_problems
-            findings.orphaned = report.orphaned
-            findings.retention = report.retention
+            findings.take_pass(report, admin.where)
             self.metrics.redis_up.labels(self.namespace, self.name).set(1)
             await self._publish(work, report)
             return
@@ -375,25 +368,16 @@ class PipelineRuntime:
 
     async def _publish(self, work: _Pass, report: PassReport) -> None:
         """A pass's events as logs, Events and metrics; its trims in the totals status reports."""
-        pipeline = (self.namespace, self.name)
+        self.metrics.record_pass(self.namespace, self.name, report)
         for event in report.events:
             log.log(logging.WARNING if event.warning else logging.INFO, "%s: %s", self.label, event.message)
-            if event.reason in FAILURES:
-                self._error("redis_command")
-            if event.reason == Reason.CONSUMER_REMOVED and event.group is not None:
-                self.metrics.consumers_removed.labels(*pipeline, event.group).inc()
             if event.reason in POSTED_EVENTS:
                 await self._event("Warning" if event.warning else "Normal", event.reason, event.message)
-        held = report.retention.held if report.retention is not None else None
-        self.metrics.retention_held.labels(*pipeline).set(held.entries.value if held is not None else 0)
-        if report.trimmed is not None:
-            self.metrics.trimmed.labels(*pipeline, "stream").inc(report.trimmed["stream"])
-            self.metrics.trimmed.labels(*pipeline, "dead_letter").inc(report.trimmed["dead_letter"])
-            if report.trimmed["stream"]:
-                if self.trimmed_total is None:
-                    self.trimmed_total = self._trimmed_so_far(work.pipeline)
-                self.trimmed_total += report.trimmed["stream"]
-                self.last_trim_at = datetime.now(UTC)
+        if report.trimmed is not None and report.trimmed["stream"]:
+            if self.trimmed_total is None:
+                self.trimmed_total = self._trimmed_so_far(work.pipeline)
+            self.trimmed_total += report.trimmed["stream"]
+            self.last_trim_at = datetime.now(UTC)
         work.findings.trimmed_total = self.trimmed_total
         work.findings.last_trim_at = self.last_trim_at
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from streampipe_operator import api
 from streampipe_operator.api import ConditionType, Reason
@@ -23,6 +23,9 @@ from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import GroupState, ServerState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
+
+if TYPE_CHECKING:
+    from streampipe_operator.engine.housekeeping import PassReport
 
 # Ready's reason when the server cannot be used, and the one RedisReachable gets with it.
 RedisProblem = Literal[Reason.REDIS_UNREACHABLE, Reason.REDIS_AUTH_FAILED, Reason.CREDENTIALS_MISSING]
@@ -69,6 +72,16 @@ class Findings:
     trimmed_total: int | None = None
     last_trim_at: datetime | None = None
     dead_letter_stream: str | None = None
+
+    def take_pass(self, report: PassReport, where: str) -> None:
+        """What a housekeeping pass on the server ``where`` saw (the operator's and ``housekeep``'s)."""
+        self.server = report.server
+        self.server_state = report.server_state
+        self.where = where
+        self.observation = report.observation
+        self.group_problems = report.group_problems
+        self.orphaned = report.orphaned
+        self.retention = report.retention
 
 
 def _age(seconds: float) -> str:
