@@ -78,15 +78,22 @@ def peek(
 ) -> PeekReport:
     """The report for one view; :class:`CommandError` (exit 1) when the stream or group is missing."""
     stream = target.stream
-    if not client.exists(stream):
-        raise CommandError(f"stream {stream} does not exist: nothing was produced to it yet")
-    length = int(client.xlen(stream))
-    now = time.time()
+    # One round trip for the existence, the length and (without a group) the page itself.
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(stream)
+    pipe.xlen(stream)
     if group is None:
         if oldest:
-            page = client.xrange(stream, min="-", max="+", count=count)
+            pipe.xrange(stream, min="-", max="+", count=count)
         else:
-            page = client.xrevrange(stream, max="+", min="-", count=count)
+            pipe.xrevrange(stream, max="+", min="-", count=count)
+    exists, length, *rest = pipe.execute()
+    if not exists:
+        raise CommandError(f"stream {stream} does not exist: nothing was produced to it yet")
+    length = int(length)
+    now = time.time()
+    if group is None:
+        page = rest[0]
         entries = [_entry(entry_id, fields, now) for entry_id, fields in page]
         return PeekReport(
             stream=stream, length=length, view="oldest" if oldest else "newest", entries=entries
