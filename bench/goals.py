@@ -187,8 +187,34 @@ def goals(results: Results) -> list[Goal]:
     out.append(
         _goal("Operator reaction at pollInterval 1s (worst trial)", "<= 2 s", reaction, "s", 2, at_most=True)
     )
-    ready = operator.all_ready_s if operator and operator.pipelines == 200 else None
-    out.append(_goal("200 StreamPipelines Ready", "<= 60 s", ready, "s", 60, at_most=True))
+    largest = operator.growth[-1] if operator and operator.growth else None
+    at_1000 = largest if largest is not None and largest.pipelines == 1000 else None
+    out += [
+        _goal(
+            "1000 StreamPipelines Ready",
+            "<= 60 s",
+            at_1000.all_ready_s if at_1000 else None,
+            "s",
+            60,
+            at_most=True,
+        ),
+        _goal(
+            "Operator RSS, 1000 idle pipelines",
+            "<= 500 MiB",
+            at_1000.idle_rss_mb if at_1000 else None,
+            "MiB",
+            500,
+            at_most=True,
+        ),
+        _goal(
+            "Operator CPU, 1000 idle pipelines",
+            "<= 20 % of a core",
+            at_1000.idle_cpu_percent if at_1000 else None,
+            "%",
+            20,
+            at_most=True,
+        ),
+    ]
     return out
 
 

@@ -10,10 +10,13 @@ are read from the Deployments it writes), a real Valkey, and the operator as use
   ``spec.replicas`` every 20 ms until it changes. Trials start at random offsets, so the operator's
   poll phase is sampled uniformly: the expected reaction is about half a poll interval plus the
   operator's own work, the worst about one interval plus it.
-- Ready: N pipelines (default spec: one group, ``pollInterval`` 5s) applied with one
-  ``kubectl apply``; the time from the apply until every one reports ``Ready=True``.
-- Idle cost: the operator's CPU share (one core = 100 %) and RSS over a window with those N
-  pipelines Ready and nothing happening.
+- Growth, at each size N (10, 100, 1000): a fresh operator watching a namespace of its own; N
+  pipelines (default spec: one group, ``pollInterval`` 5s) applied with one ``kubectl apply``; the
+  time from the apply until every one reports ``Ready=True`` and the operator's CPU meanwhile. Then,
+  with nothing happening, over a window: the operator's CPU share (one core = 100 %), RSS, the
+  Redis connections it holds (``INFO clients`` against the count before it started) and the API
+  requests it makes per minute, writes and reads apart (the API server's own
+  ``apiserver_request_total``; nothing else talks to this API server in the window).
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ class OperatorResult:
     idle_rss_mb: float | None = None
     ramp_cpu_percent: float | None = None  # while the N pipelines were being made Ready
     control_plane_start_s: float | None = None
+    growth: list[ScalePoint] = field(default_factory=list)  # one point per size, smallest first
+
+
+@dataclass
+class ScalePoint:
+    """The operator with ``pipelines`` StreamPipelines: making them Ready, then idle."""
+
+    pipelines: int
+    apply_s: float
+    all_ready_s: float
+    ramp_cpu_percent: float
+    idle_window_s: float
+    idle_cpu_percent: float
+    idle_rss_mb: float
+    redis_connections: int  # held by the operator while idle
+    api_writes_per_min: float  # POST/PUT/PATCH/DELETE while idle
+    api_reads_per_min: float  # GET/LIST (open watches are not counted again)
 
 
 def available() -> str | None:
@@ -82,11 +102,13 @@ def group_spec(name: str, **scaling: Any) -> dict[str, Any]:
     return group
 
 
-def pipeline(name: str, url: str, stream: str, groups: list[dict[str, Any]]) -> dict[str, Any]:
+def pipeline(
+    name: str, url: str, stream: str, groups: list[dict[str, Any]], namespace: str = NAMESPACE
+) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "StreamPipeline",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"redis": {"url": url}, "stream": stream, "groups": groups},
     }
 
@@ -125,10 +147,10 @@ class Api:
         items = json.loads(reply.data)["items"]
         return str(items[0]["metadata"]["name"]) if items else None
 
-    def ready_count(self, prefix: str) -> int:
+    def ready_count(self, prefix: str, namespace: str = NAMESPACE) -> int:
         """How many StreamPipelines named ``prefix...`` have Ready=True."""
         reply = self.custom.list_namespaced_custom_object(
-            "streampipe.dev", "v1alpha1", NAMESPACE, "streampipelines", _preload_content=False
+            "streampipe.dev", "v1alpha1", namespace, "streampipelines", _preload_content=False
         )
         count = 0
         for item in json.loads(reply.data)["items"]:
@@ -141,10 +163,12 @@ class Api:
 
 
 @contextlib.contextmanager
-def operator_process(kubeconfig: Path, logfile: Path) -> Iterator[subprocess.Popen[bytes]]:
+def operator_process(
+    kubeconfig: Path, logfile: Path, namespace: str = NAMESPACE
+) -> Iterator[subprocess.Popen[bytes]]:
     liveness = free_port()
     command = [
-        str(STREAMPIPE), "operator", "run", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE,
+        str(STREAMPIPE), "operator", "run", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
         "--metrics-port", "0", "--liveness", f"http://127.0.0.1:{liveness}/healthz", "--standalone",
         "--log-format", "json",
     ]  # fmt: skip
@@ -222,11 +246,13 @@ def reaction_trials(api: Api, kubectl: Kubectl, server: BenchServer, trials: int
 
 
 def many_ready(
-    api: Api, kubectl: Kubectl, server: BenchServer, count: int, operator_pid: int
+    api: Api, kubectl: Kubectl, server: BenchServer, count: int, *, operator_pid: int, namespace: str
 ) -> tuple[float, float, list[tuple[float, int]], float]:
     """Apply ``count`` default pipelines at once; (apply s, all Ready s, curve, operator CPU %)."""
     manifests = [
-        pipeline(f"p{i:04d}", server.url, f"{{p{i:04d}}}:events", [group_spec("billing")])
+        pipeline(
+            f"p{i:04d}", server.url, f"{{{namespace}-p{i:04d}}}:events", [group_spec("billing")], namespace
+        )
         for i in range(count)
     ]
     text = yaml.safe_dump_all(manifests)
@@ -236,7 +262,7 @@ def many_ready(
     applied = time.perf_counter() - started
     curve: list[tuple[float, int]] = [(0.0, 0)]
     while True:
-        ready = api.ready_count("p")
+        ready = api.ready_count("p", namespace)
         elapsed = time.perf_counter() - started
         curve.append((round(elapsed, 2), ready))
         if ready >= count:
@@ -253,12 +279,80 @@ def many_ready(
     return applied, elapsed, thinned, cpu_percent
 
 
+def api_requests(kubectl: Kubectl) -> tuple[float, float]:
+    """(writes, reads) the API server has served so far, from its ``apiserver_request_total``."""
+    writes = reads = 0.0
+    for line in kubectl("get", "--raw", "/metrics", timeout=60).stdout.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        verb = next((part.split("=", 1)[1].strip('"') for part in labels.split(",") if "verb=" in part), "")
+        if verb in {"POST", "PUT", "PATCH", "DELETE", "APPLY"}:
+            writes += float(value)
+        elif verb in {"GET", "LIST"}:
+            reads += float(value)
+    return writes, reads
+
+
+def redis_clients(server: BenchServer) -> int:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.info("clients")["connected_clients"]) - 1  # not this one
+    finally:
+        client.close()
+
+
+def growth_point(
+    api: Api, kubectl: Kubectl, server: BenchServer, count: int, *, workdir: Path, idle_window: float
+) -> tuple[ScalePoint, list[tuple[float, int]]]:
+    """A fresh operator on a namespace of its own with ``count`` pipelines: Ready, then idle."""
+    namespace = f"scale-{count}"
+    kubectl("create", "namespace", namespace)
+    before = redis_clients(server)
+    with operator_process(kubectl.kubeconfig, workdir / f"operator-{count}.log", namespace) as operator:
+        progress(f"  operator: applying {count} StreamPipelines in {namespace}")
+        applied, ready, curve, ramp_cpu = many_ready(
+            api, kubectl, server, count, operator_pid=operator.pid, namespace=namespace
+        )
+        progress(f"  operator: {count} Ready after {ready:.1f}s; idle for {idle_window:.0f}s")
+        time.sleep(min(5.0, idle_window))  # let the last status writes settle
+        writes0, reads0 = api_requests(kubectl)
+        cpu0 = cpu_seconds(operator.pid)
+        time.sleep(idle_window)
+        cpu = cpu_seconds(operator.pid) - cpu0
+        writes1, reads1 = api_requests(kubectl)
+        per_minute = 60.0 / idle_window
+        point = ScalePoint(
+            pipelines=count,
+            apply_s=round(applied, 2),
+            all_ready_s=round(ready, 2),
+            ramp_cpu_percent=round(ramp_cpu, 1),
+            idle_window_s=idle_window,
+            idle_cpu_percent=round(cpu / idle_window * 100, 1),
+            idle_rss_mb=round(rss_bytes(operator.pid) / 2**20, 1),
+            redis_connections=redis_clients(server) - before,
+            # The second metrics read itself is one GET; take it off.
+            api_writes_per_min=round((writes1 - writes0) * per_minute, 1),
+            api_reads_per_min=round(max(0.0, reads1 - reads0 - 1) * per_minute, 1),
+        )
+    progress(
+        f"  operator at {count}: idle CPU {point.idle_cpu_percent:.1f} %, RSS {point.idle_rss_mb:.0f} MiB, "
+        f"{point.redis_connections} Redis connections, {point.api_writes_per_min:.0f} API writes/min"
+    )
+    return point, curve
+
+
 def run(
-    server: BenchServer, *, trials: int = 8, pipelines: int = 200, idle_window: float = 30.0
+    server: BenchServer,
+    *,
+    trials: int = 8,
+    sizes: tuple[int, ...] = (10, 100, 1000),
+    idle_window: float = 30.0,
 ) -> OperatorResult:
-    result = OperatorResult(poll_interval_s=1.0, pipelines=pipelines)
-    with tempfile.TemporaryDirectory(prefix="streampipe-bench-operator-") as workdir:
-        plane = ControlPlane(Path(workdir) / "controlplane").start()
+    result = OperatorResult(poll_interval_s=1.0, pipelines=max(sizes))
+    with tempfile.TemporaryDirectory(prefix="streampipe-bench-operator-") as tmp:
+        workdir = Path(tmp)
+        plane = ControlPlane(workdir / "controlplane").start()
         try:
             result.control_plane_start_s = round(plane.startup_seconds, 2)
             kubectl = Kubectl(plane.kubeconfig)
@@ -270,22 +364,20 @@ def run(
             kubectl("create", "namespace", NAMESPACE)
             api = Api(plane.kubeconfig)
             try:
-                with operator_process(plane.kubeconfig, Path(workdir) / "operator.log") as operator:
+                with operator_process(plane.kubeconfig, workdir / "operator.log"):
                     progress("  operator: live; scaling reaction trials at pollInterval 1s")
                     result.reaction_s = [round(r, 3) for r in reaction_trials(api, kubectl, server, trials)]
-                    progress(f"  operator: applying {pipelines} StreamPipelines")
-                    applied, ready, curve, ramp_cpu = many_ready(
-                        api, kubectl, server, pipelines, operator.pid
+                for size in sorted(sizes):
+                    point, curve = growth_point(
+                        api, kubectl, server, size, workdir=workdir, idle_window=idle_window
                     )
-                    result.apply_s, result.all_ready_s = round(applied, 2), round(ready, 2)
-                    result.ready_curve, result.ramp_cpu_percent = curve, round(ramp_cpu, 1)
-                    progress(f"  operator: {pipelines} Ready after {ready:.1f}s; idle for {idle_window:.0f}s")
-                    time.sleep(min(5.0, idle_window))  # let the last status writes settle
-                    cpu0 = cpu_seconds(operator.pid)
-                    time.sleep(idle_window)
-                    result.idle_window_s = idle_window
-                    result.idle_cpu_percent = round((cpu_seconds(operator.pid) - cpu0) / idle_window * 100, 1)
-                    result.idle_rss_mb = round(rss_bytes(operator.pid) / 2**20, 1)
+                    result.growth.append(point)
+                    if size == result.pipelines:
+                        result.apply_s, result.all_ready_s = point.apply_s, point.all_ready_s
+                        result.ready_curve, result.ramp_cpu_percent = curve, point.ramp_cpu_percent
+                        result.idle_window_s = point.idle_window_s
+                        result.idle_cpu_percent = point.idle_cpu_percent
+                        result.idle_rss_mb = point.idle_rss_mb
             finally:
                 api.close()
         finally:

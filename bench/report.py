@@ -24,6 +24,8 @@ from harness import ROOT
 from results_model import Goal, Results
 from worker_throughput import CONSUMERS, DIAGNOSTIC, Sample
 
+GROWTH_IMAGE = "benchmarks-operator.png"
+
 LABELS = {
     "streampipe": "streampipe worker",
     "bare_loop": "bare redis-py loop",
@@ -424,7 +426,52 @@ def operator_section(results: Results) -> list[str]:
         rows.append([f"operator RSS, {op.pipelines} idle pipelines", f"{op.idle_rss_mb:.0f} MiB"])
     if op.control_plane_start_s is not None:
         rows.append(["(control plane start-up, not counted above)", f"{op.control_plane_start_s:.1f} s"])
-    return [*lines, *_table(["", ""], rows)]
+    return [*lines, *_table(["", ""], rows), *growth_section(results)]
+
+
+def growth_section(results: Results) -> list[str]:
+    """How the operator's cost grows with the number of pipelines (a fresh operator per size)."""
+    op = results.operator
+    if op is None or not op.growth:
+        return []
+    window = op.growth[0].idle_window_s
+    lines = [
+        "",
+        "### How the operator grows with the number of pipelines",
+        "",
+        "A fresh operator per size, watching a namespace of its own, one Valkey; the idle columns are "
+        f"measured over {window:.0f} s with every pipeline Ready and nothing happening. Redis connections "
+        "are those it holds (`INFO clients` against the count before it started); API requests come from "
+        "the API server's own `apiserver_request_total` (writes: POST/PUT/PATCH/DELETE; reads: GET/LIST; "
+        "watches are long-lived and not counted again).",
+        "",
+        f"![operator growth]({GROWTH_IMAGE})",
+        "",
+    ]
+    rows = [
+        [
+            f"{point.pipelines:,}",
+            f"{point.all_ready_s:.1f} s",
+            f"{point.ramp_cpu_percent:.0f} %",
+            f"{point.idle_cpu_percent:.1f} %",
+            f"{point.idle_rss_mb:.0f} MiB",
+            f"{point.redis_connections:,}",
+            f"{point.api_writes_per_min:,.0f}",
+            f"{point.api_reads_per_min:,.0f}",
+        ]
+        for point in op.growth
+    ]
+    header = [
+        "pipelines",
+        "all Ready after",
+        "CPU meanwhile",
+        "idle CPU (one core = 100 %)",
+        "idle RSS",
+        "Redis connections",
+        "API writes/min",
+        "API reads/min",
+    ]
+    return [*lines, *_table(header, rows)]
 
 
 def memory_section(results: Results) -> list[str]:
@@ -695,7 +742,7 @@ WHY: dict[str, Callable[[Results], list[str]]] = {
     "4 workers vs the server ceiling": _why_scale_out,
     "p99 latency at 10K/s": _why_latency,
     "Operator reaction at pollInterval 1s (worst trial)": _why_operator,
-    "200 StreamPipelines Ready": _why_ready,
+    "1000 StreamPipelines Ready": _why_ready,
 }
 
 # What is left on the worker's side (from the profiles of these runs); the collector tuning, the
@@ -729,7 +776,7 @@ PROPOSALS = {
         "the same pass; wake the loop on the poll deadline instead of sleeping a fixed interval after the "
         "pass."
     ),
-    "200 StreamPipelines Ready": (
+    "1000 StreamPipelines Ready": (
         "Batch the first reconcile of new pipelines (one Redis connection per server, not per pipeline) "
         "and write status once per pass."
     ),
@@ -978,9 +1025,43 @@ def _plot_operator(ax: Any, results: Results) -> None:
     plot_ax.legend(fontsize=8)
 
 
+def plot_growth(results: Results, path: Path) -> None:
+    """Operator RSS, idle CPU, Redis connections and API requests against the number of pipelines."""
+    op = results.operator
+    if op is None or not op.growth:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [point.pipelines for point in op.growth]
+    panels = [
+        ("idle RSS (MiB)", [point.idle_rss_mb for point in op.growth], 500.0),
+        ("idle CPU (% of one core)", [point.idle_cpu_percent for point in op.growth], 20.0),
+        ("Redis connections held", [float(point.redis_connections) for point in op.growth], None),
+        ("API writes per minute, idle", [point.api_writes_per_min for point in op.growth], None),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.6))
+    fig.suptitle(f"The operator with 10 to {max(sizes):,} StreamPipelines, {results.date}", fontsize=10)
+    for ax, (title, values, goal) in zip(axes, panels, strict=True):
+        ax.plot(sizes, values, marker="o", color=COLORS["streampipe"])
+        if goal is not None:
+            ax.axhline(goal, color="grey", linestyle=":", label=f"goal at 1,000: <= {goal:g}")
+            ax.legend(fontsize=8)
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("pipelines")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def write(results: Results, docs: Path, source: Path) -> None:
     image = docs.with_suffix(".png")
     plot(results, image)
+    plot_growth(results, docs.with_name(GROWTH_IMAGE))
     docs.write_text(markdown(results, source, image.name), encoding="utf-8")
 
 

@@ -57,6 +57,7 @@ class Settings(Model):
     latency_seconds: float
     pipelines: int
     only: list[str]
+    pipeline_sizes: list[int] = []  # the operator's growth points (pipelines is the largest)
 
 
 class Throughput(Model):

@@ -66,6 +66,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             latency_rates=[1_000],
             latency_seconds=1.5,
             pipelines=3,
+            pipeline_sizes=[2, 3],
             only=only,
         )
     return Settings(
@@ -76,7 +77,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         batch_sizes=list(worker_throughput.BATCH_SIZES),
         latency_rates=list(latency.RATES),
         latency_seconds=6.0,
-        pipelines=200,
+        pipelines=1000,
+        pipeline_sizes=[10, 100, 1000],
         only=only,
     )
 
@@ -164,7 +166,7 @@ def measure_operator(results: Results, valkey: BenchServer) -> None:
     results.operator = operator_scaling.run(
         valkey,
         trials=2 if quick else 8,
-        pipelines=results.settings.pipelines,
+        sizes=tuple(results.settings.pipeline_sizes or [results.settings.pipelines]),
         idle_window=2.0 if quick else 30.0,
     )
 

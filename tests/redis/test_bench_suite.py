@@ -58,7 +58,7 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     assert "send_many vs redis-benchmark -P 1000" in names
     goals = {g.name: g for g in results.goals}
     assert goals["Worker vs the tutorial loop"].measured is not None
-    assert goals["200 StreamPipelines Ready"].met is None  # not measured in this run
+    assert goals["1000 StreamPipelines Ready"].met is None  # not measured in this run
 
     for heading in (
         "## Ratios against same-run baselines",
@@ -82,7 +82,16 @@ def test_quick_operator_benchmark(tmp_path: Path) -> None:
     assert operator.all_ready_s is not None
     assert operator.ready_curve[-1][1] == 3
     assert operator.idle_rss_mb > 0
+    assert [point.pipelines for point in operator.growth] == [2, 3]
+    for point in operator.growth:
+        assert point.all_ready_s > 0
+        assert point.idle_rss_mb > 0
+        # Each fresh operator holds at least one connection to the server while its pipelines idle.
+        assert point.redis_connections >= 1
+        assert point.api_writes_per_min >= 0
+    assert (tmp_path / "benchmarks-operator.png").stat().st_size > 0
     assert "## 5. Operator" in report
+    assert "### How the operator grows with the number of pipelines" in report
 
 
 @pytest.mark.redis
