@@ -35,6 +35,24 @@ def test_send_many_writes_each_event_as_xadd_would_in_order(
     assert [fields for _, fields in stored] == [encode_event(event) for event in sent]
 
 
+def test_a_refused_chunk_stops_the_sending_after_the_chunk_in_flight_behind_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Two chunks are in flight: when the first chunk's replies show refusals, the second is on its way
+    # already (its replies are read, so the connection stays usable), and the third is never sent.
+    client = create_client(ConnectionSettings(url=redis_url))
+    redis_client.set("not-a-stream", "x")
+    with pytest.raises(SendManyError) as raised:
+        Producer(client, "not-a-stream", chunk_size=1000).send_many(events(2500))
+    error = raised.value
+    assert (len(error.ids), len(error.errors), error.total) == (2000, 2000, 2500)
+    assert set(error.ids) == {None}
+    assert sorted(error.errors) == list(range(2000))
+    assert client.ping()
+    ids = Producer(client, STREAM, chunk_size=1000).send_many(events(2500))  # the same connection
+    assert ids == [entry_id for entry_id, _ in redis_client.xrange(STREAM)]
+
+
 @pytest.mark.parametrize(
     "options",
     [{"protocol": 3}, {"parser_class": _RESP2Parser}],

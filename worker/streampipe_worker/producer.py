@@ -86,7 +86,8 @@ class SendManyError(redis.exceptions.ResponseError):
 
     ``ids`` holds the new entry id of every event sent, in order, ``None`` where the server refused
     it; ``errors`` maps those positions to the server's error. Events after the chunk that had the
-    errors were not sent (``len(ids)`` of ``total`` were).
+    errors (or, with two chunks in flight, after the one behind it) were not sent (``len(ids)`` of
+    ``total`` were).
     """
 
     def __init__(self, stream: str, ids: list[str | None], errors: dict[int, Exception], total: int) -> None:
@@ -110,6 +111,17 @@ def _ids_of(stream: str, replies: Sequence[Any], before: list[str], total: int) 
         sent = [*before, *(None if isinstance(reply, Exception) else str(reply) for reply in replies)]
         raise SendManyError(stream, sent, errors, total)
     return [str(reply) for reply in replies]
+
+
+def _collect(replies: Sequence[Any], ids: list[str | None], errors: dict[int, Exception]) -> None:
+    """Append a chunk's replies to ``ids`` (``None`` for a refusal, whose error goes to ``errors``)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            errors[len(ids)] = reply
+            ids.append(None)
+        else:
+            # XADD's reply needs no response callback: the id as the client decodes it.
+            ids.append(str(reply))
 
 
 def _read_xadd_replies(connection: Any, count: int) -> list[Any]:
@@ -216,29 +228,47 @@ class Producer(_Base):
 
     def send_many(self, events: Iterable[Event]) -> list[str]:
         """Validate everything first (nothing is sent if one event is invalid), then send the XADDs
-        ``chunk_size`` at a time, one round trip each. Returns the new entry ids, in order; raises
-        ``SendManyError`` after a chunk in which the server refused some."""
+        ``chunk_size`` at a time. Returns the new entry ids, in order; raises ``SendManyError`` once
+        the server refused some (the chunk after theirs may have been sent already, none later).
+
+        Two chunks are in flight on a plain client: the next chunk is packed and sent before the
+        replies to the previous one are read, so the server works on one while the client packs the
+        other (cluster clients take redis-py's pipeline, one chunk per round trip)."""
         encoded = [encode_event(event, self.router) for event in events]
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
+        if pool is not None:
+            return self._send_overlapped(pool, encoded)
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
-            chunk = encoded[start : start + self.chunk_size]
-            replies = self._pipelined(chunk) if pool is None else self._send_packed(pool, chunk)
+            replies = self._pipelined(encoded[start : start + self.chunk_size])
             ids.extend(_ids_of(self.stream, replies, ids, len(encoded)))
         return ids
 
-    def _send_packed(self, pool: Any, chunk: Sequence[dict[str, str]]) -> list[Any]:
+    def _send_overlapped(self, pool: Any, encoded: Sequence[dict[str, str]]) -> list[str]:
+        ids: list[str | None] = []
+        errors: dict[int, Exception] = {}
         connection = pool.get_connection()
         try:
-            connection.send_packed_command([self._packed(connection, self._xadd_commands(chunk))])
-            # XADD's reply needs no response callback: the id as the client decodes it.
-            return _read_xadd_replies(connection, len(chunk))
+            unread = 0  # XADDs sent whose replies are not read yet (the previous chunk)
+            for start in range(0, len(encoded), self.chunk_size):
+                chunk = encoded[start : start + self.chunk_size]
+                connection.send_packed_command([self._packed(connection, self._xadd_commands(chunk))])
+                if unread:
+                    _collect(_read_xadd_replies(connection, unread), ids, errors)
+                unread = len(chunk)
+                if errors:
+                    break  # this chunk went out already: its replies are read below, nothing more is sent
+            if unread:
+                _collect(_read_xadd_replies(connection, unread), ids, errors)
         except BaseException:
             # Replies may still be on their way: this socket must not serve another command.
             connection.disconnect()
             raise
         finally:
             pool.release(connection)
+        if errors:
+            raise SendManyError(self.stream, ids, errors, len(encoded))
+        return [str(entry_id) for entry_id in ids]
 
     def _pipelined(self, chunk: Sequence[dict[str, str]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)

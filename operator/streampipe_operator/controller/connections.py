@@ -1,4 +1,4 @@
-"""How the operator reaches a pipeline's server: credentials from Secrets, one client per pipeline.
+"""How the operator reaches a pipeline's server: credentials from Secrets, one client per server.
 
 The operator connects the way the pipeline's workers do (the worker's ``ConnectionSettings`` and its
 one client factory), with the password and ACL user read from ``spec.redis.auth``'s Secret and the CA
@@ -6,6 +6,11 @@ certificate from ``spec.redis.tls``'s Secret (written to a private temporary fil
 stack reads CA files). A client is reused until the spec or the Secrets' contents change; Secrets are
 read again every ``secret_refresh`` seconds and after every failure, so a rotated password is picked
 up without a restart.
+
+Pipelines whose connection settings are the same (the same server, user, password and TLS settings)
+share one client and its connection pool (:class:`SharedClients`): 1,000 pipelines on one server hold
+a handful of connections, not 1,000. A pipeline whose settings change or that fails lets go of its
+reference; the client is closed when the last pipeline lets go.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydantic import SecretStr
 
 from streampipe_operator import api
 from streampipe_operator.kube.client import KubeClient
-from streampipe_operator.streams.admin import RedisAdmin
+from streampipe_operator.streams.admin import RedisAdmin, forget_server
 from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 
 log = logging.getLogger("streampipe.operator")
@@ -79,17 +84,58 @@ def fingerprint(settings: ConnectionSettings) -> str:
     return digest.hexdigest()
 
 
+class SharedClients:
+    """One client (and connection pool) per distinct set of connection settings, counted by users."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, tuple[AsyncClient, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def acquire(self, key: str, settings: ConnectionSettings) -> AsyncClient:
+        client, users = self._clients.get(key) or (create_async_client(settings), 0)
+        self._clients[key] = (client, users + 1)
+        return client
+
+    async def release(self, key: str) -> None:
+        client, users = self._clients.get(key) or (None, 0)
+        if client is None:
+            return
+        if users > 1:
+            self._clients[key] = (client, users - 1)
+            return
+        del self._clients[key]
+        await _close(client)
+
+
+async def _close(client: AsyncClient) -> None:
+    try:
+        await client.aclose()
+    except Exception as exc:  # closing a broken connection may fail; it is gone either way
+        log.debug("closing the Redis client failed: %s", exc)
+
+
 class PipelineConnection:
-    """The client and admin adapter of one pipeline, rebuilt when its settings change."""
+    """The client and admin adapter of one pipeline, rebuilt when its settings change. With ``shared``
+    the client comes from (and goes back to) that registry; without, it is the pipeline's own."""
 
     def __init__(
-        self, kube: KubeClient, namespace: str, uid: str, *, socket_timeout: float, secret_refresh: float
+        self,
+        kube: KubeClient,
+        namespace: str,
+        uid: str,
+        *,
+        socket_timeout: float,
+        secret_refresh: float,
+        shared: SharedClients | None = None,
     ):
         self.kube = kube
         self.namespace = namespace
         self.uid = uid
         self.socket_timeout = socket_timeout
         self.secret_refresh = secret_refresh
+        self.shared = shared
         self._client: AsyncClient | None = None
         self._admin: RedisAdmin | None = None
         self._fingerprint = ""
@@ -110,22 +156,29 @@ class PipelineConnection:
         key = fingerprint(settings)
         if self._admin is None or key != self._fingerprint:
             await self.close()
-            self._client = create_async_client(settings)
+            if self.shared is not None:
+                self._client = self.shared.acquire(key, settings)
+            else:
+                self._client = create_async_client(settings)
             self._admin = RedisAdmin(self._client)
             self._fingerprint = key
         assert self._admin is not None
         return self._admin
 
     async def reset(self) -> None:
-        """Forget the client after a failure: the next call reads the Secrets and reconnects."""
+        """Forget the client after a failure: the next call reads the Secrets and reconnects (a shared
+        client stays with its other users; what was cached about its server is asked again)."""
+        if self._client is not None:
+            forget_server(self._client)
         await self.close()
         self._spec = None
 
     async def close(self) -> None:
         client, self._client, self._admin = self._client, None, None
-        self._fingerprint = ""
-        if client is not None:
-            try:
-                await client.aclose()
-            except Exception as exc:  # closing a broken connection may fail; it is gone either way
-                log.debug("closing the Redis client failed: %s", exc)
+        key, self._fingerprint = self._fingerprint, ""
+        if client is None:
+            return
+        if self.shared is not None:
+            await self.shared.release(key)
+        else:
+            await _close(client)

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from streampipe_operator import api
 from streampipe_operator.api import Reason
 from streampipe_operator.api.validation import errors_of
-from streampipe_operator.controller.connections import PipelineConnection
+from streampipe_operator.controller.connections import PipelineConnection, SharedClients
 from streampipe_operator.controller.deployments import DeploymentWriter
 from streampipe_operator.controller.events import post_event
 from streampipe_operator.controller.metrics import ErrorKind, OperatorMetrics
@@ -120,6 +120,7 @@ class OperatorContext:
         self.metrics = metrics
         self.policy = policy or WorkloadPolicy()
         self.runtimes: dict[str, PipelineRuntime] = {}
+        self.clients = SharedClients()  # one Redis client per server (and credentials), not per pipeline
 
     def runtime_for(self, memo: Any, body: Mapping[str, Any]) -> PipelineRuntime:
         """The runtime of this object (kept in its kopf memo), created on first use."""
@@ -183,6 +184,7 @@ class PipelineRuntime:
             uid,
             socket_timeout=REDIS_SOCKET_TIMEOUT,
             secret_refresh=SECRET_REFRESH,
+            shared=context.clients,
         )
         self.wake = asyncio.Event()
         self.failures = 0

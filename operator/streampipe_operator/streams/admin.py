@@ -194,6 +194,12 @@ _capabilities_cache: weakref.WeakKeyDictionary[Any, ServerCapabilities] = weakre
 _config_refused: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def forget_server(client: Any) -> None:
+    """Drop what is cached about ``client``'s server (after a failure: it may be another server now)."""
+    _capabilities_cache.pop(client, None)
+    _config_refused.discard(client)
+
+
 async def _appendfsync(client: Any, node: Mapping[str, Any]) -> str | None:
     """CONFIG GET appendfsync; None for a user without ``+config|get`` (the documented ACL: CONFIG GET
     also reads passwords) or a server that renamed CONFIG, asked once per client."""

@@ -1,0 +1,71 @@
+"""The operator's pipelines share one Redis client per server and credentials (controller/connections.py),
+checked on a real server: the connections held stay flat as pipelines are added, the client lives until
+its last pipeline lets go, and different settings get different clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import redis
+from streampipe_operator import api
+from streampipe_operator.controller.connections import PipelineConnection, SharedClients
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+def connection(shared: SharedClients | None, uid: str) -> PipelineConnection:
+    kube: Any = None  # no Secrets are read: the specs below have no auth or TLS
+    return PipelineConnection(kube, "ns", uid, socket_timeout=5, secret_refresh=60, shared=shared)
+
+
+def clients_named(client: redis.Redis) -> int:
+    return sum(1 for c in client.client_list() if c["name"] == "streampipe-operator")
+
+
+async def test_pipelines_on_one_server_share_one_client(redis_url: str, redis_client: redis.Redis) -> None:
+    shared = SharedClients()
+    spec = api.RedisSpec(url=redis_url)
+    connections = [connection(shared, f"uid-{n}") for n in range(50)]
+    admins = [await c.admin(spec) for c in connections]
+    assert len({id(admin.client) for admin in admins}) == 1
+    assert len(shared) == 1
+    for admin in admins:
+        assert (await admin.server_state()).used_memory is not None
+    assert clients_named(redis_client) == 1  # 50 sequential passes, one connection
+
+    for c in connections[:-1]:
+        await c.close()
+    assert len(shared) == 1  # the last pipeline still uses it
+    assert (await connections[-1].admin(spec)).client is admins[0].client
+    await connections[-1].close()
+    assert len(shared) == 0
+    assert clients_named(redis_client) == 0  # closed with its last user
+
+
+async def test_other_settings_get_their_own_client_and_reset_lets_go(redis_url: str) -> None:
+    shared = SharedClients()
+    first, second, other_db = connection(shared, "a"), connection(shared, "b"), connection(shared, "c")
+    a = await first.admin(api.RedisSpec(url=redis_url))
+    b = await second.admin(api.RedisSpec(url=redis_url))
+    c = await other_db.admin(api.RedisSpec(url=redis_url.rsplit("/", 1)[0] + "/1"))
+    assert a.client is b.client
+    assert c.client is not a.client
+    assert (await c.server_state()).used_memory is not None  # a working client of its own
+    assert len(shared) == 2
+    await first.reset()  # after a failure: lets go; the shared client stays with its other user
+    assert len(shared) == 2
+    again = await first.admin(api.RedisSpec(url=redis_url))
+    assert again.client is b.client
+    for conn in (first, second, other_db):
+        await conn.close()
+    assert len(shared) == 0
+
+
+async def test_without_a_registry_each_pipeline_has_its_own_client(redis_url: str) -> None:
+    one, two = connection(None, "a"), connection(None, "b")
+    spec = api.RedisSpec(url=redis_url)
+    assert (await one.admin(spec)).client is not (await two.admin(spec)).client
+    await one.close()
+    await two.close()
