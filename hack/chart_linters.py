@@ -88,7 +88,9 @@ def build(tool: GoTool) -> None:
             [go(), "get", f"{package}@{tool.version}"],
             [go(), "build", "-trimpath", "-ldflags", version_flag, "-o", str(BIN / tool.name), package],
         ):
-            subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=command[1] != "build")
+            done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"chart-linters: {' '.join(command)} failed:\n{done.stderr}")
 
 
 def copy_ct_config() -> None:
