@@ -16,7 +16,7 @@ DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools containerd runc build
 	containernetworking-plugins iptables
 PYTEST_ARGS ?=
 
-.PHONY: help setup debian tools controlplane images cluster lint test test-fast demo bench chaos crds chart-readme clean
+.PHONY: help setup debian tools controlplane images cluster lint lint-chart test test-fast demo bench chaos crds chart-readme clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -45,8 +45,9 @@ debian: ## Debian's Redis servers and container tools (apt-get, only when missin
 
 setup: $(VENV)/.installed debian tools ## venv + packages + Debian servers + tool binaries
 
-tools: $(VENV)/.installed debian ## helm, kubectl, hadolint, valkey-server and redis binaries into .cache/bin
+tools: $(VENV)/.installed debian ## helm, kubectl, hadolint, valkey-server, redis and the chart linters into .cache/bin
 	@$(PY) hack/bootstrap_tools.py
+	@$(PY) hack/chart_linters.py
 
 lint: $(VENV)/.installed ## ruff, mypy --strict, the import layers and the size limits on both packages
 	$(VENV)/bin/ruff check operator worker tests bench hack
@@ -54,6 +55,9 @@ lint: $(VENV)/.installed ## ruff, mypy --strict, the import layers and the size 
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) hack/size_limits.py
+
+lint-chart: tools controlplane ## ct lint, kube-score and kubeconform on the chart and examples/ (make test runs them too)
+	$(PY) -m pytest tests/k8s/test_chart_linters.py $(PYTEST_ARGS)
 
 images: $(VENV)/.installed ## container images with buildah into .cache/images (no-op when up to date)
 	@$(PY) hack/images.py
