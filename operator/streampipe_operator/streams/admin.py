@@ -194,6 +194,21 @@ _capabilities_cache: weakref.WeakKeyDictionary[Any, ServerCapabilities] = weakre
 _config_refused: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def _no_such_key(error: Exception) -> bool:
+    return isinstance(error, redis.exceptions.ResponseError) and "no such key" in str(error).lower()
+
+
+def _stream_state(info: Mapping[str, Any]) -> StreamState:
+    return StreamState(
+        length=int(info["length"]),
+        first_entry_id=_edge_id(info.get("first-entry")),
+        last_entry_id=_edge_id(info.get("last-entry")),
+        last_generated_id=_entry_id(info["last-generated-id"]) or EntryId(0),
+        entries_added=_optional_int(info.get("entries-added")),
+        max_deleted_entry_id=_entry_id(info.get("max-deleted-entry-id")),
+    )
+
+
 def forget_server(client: Any) -> None:
     """Drop what is cached about ``client``'s server (after a failure: it may be another server now)."""
     _capabilities_cache.pop(client, None)
@@ -309,8 +324,17 @@ class RedisAdmin:
         self, stream: str, *, dead_letter: str | None = None, memory: bool = True
     ) -> StreamObservation:
         """Stream, groups (lag made trustworthy), pending summaries, consumers, memory and DLQ length."""
-        state = await self.stream_state(stream)
-        if state is None:
+        # XINFO STREAM and XINFO GROUPS in one round trip (an idle pass is mostly round trips).
+        head = self.client.pipeline(transaction=False)
+        head.xinfo_stream(stream)
+        head.xinfo_groups(stream)
+        async with self._errors(f"reading XINFO STREAM / XINFO GROUPS {stream}", stream):
+            info, raw_groups = await head.execute(raise_on_error=False)
+            for reply in (info, raw_groups):
+                if isinstance(reply, Exception) and not _no_such_key(reply):
+                    raise reply
+        state = None if isinstance(info, Exception) else _stream_state(info)
+        if state is None or isinstance(raw_groups, Exception):
             dead_letter_length = None
             if dead_letter is not None:
                 async with self._errors(f"reading XLEN {dead_letter}", dead_letter):
@@ -321,8 +345,6 @@ class RedisAdmin:
                 dead_letter_key=dead_letter,
                 dead_letter_length=dead_letter_length,
             )
-        async with self._errors(f"reading XINFO GROUPS {stream}", stream):
-            raw_groups = await self.client.xinfo_groups(stream)
 
         pipe = self.client.pipeline(transaction=False)
         names = [_text(g["name"]) for g in raw_groups]
@@ -375,17 +397,10 @@ class RedisAdmin:
             try:
                 info = await self.client.xinfo_stream(stream)
             except redis.exceptions.ResponseError as exc:
-                if "no such key" not in str(exc).lower():
+                if not _no_such_key(exc):
                     raise
                 return None
-        return StreamState(
-            length=int(info["length"]),
-            first_entry_id=_edge_id(info.get("first-entry")),
-            last_entry_id=_edge_id(info.get("last-entry")),
-            last_generated_id=_entry_id(info["last-generated-id"]) or EntryId(0),
-            entries_added=_optional_int(info.get("entries-added")),
-            max_deleted_entry_id=_entry_id(info.get("max-deleted-entry-id")),
-        )
+        return _stream_state(info)
 
     async def entries_after(self, key: str, after: str, *, count: int) -> list[tuple[str, dict[str, str]]]:
         """Up to ``count`` entries of ``key`` after the ID ``after`` (none when the key is missing)."""
