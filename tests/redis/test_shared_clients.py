@@ -4,6 +4,7 @@ its last pipeline lets go, and different settings get different clients."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -69,3 +70,23 @@ async def test_without_a_registry_each_pipeline_has_its_own_client(redis_url: st
     assert (await one.admin(spec)).client is not (await two.admin(spec)).client
     await one.close()
     await two.close()
+
+
+async def test_passes_on_a_shared_client_take_turns(redis_url: str) -> None:
+    shared = SharedClients(passes=2)
+    spec = api.RedisSpec(url=redis_url)
+    connections = [connection(shared, f"uid-{n}") for n in range(3)]
+    for conn in connections:
+        await conn.admin(spec)
+    first, second = connections[0].turn(), connections[1].turn()
+    await first.__aenter__()
+    await second.__aenter__()
+    third = connections[2].turn()
+    with pytest.raises(TimeoutError):  # both turns are taken: the third pass waits
+        await asyncio.wait_for(third.__aenter__(), timeout=0.05)
+    await first.__aexit__(None, None, None)
+    await asyncio.wait_for(third.__aenter__(), timeout=5)  # a turn came free
+    await third.__aexit__(None, None, None)
+    await second.__aexit__(None, None, None)
+    for conn in connections:
+        await conn.close()

@@ -15,12 +15,15 @@ reference; the client is closed when the last pipeline lets go.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -84,26 +87,36 @@ def fingerprint(settings: ConnectionSettings) -> str:
     return digest.hexdigest()
 
 
-class SharedClients:
-    """One client (and connection pool) per distinct set of connection settings, counted by users."""
+# Passes that may talk to one server at once. A pass sends its commands one after another, so this
+# also bounds the connections a shared client opens: without it, 1,000 pipelines made Ready together
+# ran past redis-py's pool limit (100) and reported the server unreachable.
+PASSES_PER_SERVER = 16
 
-    def __init__(self) -> None:
-        self._clients: dict[str, tuple[AsyncClient, int]] = {}
+
+class SharedClients:
+    """One client (and connection pool) per distinct set of connection settings, counted by users,
+    with a semaphore of ``passes`` that bounds the passes using it at once."""
+
+    def __init__(self, passes: int = PASSES_PER_SERVER) -> None:
+        self.passes = passes
+        self._clients: dict[str, tuple[AsyncClient, asyncio.Semaphore, int]] = {}
 
     def __len__(self) -> int:
         return len(self._clients)
 
-    def acquire(self, key: str, settings: ConnectionSettings) -> AsyncClient:
-        client, users = self._clients.get(key) or (create_async_client(settings), 0)
-        self._clients[key] = (client, users + 1)
-        return client
+    def acquire(self, key: str, settings: ConnectionSettings) -> tuple[AsyncClient, asyncio.Semaphore]:
+        found = self._clients.get(key)
+        client, turns, users = found or (create_async_client(settings), asyncio.Semaphore(self.passes), 0)
+        self._clients[key] = (client, turns, users + 1)
+        return client, turns
 
     async def release(self, key: str) -> None:
-        client, users = self._clients.get(key) or (None, 0)
-        if client is None:
+        found = self._clients.get(key)
+        if found is None:
             return
+        client, turns, users = found
         if users > 1:
-            self._clients[key] = (client, users - 1)
+            self._clients[key] = (client, turns, users - 1)
             return
         del self._clients[key]
         await _close(client)
@@ -137,6 +150,7 @@ class PipelineConnection:
         self.secret_refresh = secret_refresh
         self.shared = shared
         self._client: AsyncClient | None = None
+        self._turns: asyncio.Semaphore | None = None
         self._admin: RedisAdmin | None = None
         self._fingerprint = ""
         self._spec: api.RedisSpec | None = None
@@ -157,13 +171,17 @@ class PipelineConnection:
         if self._admin is None or key != self._fingerprint:
             await self.close()
             if self.shared is not None:
-                self._client = self.shared.acquire(key, settings)
+                self._client, self._turns = self.shared.acquire(key, settings)
             else:
                 self._client = create_async_client(settings)
             self._admin = RedisAdmin(self._client)
             self._fingerprint = key
         assert self._admin is not None
         return self._admin
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Hold while a pass uses the client: a shared client serves a bounded number at once."""
+        return self._turns if self._turns is not None else contextlib.nullcontext()
 
     async def reset(self) -> None:
         """Forget the client after a failure: the next call reads the Secrets and reconnects (a shared
@@ -174,7 +192,7 @@ class PipelineConnection:
         self._spec = None
 
     async def close(self) -> None:
-        client, self._client, self._admin = self._client, None, None
+        client, self._client, self._admin, self._turns = self._client, None, None, None
         key, self._fingerprint = self._fingerprint, ""
         if client is None:
             return

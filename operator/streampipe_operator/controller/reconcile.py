@@ -338,13 +338,14 @@ class PipelineRuntime:
         findings = work.findings
         try:
             admin = await self.connection.admin(spec.redis)
-            report = await run_pass(
-                spec,
-                admin,
-                scaler,
-                self.memory,
-                known_positions=_positions_in(work.pipeline.status),
-            )
+            async with self.connection.turn():
+                report = await run_pass(
+                    spec,
+                    admin,
+                    scaler,
+                    self.memory,
+                    known_positions=_positions_in(work.pipeline.status),
+                )
         except SecretMissingError as exc:
             findings.redis_problem = (Reason.CREDENTIALS_MISSING, str(exc))
             self._error("credentials")

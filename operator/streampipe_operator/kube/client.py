@@ -152,6 +152,10 @@ class KubeClient(Protocol):
     ) -> None: ...
 
 
+def _body_of(call: Callable[[], Any]) -> bytes:
+    return bytes(call().data or b"")
+
+
 class KubeApi:
     """Async calls to the API server for the operator (thread-pooled ``kubernetes`` client)."""
 
@@ -173,10 +177,12 @@ class KubeApi:
         loop = asyncio.get_running_loop()
         call = functools.partial(function, *args, _preload_content=False, _request_timeout=30, **kwargs)
         try:
-            response = await loop.run_in_executor(self._pool, call)
+            # The body is read in the pool thread too: its connection goes back to urllib3's pool
+            # before the thread takes the next call, so there are never more connections than threads
+            # (read on the loop, a busy operator opened new TLS connections and discarded them).
+            data = await loop.run_in_executor(self._pool, _body_of, call)
         except Exception as exc:
             raise _describe(exc, doing) from exc
-        data = response.data
         return json.loads(data) if data else {}
 
     # --- secrets -------------------------------------------------------------------------------------
