@@ -11,7 +11,10 @@ import pytest
 
 import redis
 from streampipe_operator import api
+from streampipe_operator.controller import connections
 from streampipe_operator.controller.connections import PipelineConnection, SharedClients
+from streampipe_operator.streams.admin import RedisAdmin
+from tests.support.polling import eventually_async
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -42,7 +45,8 @@ async def test_pipelines_on_one_server_share_one_client(redis_url: str, redis_cl
     assert (await connections[-1].admin(spec)).client is admins[0].client
     await connections[-1].close()
     assert len(shared) == 0
-    assert clients_named(redis_client) == 0  # closed with its last user
+    # Closed with its last user (the server drops it from CLIENT LIST once it has read the close).
+    await eventually_async(lambda: clients_named(redis_client) == 0, "the shared client's connection closed")
 
 
 async def test_other_settings_get_their_own_client_and_reset_lets_go(redis_url: str) -> None:
@@ -90,3 +94,26 @@ async def test_passes_on_a_shared_client_take_turns(redis_url: str) -> None:
     await second.__aexit__(None, None, None)
     for conn in connections:
         await conn.close()
+
+
+async def test_one_server_state_reading_serves_the_pipelines_of_a_shared_client(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A TTL no test machine outlasts between two calls, so the assertion cannot depend on timing.
+    monkeypatch.setattr(connections, "SERVER_STATE_TTL", 3600.0)
+    shared = SharedClients()
+    spec = api.RedisSpec(url=redis_url)
+    one, two = connection(shared, "a"), connection(shared, "b")
+    first = await (await one.admin(spec)).server_state()
+    assert first.maxmemory_policy == "noeviction"
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        # Within the TTL the other pipeline gets the same reading, not a second INFO...
+        assert (await (await two.admin(spec)).server_state()) is first
+        # ...and an admin without a TTL on the same client reads the server now.
+        fresh = await RedisAdmin((await two.admin(spec)).client).server_state()
+        assert fresh.maxmemory_policy == "allkeys-lru"
+    finally:
+        redis_client.config_set("maxmemory-policy", "noeviction")
+    await one.close()
+    await two.close()

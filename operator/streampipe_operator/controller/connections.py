@@ -91,6 +91,8 @@ def fingerprint(settings: ConnectionSettings) -> str:
 # also bounds the connections a shared client opens: without it, 1,000 pipelines made Ready together
 # ran past redis-py's pool limit (100) and reported the server unreachable.
 PASSES_PER_SERVER = 16
+# Seconds a server's memory and persistence settings, read by one pipeline's pass, serve the others.
+SERVER_STATE_TTL = 1.0
 
 
 class SharedClients:
@@ -174,7 +176,8 @@ class PipelineConnection:
                 self._client, self._turns = self.shared.acquire(key, settings)
             else:
                 self._client = create_async_client(settings)
-            self._admin = RedisAdmin(self._client)
+            # One server-state reading a second serves every pipeline of a shared client.
+            self._admin = RedisAdmin(self._client, server_state_ttl=SERVER_STATE_TTL)
             self._fingerprint = key
         assert self._admin is not None
         return self._admin

@@ -86,9 +86,10 @@ class DeploymentWriter:
 
     async def revert_drift(
         self, name: str, deployment: Mapping[str, Any], desired: Mapping[str, Any], *, spec_changed: bool
-    ) -> None:
+    ) -> bool:
         """Make the Deployment say what the spec says: after a spec change that is an update, otherwise
-        someone changed the Deployment and it is drift."""
+        someone changed the Deployment and it is drift. False when it could not compare yet (the index
+        may still show the Deployment from before our last write)."""
         write = self.writes.get(name)
         version = deployment["metadata"].get("resourceVersion")
         if (
@@ -96,13 +97,13 @@ class DeploymentWriter:
             and version != write.resource_version
             and time.monotonic() - write.at < WRITE_SETTLE_SECONDS
         ):
-            return  # the index may still show the Deployment from before our last write
+            return False
         drifted = deployment_drift(deployment, desired)
         if not drifted:
-            return
+            return True
         operations = drift_patch(deployment, desired)
         if not operations:
-            return
+            return True
         patched = await self.kube.patch_deployment(self.namespace, name, operations)
         self.writes[name] = _Write(
             patched["metadata"]["resourceVersion"], time.monotonic(), write.replicas if write else None
@@ -113,13 +114,14 @@ class DeploymentWriter:
             await self._event(
                 "Normal", Reason.DEPLOYMENT_UPDATED, f"updated Deployment {name} to the new spec ({shown})"
             )
-            return
+            return True
         log.info("%s: reverted drift in Deployment %s (%s)", self.label, name, shown)
         await self._event(
             "Warning",
             Reason.DRIFT_REVERTED,
             f"Deployment {name} was changed ({shown}); put back as the spec says",
         )
+        return True
 
     async def scale(self, name: str, decision: ScalingDecision, current: int) -> None:
         """ScaleTarget: set the Deployment's replicas through ``/scale``; an Event says why."""

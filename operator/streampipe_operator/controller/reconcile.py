@@ -197,6 +197,8 @@ class PipelineRuntime:
         self.figures_written_at = 0.0
         self.stopping = False
         self._parsed: tuple[str, api.StreamPipeline] | None = None
+        # Per worker Deployment: the (pipeline, Deployment, replicas) versions last compared for drift.
+        self._drift_checked: dict[str, tuple[str | None, str | None, int]] = {}
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -387,6 +389,10 @@ class PipelineRuntime:
         work.findings.trimmed_total = self.trimmed_total
         work.findings.last_trim_at = self.last_trim_at
 
+    @property
+    def _parsed_version(self) -> str | None:
+        return self._parsed[0] if self._parsed is not None else None
+
     def _parse(self, body: Mapping[str, Any]) -> api.StreamPipeline:
         """The body as a model; parsed again only when its resourceVersion moved (validation, with
         the CEL rules, was a fifth of an idle pass's CPU, and an idle pipeline's body never changes)."""
@@ -414,12 +420,23 @@ class PipelineRuntime:
             if deployment is None:
                 continue
             replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+            # The same pipeline and Deployment versions were compared already: nothing can differ.
+            seen = (self._parsed_version, deployment["metadata"].get("resourceVersion"), replicas)
+            if None not in seen and self._drift_checked.get(name) == seen:
+                continue
             desired = build_deployment(work.pipeline, group, replicas=replicas)
             self.desired_deployments[name] = desired
             try:
-                await self.writer.revert_drift(name, deployment, desired, spec_changed=work.spec_changed)
+                checked = await self.writer.revert_drift(
+                    name, deployment, desired, spec_changed=work.spec_changed
+                )
             except KubeError as exc:
                 self.workload_failed(work.findings, group.name, exc)
+                checked = False
+            if checked:
+                self._drift_checked[name] = seen
+            else:
+                self._drift_checked.pop(name, None)
 
     async def _place_deployments(
         self, work: _Pass, actual: Mapping[str, Mapping[str, Any]], scaler: DeploymentScaler

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn, cast
@@ -192,6 +193,8 @@ def _optional_int(value: Any) -> int | None:
 _capabilities_cache: weakref.WeakKeyDictionary[Any, ServerCapabilities] = weakref.WeakKeyDictionary()
 # Clients whose user may not run CONFIG GET: not asked again.
 _config_refused: weakref.WeakSet[Any] = weakref.WeakSet()
+# The last server-state reading per client: (time.monotonic(), state).
+_server_states: weakref.WeakKeyDictionary[Any, tuple[float, ServerState]] = weakref.WeakKeyDictionary()
 
 
 def _no_such_key(error: Exception) -> bool:
@@ -213,6 +216,7 @@ def forget_server(client: Any) -> None:
     """Drop what is cached about ``client``'s server (after a failure: it may be another server now)."""
     _capabilities_cache.pop(client, None)
     _config_refused.discard(client)
+    _server_states.pop(client, None)
 
 
 async def _appendfsync(client: Any, node: Mapping[str, Any]) -> str | None:
@@ -271,8 +275,10 @@ class RedisAdmin:
         retention_count_cap: int = 10_000,
         trim_chunk: int = 10_000,
         max_trim_calls: int = 100,
+        server_state_ttl: float = 0.0,
     ) -> None:
         self.client = client
+        self.server_state_ttl = server_state_ttl  # see server_state
         self.lag_count_cap = lag_count_cap
         self.retention_count_cap = retention_count_cap
         self.trim_chunk = trim_chunk
@@ -308,15 +314,20 @@ class RedisAdmin:
         return cached
 
     async def server_state(self) -> ServerState:
-        """Memory and persistence as the server reports them now (INFO memory / persistence), and
-        ``appendfsync`` where the user may read it (see :func:`_appendfsync`)."""
+        """INFO memory / persistence and ``appendfsync`` where the user may read it (see
+        :func:`_appendfsync`): read now, or with ``server_state_ttl`` (the operator's shared clients) a
+        reading of this client's server at most that many seconds old, whichever admin took it."""
+        read = _server_states.get(self.client)
+        if read is not None and time.monotonic() - read[0] < self.server_state_ttl:
+            return read[1]
         node = keyless_target(self.client)
         async with self._errors("reading INFO memory persistence, CONFIG GET appendfsync"):
-            # One INFO for both sections (every supported server takes several): one round trip per
-            # pass for the documented ACL user, two where CONFIG GET is allowed.
+            # One INFO for both sections: one round trip for the documented ACL user, two with CONFIG.
             info = await self.client.info("memory", "persistence", **node)
             appendfsync = await _appendfsync(self.client, node)
-        return _server_state(info, info, appendfsync)
+        state = _server_state(info, info, appendfsync)
+        _server_states[self.client] = (time.monotonic(), state)
+        return state
 
     # --- observe -------------------------------------------------------------------------------------
 
