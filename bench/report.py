@@ -442,7 +442,8 @@ def growth_section(results: Results) -> list[str]:
         "A fresh operator per size, watching a namespace of its own, one Valkey; the idle columns are "
         f"measured over {window:.0f} s with every pipeline Ready and nothing happening. Redis connections "
         "are those it holds (`INFO clients` against the count before it started); API requests come from "
-        "the API server's own `apiserver_request_total` (writes: POST/PUT/PATCH/DELETE; reads: GET/LIST; "
+        "the API server's own `apiserver_request_total` without Leases, which only the API server "
+        "renews here (writes: POST/PUT/PATCH/DELETE; reads: GET/LIST; "
         "watches are long-lived and not counted again).",
         "",
         f"![operator growth]({GROWTH_IMAGE})",
