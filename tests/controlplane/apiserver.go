@@ -110,7 +110,7 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 	}
 	port = ln.Addr().(*net.TCPAddr).Port
 
-	s := options.NewServerRunOptions()
+	s := newRunOptions()
 	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
 	for _, f := range s.Flags().FlagSets {
 		fs.AddFlagSet(f)
@@ -171,13 +171,13 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 
 	// What kube-apiserver's cobra command does before and in RunE: settle
 	// feature gates and the effective version, then complete and validate.
-	if err := s.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
+	if err := settleGlobals(s); err != nil {
 		ln.Close()
 		return nil, err
 	}
 	// The loopback client would otherwise log warnings it sends itself.
 	rest.SetDefaultWarningHandler(rest.NoWarnings{})
-	completed, err := s.Complete(ctx)
+	completed, err := complete(ctx, s)
 	if err != nil {
 		ln.Close()
 		return nil, err
