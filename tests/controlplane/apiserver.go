@@ -20,7 +20,6 @@ import (
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/rest"
 
-	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 )
 
@@ -197,7 +196,7 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 
 // run serves until ctx is cancelled, then shuts down gracefully.
 func (a *apiServer) run(ctx context.Context) error {
-	return app.Run(ctx, a.opts)
+	return runServer(ctx, a.opts)
 }
 
 // ensureECKey writes a new P-256 private key to path unless one is there.

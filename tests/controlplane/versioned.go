@@ -1,13 +1,14 @@
 package main
 
-// The three calls into kube-apiserver's options whose signatures changed
+// The calls into kube-apiserver whose signatures changed
 // between releases, kept here so `make compat` (compat/build.sh) can swap
 // this one file for an older release's (compat/overlay/<minor>/versioned.go).
-// This is the pinned release's (v1.35; also v1.33 and newer).
+// This is the pinned release's (v1.35); v1.37 builds with it as it is.
 
 import (
 	"context"
 
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 )
 
@@ -23,4 +24,9 @@ func settleGlobals(s *options.ServerRunOptions) error {
 
 func complete(ctx context.Context, s *options.ServerRunOptions) (options.CompletedOptions, error) {
 	return s.Complete(ctx)
+}
+
+// runServer serves until ctx is cancelled, then shuts down gracefully.
+func runServer(ctx context.Context, opts options.CompletedOptions) error {
+	return app.Run(ctx, opts)
 }

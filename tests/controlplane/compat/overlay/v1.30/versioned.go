@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 )
 
@@ -20,4 +21,9 @@ func settleGlobals(*options.ServerRunOptions) error {
 
 func complete(_ context.Context, s *options.ServerRunOptions) (options.CompletedOptions, error) {
 	return s.Complete()
+}
+
+// v1.30's Run takes a stop channel, not a context.
+func runServer(ctx context.Context, opts options.CompletedOptions) error {
+	return app.Run(opts, ctx.Done())
 }

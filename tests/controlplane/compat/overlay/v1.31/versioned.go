@@ -11,6 +11,7 @@ import (
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	utilversion "k8s.io/apiserver/pkg/util/version"
 
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 )
 
@@ -26,4 +27,8 @@ func settleGlobals(*options.ServerRunOptions) error {
 
 func complete(_ context.Context, s *options.ServerRunOptions) (options.CompletedOptions, error) {
 	return s.Complete()
+}
+
+func runServer(ctx context.Context, opts options.CompletedOptions) error {
+	return app.Run(ctx, opts)
 }
