@@ -15,8 +15,10 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools containerd runc buildah mmdebstrap \
 	containernetworking-plugins iptables
 PYTEST_ARGS ?=
+# make compat: the releases to test, and one below the minimum to record what it does with the CRD.
+COMPAT_ARGS ?= v1.31.14 v1.37.2 --probe v1.30.14
 
-.PHONY: help setup debian tools controlplane images cluster lint lint-chart test test-fast demo bench chaos crds chart-readme clean
+.PHONY: help setup debian tools controlplane compat images cluster lint lint-chart test test-fast demo bench chaos crds chart-readme clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -64,6 +66,10 @@ images: $(VENV)/.installed ## container images with buildah into .cache/images (
 
 controlplane: ## build the test Kubernetes (API server + etcd, node components) into .cache/bin (no-op when up to date)
 	@tests/controlplane/build.sh
+
+# Not part of `make test` or CI (they run the pinned release only): several minutes per release to build.
+compat: setup ## CRD, chart and operator tests on the oldest (1.31) and newest Kubernetes; docs/compatibility.md
+	$(PY) hack/compat.py $(COMPAT_ARGS)
 
 cluster: setup controlplane images ## run the one-node test cluster in the foreground (tests/cluster/README.md; root)
 	tests/cluster/serve

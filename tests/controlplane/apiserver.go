@@ -20,7 +20,6 @@ import (
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/rest"
 
-	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 )
 
@@ -110,7 +109,7 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 	}
 	port = ln.Addr().(*net.TCPAddr).Port
 
-	s := options.NewServerRunOptions()
+	s := newRunOptions()
 	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
 	for _, f := range s.Flags().FlagSets {
 		fs.AddFlagSet(f)
@@ -171,13 +170,13 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 
 	// What kube-apiserver's cobra command does before and in RunE: settle
 	// feature gates and the effective version, then complete and validate.
-	if err := s.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
+	if err := settleGlobals(s); err != nil {
 		ln.Close()
 		return nil, err
 	}
 	// The loopback client would otherwise log warnings it sends itself.
 	rest.SetDefaultWarningHandler(rest.NoWarnings{})
-	completed, err := s.Complete(ctx)
+	completed, err := complete(ctx, s)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -197,7 +196,7 @@ func newAPIServer(ctx context.Context, c serverConfig) (*apiServer, error) {
 
 // run serves until ctx is cancelled, then shuts down gracefully.
 func (a *apiServer) run(ctx context.Context) error {
-	return app.Run(ctx, a.opts)
+	return runServer(ctx, a.opts)
 }
 
 // ensureECKey writes a new P-256 private key to path unless one is there.

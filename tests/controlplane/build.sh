@@ -14,8 +14,9 @@ root=$(cd "$here/../.." && pwd)
 out=${CONTROLPLANE_BIN:-$root/.cache/bin/streampipe-controlplane}
 node_out=${NODE_BIN:-$(dirname "$out")/streampipe-node}
 
+# compat/ (make compat's builds for other releases) is not an input of these.
 stale() {
-	[[ ! -x $1 || -n $(find "$here" -maxdepth 2 -type f \
+	[[ ! -x $1 || -n $(find "$here" -maxdepth 2 -path "$here/compat" -prune -o -type f \
 		\( -name '*.go' -o -name go.mod -o -name go.sum -o -name build.sh \) \
 		-newer "$1" -print -quit) ]]
 }

@@ -26,7 +26,9 @@ import yaml
 
 from tests.support.servers import TOOL_BIN
 
-BINARY = TOOL_BIN / "streampipe-controlplane"
+# ``make compat`` points this at a build for another Kubernetes release
+# (tests/controlplane/compat/build.sh); unset, it is the pinned one.
+BINARY = Path(os.environ.get("STREAMPIPE_CONTROLPLANE_BIN") or TOOL_BIN / "streampipe-controlplane")
 KUBECTL = TOOL_BIN / "kubectl"
 READY_LINE = re.compile(r"^ready kubeconfig=(?P<kubeconfig>\S+) server=(?P<server>\S+)")
 
@@ -79,7 +81,9 @@ class ControlPlane:
         if self.proc is not None and self.proc.poll() is None:
             raise ControlPlaneError(f"control plane already running (pid {self.proc.pid})")
         if not BINARY.exists():
-            raise ControlPlaneError(f"{BINARY} missing: run `make controlplane` (make test does it)")
+            raise ControlPlaneError(
+                f"{BINARY} missing: run `make controlplane` (make test does; `make compat`, the others)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         args = [
