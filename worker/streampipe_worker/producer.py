@@ -106,11 +106,12 @@ class SendManyError(redis.exceptions.ResponseError):
 
 def _ids_of(stream: str, replies: Sequence[Any], before: list[str], total: int) -> list[str]:
     """A chunk's new entry ids; ``SendManyError`` if the server refused any of its XADDs."""
-    errors = {len(before) + i: reply for i, reply in enumerate(replies) if isinstance(reply, Exception)}
+    ids: list[str | None] = list(before)
+    errors: dict[int, Exception] = {}
+    _collect(replies, ids, errors)
     if errors:
-        sent = [*before, *(None if isinstance(reply, Exception) else str(reply) for reply in replies)]
-        raise SendManyError(stream, sent, errors, total)
-    return [str(reply) for reply in replies]
+        raise SendManyError(stream, ids, errors, total)
+    return [str(entry_id) for entry_id in ids[len(before) :]]
 
 
 def _collect(replies: Sequence[Any], ids: list[str | None], errors: dict[int, Exception]) -> None:

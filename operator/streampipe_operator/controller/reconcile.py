@@ -486,6 +486,7 @@ class PipelineRuntime:
                     log.warning("%s: %s", self.label, exc)
                     continue
                 self.desired_deployments.pop(name, None)
+                self._drift_checked.pop(name, None)
                 await self._event(
                     "Normal",
                     Reason.DEPLOYMENT_DELETED,

@@ -232,15 +232,14 @@ async def _appendfsync(client: Any, node: Mapping[str, Any]) -> str | None:
     return _decoded_config(reply).get("appendfsync") or None
 
 
-def _server_state(
-    memory: Mapping[str, Any], persistence: Mapping[str, Any], appendfsync: str | None
-) -> ServerState:
-    policy = memory.get("maxmemory_policy")
+def _server_state(info: Mapping[str, Any], appendfsync: str | None) -> ServerState:
+    """From one ``INFO memory persistence`` reply (both sections in one mapping)."""
+    policy = info.get("maxmemory_policy")
     return ServerState(
-        used_memory=_optional_int(memory.get("used_memory")),
-        maxmemory=_optional_int(memory.get("maxmemory")),
+        used_memory=_optional_int(info.get("used_memory")),
+        maxmemory=_optional_int(info.get("maxmemory")),
         maxmemory_policy=None if policy is None else _text(policy),
-        aof_enabled=str(persistence.get("aof_enabled", "0")) == "1" if persistence else None,
+        aof_enabled=str(info["aof_enabled"]) == "1" if "aof_enabled" in info else None,
         appendfsync=appendfsync,
     )
 
@@ -325,7 +324,7 @@ class RedisAdmin:
             # One INFO for both sections: one round trip for the documented ACL user, two with CONFIG.
             info = await self.client.info("memory", "persistence", **node)
             appendfsync = await _appendfsync(self.client, node)
-        state = _server_state(info, info, appendfsync)
+        state = _server_state(info, appendfsync)
         _server_states[self.client] = (time.monotonic(), state)
         return state
 
