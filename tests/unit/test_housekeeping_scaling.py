@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from streampipe_operator import api
-from streampipe_operator.controller.reconcile import error_delay
-from streampipe_operator.engine.housekeeping import scaling_decision
+from streampipe_operator.controller.reconcile import TICK, error_delay, on_tick
+from streampipe_operator.engine.housekeeping import next_due, scaling_decision
 from streampipe_operator.plan.observed import GroupState, Lag
 from streampipe_operator.plan.scaling import Recommendation
 from streampipe_worker.entry_ids import EntryId
@@ -99,3 +99,24 @@ def test_drain_then_zero_after_the_window() -> None:
 )
 def test_error_backoff(failures: int, delay: float) -> None:
     assert error_delay(failures, 1.0, 30.0) == delay
+
+
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (None, 100.0, 105.0),  # the first run
+        (100.0, 100.04, 105.0),  # woken a little late: the rate holds
+        (100.0, 104.9, 105.0),
+        (100.0, 105.2, 110.2),  # a whole interval late: from now
+        (100.0, 99.0, 104.0),  # ran early (a workload was missing): from now
+    ],
+)
+def test_next_due_keeps_a_fixed_rate(due: float | None, now: float, expected: float) -> None:
+    assert next_due(due, now, 5.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("at", [1000.0, 1000.01, 1000.05, 1000.0999, 12_345.678])
+def test_passes_wake_on_the_next_tick(at: float) -> None:
+    woken = on_tick(at)
+    assert at <= woken < at + TICK
+    assert round(woken / TICK) == pytest.approx(woken / TICK)

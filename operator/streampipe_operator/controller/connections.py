@@ -90,7 +90,7 @@ def fingerprint(settings: ConnectionSettings) -> str:
 # Passes that may talk to one server at once. A pass sends its commands one after another, so this
 # also bounds the connections a shared client opens: without it, 1,000 pipelines made Ready together
 # ran past redis-py's pool limit (100) and reported the server unreachable.
-PASSES_PER_SERVER = 16
+PASSES_PER_SERVER = 32
 # Seconds a server's memory and persistence settings, read by one pipeline's pass, serve the others.
 SERVER_STATE_TTL = 1.0
 

@@ -248,16 +248,7 @@ class OperatorMetrics:
             metrics.put(metrics.oldest_pending_age, age, *labels)
             unread = (oldest_unread_seconds(state, now=now) or 0.0) if state is not None else None
             metrics.put(metrics.oldest_unread_age, unread, *labels)
-        server = findings.server_state
-        if server is not None:
-            metrics.put(metrics.used_memory, server.used_memory, *pipeline)
-            metrics.put(metrics.maxmemory, server.maxmemory, *pipeline)
-            evicts = None if server.maxmemory_policy is None else float(server.evicts_any_key)
-            metrics.put(metrics.evicts_streams, evicts, *pipeline)
-            share = None
-            if server.used_memory and observation.memory_bytes is not None:
-                share = min(1.0, observation.memory_bytes / server.used_memory)
-            metrics.put(metrics.stream_memory_share, share, *pipeline)
+        self.export_server(namespace, name, findings)
         stream = status.stream
         metrics.stream_length.labels(*pipeline).set(stream.length if stream is not None else 0)
         metrics.put(metrics.stream_memory, stream.memory_bytes if stream is not None else None, *pipeline)
@@ -265,6 +256,21 @@ class OperatorMetrics:
         metrics.put(metrics.stream_entries_added, added, *pipeline)
         if status.dead_letter is not None:
             metrics.dead_letter_length.labels(*pipeline).set(status.dead_letter.length)
+
+    def export_server(self, namespace: str, name: str, findings: Findings) -> None:
+        """The server's memory figures of this pass (the part of :meth:`export_status` that changes
+        while status does not)."""
+        server, observation, pipeline = findings.server_state, findings.observation, (namespace, name)
+        if server is None or observation is None:
+            return
+        self.put(self.used_memory, server.used_memory, *pipeline)
+        self.put(self.maxmemory, server.maxmemory, *pipeline)
+        evicts = None if server.maxmemory_policy is None else float(server.evicts_any_key)
+        self.put(self.evicts_streams, evicts, *pipeline)
+        share = None
+        if server.used_memory and observation.memory_bytes is not None:
+            share = min(1.0, observation.memory_bytes / server.used_memory)
+        self.put(self.stream_memory_share, share, *pipeline)
 
     def record_pass(self, namespace: str, pipeline: str, report: PassReport) -> None:
         """What one housekeeping pass did (the operator's and ``housekeep``'s): failed steps, removed

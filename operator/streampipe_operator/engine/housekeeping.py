@@ -33,6 +33,7 @@ from streampipe_operator.plan.groups import (
     CreateGroup,
     DesiredGroup,
     DestroyGroup,
+    GroupPlan,
     LastKnownPosition,
     plan_groups,
 )
@@ -104,6 +105,16 @@ class PipelineMemory:
         """The monotonic time at which the next step of a pass is due."""
         native = [g.name for g in spec.groups if g.scaling.mode == "native" and g.name in self.scale_due]
         return min(self.retention_due, self.cleanup_due, *(self.scale_due[name] for name in native))
+
+
+def next_due(due: float | None, now: float, interval: float) -> float:
+    """When a step that was due at ``due`` and ran ``now`` is due again: one ``interval`` after ``due``
+    while that is still ahead (a fixed rate, so a pass woken a little late does not push every later
+    one back, and the operator's passes stay on the ticks they share, see ``reconcile``), else one
+    ``interval`` from now (the first run, a late or early pass)."""
+    if due is not None and due <= now < due + interval:
+        return due + interval
+    return now + interval
 
 
 @dataclass(frozen=True)
@@ -209,12 +220,16 @@ class _Steps:
 
     async def fix_groups(self, known_positions: Mapping[str, LastKnownPosition]) -> None:
         spec, memory = self.spec, self.memory
-        plan = plan_groups(
-            [DesiredGroup(name=group.name, start_id=group.start_id) for group in spec.groups],
-            [group.name for group in self.report.observation.groups],
-            {**known_positions, **memory.positions},
-            spec.deletion_policy,
-        )
+        observed = [group.name for group in self.report.observation.groups]
+        if sorted(observed) == sorted(group.name for group in spec.groups):
+            plan = GroupPlan()  # every group there and no other: nothing to plan (most passes)
+        else:
+            plan = plan_groups(
+                [DesiredGroup(name=group.name, start_id=group.start_id) for group in spec.groups],
+                observed,
+                {**known_positions, **memory.positions},
+                spec.deletion_policy,
+            )
         changed = False
         for action in plan.actions:
             changed = await self._apply_group_action(action) or changed
@@ -234,10 +249,16 @@ class _Steps:
                 spec.stream, dead_letter=spec.dead_letter_stream
             )
         for state in self.report.observation.groups:
+            oldest_pending = state.oldest_pending_id if state.pending else None
+            known = memory.positions.get(state.name)
+            seen = (state.last_delivered_id, state.entries_read, oldest_pending)
+            was = (known.last_delivered_id, known.entries_read, known.oldest_pending_id) if known else None
+            if was == seen:
+                continue  # unchanged: no new record (an idle pipeline's passes)
             memory.positions[state.name] = LastKnownPosition(
                 last_delivered_id=state.last_delivered_id,
                 entries_read=state.entries_read,
-                oldest_pending_id=state.oldest_pending_id if state.pending else None,
+                oldest_pending_id=oldest_pending,
             )
 
     async def _apply_group_action(self, action: CreateGroup | DestroyGroup) -> bool:
@@ -272,7 +293,9 @@ class _Steps:
             current = self.backend.current_replicas(group.name)
             if now < memory.scale_due.get(group.name, 0.0) and current is not None:
                 continue
-            memory.scale_due[group.name] = now + group.scaling.poll_interval.total_seconds()
+            memory.scale_due[group.name] = next_due(
+                memory.scale_due.get(group.name), now, group.scaling.poll_interval.total_seconds()
+            )
             decision = scaling_decision(
                 group,
                 self.report.observation.group(group.name),
@@ -290,7 +313,7 @@ class _Steps:
         if now < memory.retention_due:
             return
         interval = spec.retention.interval.total_seconds() if spec.retention else DEFAULT_RETENTION_INTERVAL
-        memory.retention_due = now + interval
+        memory.retention_due = next_due(memory.retention_due, now, interval)
         observation = self.report.observation
         actions: list[TrimAction] = []
         try:
@@ -335,7 +358,7 @@ class _Steps:
         if now < memory.cleanup_due:
             return
         claim_idle = spec.retry.claim_idle.total_seconds()
-        memory.cleanup_due = now + max(claim_idle, self.consumer_idle_floor)
+        memory.cleanup_due = next_due(memory.cleanup_due, now, max(claim_idle, self.consumer_idle_floor))
         names = {group.name for group in spec.groups}
         cleanup = plan_consumer_cleanup(
             [state for state in self.report.observation.groups if state.name in names],

@@ -13,7 +13,7 @@ are written at most every ``figures_interval`` seconds, and nothing is written w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,6 +137,23 @@ def group_status(
         status.desired_replicas = workload.desired_replicas
         status.last_scale_time = workload.last_scale_time
     return status
+
+
+def same_status(findings: Findings, last: Findings) -> bool:
+    """Whether :func:`build_status` over the same previous status, and the figures exported with it,
+    give for ``findings`` what they gave for ``last`` (a pass's findings against the last pass's). Not
+    when a group has pending or unread entries: status and metrics report their ages, which grow. The
+    server's used memory is only a metric (``OperatorMetrics.export_server``), never in status."""
+    observation = findings.observation
+    if observation is not None and any(
+        state.pending or state.oldest_unread_id is not None for state in observation.groups
+    ):
+        return False
+    state, before = findings.server_state, last.server_state
+    if state is None or before is None or state.used_memory == before.used_memory:
+        return findings == last
+    same_server = state.model_copy(update={"used_memory": before.used_memory}) == before
+    return same_server and replace(findings, server_state=before) == last
 
 
 def build_status(

@@ -7,7 +7,8 @@ models (``plan.observed``) and plan actions into commands; it decides nothing it
 Costs are bounded on purpose, because the operator polls every few seconds:
 
 - observation is XINFO STREAM, XINFO GROUPS, then one pipeline with XPENDING (summary) and XINFO
-  CONSUMERS per group, MEMORY USAGE and the DLQ's XLEN;
+  CONSUMERS per group, MEMORY USAGE and the DLQ's XLEN; both round trips are shared with the other
+  pipelines of the same client observed in the same turn of the event loop (``round_trips``);
 - a lag the server reports as nil (or that cannot be right, see ``plan.backlog``) is counted with
   ``XRANGE (last-delivered-id + COUNT lag_count_cap``; at the cap it becomes a lower bound. Choose the
   cap at least ``maxReplicas * backlogPerReplica`` and the scaling decision is the same as with the
@@ -51,6 +52,7 @@ from streampipe_operator.plan.retention import (
     plan_retention,
 )
 from streampipe_operator.streams import paging
+from streampipe_operator.streams.round_trips import Queue, round_trips
 from streampipe_worker.capabilities import ServerCapabilities, adetect_capabilities, keyless_target
 from streampipe_worker.connection import AsyncClient
 from streampipe_worker.entry_ids import EntryId
@@ -263,6 +265,25 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
+def _group_details(stream: str, raw_groups: Sequence[Any], memory: bool, dead_letter: str | None) -> Queue:
+    """Observation's second round trip: per group its pending summary, consumers and oldest unread entry,
+    then the stream's memory and the dead-letter stream's length."""
+
+    def queue(pipe: Any) -> None:
+        for raw in raw_groups:
+            name = _text(raw["name"])
+            pipe.xpending(stream, name)
+            pipe.xinfo_consumers(stream, name)
+            # The oldest entry the group has not read: its ID's time is the lag's age.
+            pipe.xrange(stream, min=paging.after(_text(raw["last-delivered-id"])), max="+", count=1)
+        if memory:
+            pipe.memory_usage(stream)
+        if dead_letter is not None:
+            pipe.xlen(dead_letter)
+
+    return queue
+
+
 class RedisAdmin:
     """Observe and change one server's streams for the operator. Holds no state besides caches."""
 
@@ -335,11 +356,12 @@ class RedisAdmin:
     ) -> StreamObservation:
         """Stream, groups (lag made trustworthy), pending summaries, consumers, memory and DLQ length."""
         # XINFO STREAM and XINFO GROUPS in one round trip (an idle pass is mostly round trips).
-        head = self.client.pipeline(transaction=False)
-        head.xinfo_stream(stream)
-        head.xinfo_groups(stream)
+        # Shared with the other pipelines of this client observed in the same turn (``round_trips``).
+        trips = round_trips(self.client)
         async with self._errors(f"reading XINFO STREAM / XINFO GROUPS {stream}", stream):
-            info, raw_groups = await head.execute(raise_on_error=False)
+            info, raw_groups = await trips.execute(
+                lambda pipe: (pipe.xinfo_stream(stream), pipe.xinfo_groups(stream))
+            )
             for reply in (info, raw_groups):
                 if isinstance(reply, Exception) and not _no_such_key(reply):
                     raise reply
@@ -356,19 +378,9 @@ class RedisAdmin:
                 dead_letter_length=dead_letter_length,
             )
 
-        pipe = self.client.pipeline(transaction=False)
         names = [_text(g["name"]) for g in raw_groups]
-        for name, raw in zip(names, raw_groups, strict=True):
-            pipe.xpending(stream, name)
-            pipe.xinfo_consumers(stream, name)
-            # The oldest entry the group has not read: its ID's time is the lag's age.
-            pipe.xrange(stream, min=paging.after(_text(raw["last-delivered-id"])), max="+", count=1)
-        if memory:
-            pipe.memory_usage(stream)
-        if dead_letter is not None:
-            pipe.xlen(dead_letter)
         async with self._errors(f"reading XPENDING / XINFO CONSUMERS of {stream}", stream):
-            replies = list(await pipe.execute(raise_on_error=False))
+            replies = await trips.execute(_group_details(stream, raw_groups, memory, dead_letter))
 
         groups: list[GroupState] = []
         for index, raw in enumerate(raw_groups):
