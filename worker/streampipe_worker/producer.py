@@ -54,31 +54,53 @@ class Event(BaseModel):
 
 def encode_event(event: Event, router: Router | None = None) -> dict[str, str]:
     """The stream fields of an event; validated against the router's model when one is given."""
-    payload = event.payload
-    # type() first: isinstance against BaseModel runs pydantic's metaclass check, in Python.
-    plain = type(payload) is dict or not isinstance(payload, BaseModel)
-    model = router.model_for(event.type, event.version) if router is not None else None
-    if model is not None and (plain or not isinstance(payload, model)):
-        try:
-            # pydantic-core's validator and serializer as model_validate / model_dump_json call them,
-            # without their Python wrappers (half the cost of a validated event).
-            validated = model.__pydantic_validator__.validate_python(
-                payload if plain else payload.model_dump(), strict=False
-            )
-        except Exception as exc:
-            raise InvalidEventError(f"{event.type} v{event.version}: {exc}") from exc
-        body = model.__pydantic_serializer__.to_json(validated).decode()
-    elif plain:
-        body = to_json(payload, fallback=str, inf_nan_mode="constants").decode()
-    else:
-        body = payload.model_dump_json()
-    fields = {TYPE_FIELD: event.type, VERSION_FIELD: str(event.version), PAYLOAD_FIELD: body}
-    if event.dedupe_key is not None:
-        fields[DEDUPE_KEY_FIELD] = event.dedupe_key
-    if event.fields:
-        for name, value in event.fields.items():
-            fields.setdefault(name, value)
-    return fields
+    return EventEncoder(router)(event)
+
+
+class EventEncoder:
+    """:func:`encode_event` for many events: the router's model for each type and version, with its
+    pydantic-core validator and serializer, looked up once (those lookups cost as much as validating a
+    small payload)."""
+
+    def __init__(self, router: Router | None) -> None:
+        self.router = router
+        self._codecs: dict[tuple[str, int], tuple[type[BaseModel], Any, Any]] = {}
+
+    def _codec(self, event: Event) -> tuple[type[BaseModel], Any, Any] | None:
+        if self.router is None:
+            return None
+        key = (event.type, event.version)
+        found = self._codecs.get(key)
+        if found is None:
+            model = self.router.model_for(event.type, event.version)  # InvalidEventError: no route
+            found = self._codecs[key] = (model, model.__pydantic_validator__, model.__pydantic_serializer__)
+        return found
+
+    def __call__(self, event: Event) -> dict[str, str]:
+        payload = event.payload
+        # type() first: isinstance against BaseModel runs pydantic's metaclass check, in Python.
+        plain = type(payload) is dict or not isinstance(payload, BaseModel)
+        codec = self._codec(event)
+        if codec is not None and (plain or not isinstance(payload, codec[0])):
+            _, validator, serializer = codec
+            try:
+                # What model_validate / model_dump_json call, without their Python wrappers.
+                plain_payload = payload if plain else payload.model_dump()
+                validated = validator.validate_python(plain_payload, strict=False)
+            except Exception as exc:
+                raise InvalidEventError(f"{event.type} v{event.version}: {exc}") from exc
+            body = serializer.to_json(validated).decode()
+        elif plain:
+            body = to_json(payload, fallback=str, inf_nan_mode="constants").decode()
+        else:
+            body = payload.model_dump_json()
+        fields = {TYPE_FIELD: event.type, VERSION_FIELD: str(event.version), PAYLOAD_FIELD: body}
+        if event.dedupe_key is not None:
+            fields[DEDUPE_KEY_FIELD] = event.dedupe_key
+        if event.fields:
+            for name, value in event.fields.items():
+                fields.setdefault(name, value)
+        return fields
 
 
 class SendManyError(redis.exceptions.ResponseError):
@@ -175,6 +197,7 @@ class _Base:
         self.client = client
         self.stream = stream
         self.router = router
+        self.encoder = EventEncoder(router)
         self.maxlen = maxlen
         self.approximate = approximate
         self.chunk_size = chunk_size
@@ -225,7 +248,7 @@ class Producer(_Base):
         fields: Mapping[str, str] | None = None,
     ) -> str:
         event = self._event(type, payload, version, dedupe_key, fields)
-        return str(self.client.xadd(self.stream, encode_event(event, self.router), **self._xadd_args()))
+        return str(self.client.xadd(self.stream, self.encoder(event), **self._xadd_args()))
 
     def send_many(self, events: Iterable[Event]) -> list[str]:
         """Validate everything first (nothing is sent if one event is invalid), then send the XADDs
@@ -235,7 +258,7 @@ class Producer(_Base):
         Two chunks are in flight on a plain client: the next chunk is packed and sent before the
         replies to the previous one are read, so the server works on one while the client packs the
         other (cluster clients take redis-py's pipeline, one chunk per round trip)."""
-        encoded = [encode_event(event, self.router) for event in events]
+        encoded = list(map(self.encoder, events))
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
         if pool is not None:
             return self._send_overlapped(pool, encoded)
@@ -292,12 +315,12 @@ class AsyncProducer(_Base):
         fields: Mapping[str, str] | None = None,
     ) -> str:
         event = self._event(type, payload, version, dedupe_key, fields)
-        return str(await self.client.xadd(self.stream, encode_event(event, self.router), **self._xadd_args()))
+        return str(await self.client.xadd(self.stream, self.encoder(event), **self._xadd_args()))
 
     async def send_many(self, events: Iterable[Event]) -> list[str]:
         """``Producer.send_many`` through redis.asyncio's pipeline (its commands are packed by
         ``connection.pack_command`` too); refused XADDs raise ``SendManyError`` the same way."""
-        encoded = [encode_event(event, self.router) for event in events]
+        encoded = list(map(self.encoder, events))
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
             pipe = self.client.pipeline(transaction=False)
