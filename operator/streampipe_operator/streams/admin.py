@@ -6,8 +6,8 @@ models (``plan.observed``) and plan actions into commands; it decides nothing it
 
 Costs are bounded on purpose, because the operator polls every few seconds:
 
-- observation is XINFO STREAM, XINFO GROUPS, then one pipeline with XPENDING (summary) and XINFO
-  CONSUMERS per group, MEMORY USAGE and the DLQ's XLEN; both round trips are shared with the other
+- observation is XINFO STREAM, XINFO GROUPS and the DLQ's XLEN, then one pipeline with XPENDING
+  (summary) and XINFO CONSUMERS per group and MEMORY USAGE; both round trips are shared with the other
   pipelines of the same client observed in the same turn of the event loop (``round_trips``);
 - a lag the server reports as nil (or that cannot be right, see ``plan.backlog``) is counted with
   ``XRANGE (last-delivered-id + COUNT lag_count_cap``; at the cap it becomes a lower bound. Choose the
@@ -265,9 +265,9 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
-def _group_details(stream: str, raw_groups: Sequence[Any], memory: bool, dead_letter: str | None) -> Queue:
+def _group_details(stream: str, raw_groups: Sequence[Any], memory: bool) -> Queue:
     """Observation's second round trip: per group its pending summary, consumers and oldest unread entry,
-    then the stream's memory and the dead-letter stream's length."""
+    then the stream's memory."""
 
     def queue(pipe: Any) -> None:
         for raw in raw_groups:
@@ -278,8 +278,6 @@ def _group_details(stream: str, raw_groups: Sequence[Any], memory: bool, dead_le
             pipe.xrange(stream, min=paging.after(_text(raw["last-delivered-id"])), max="+", count=1)
         if memory:
             pipe.memory_usage(stream)
-        if dead_letter is not None:
-            pipe.xlen(dead_letter)
 
     return queue
 
@@ -355,22 +353,28 @@ class RedisAdmin:
         self, stream: str, *, dead_letter: str | None = None, memory: bool = True
     ) -> StreamObservation:
         """Stream, groups (lag made trustworthy), pending summaries, consumers, memory and DLQ length."""
-        # XINFO STREAM and XINFO GROUPS in one round trip (an idle pass is mostly round trips).
-        # Shared with the other pipelines of this client observed in the same turn (``round_trips``).
+
+        # XINFO STREAM, XINFO GROUPS and the dead-letter stream's XLEN in one round trip, shared with
+        # the other pipelines of this client observed in the same turn (``round_trips``).
+        def head(pipe: Any) -> None:
+            pipe.xinfo_stream(stream)
+            pipe.xinfo_groups(stream)
+            if dead_letter is not None:
+                pipe.xlen(dead_letter)
+
         trips = round_trips(self.client)
         async with self._errors(f"reading XINFO STREAM / XINFO GROUPS {stream}", stream):
-            info, raw_groups = await trips.execute(
-                lambda pipe: (pipe.xinfo_stream(stream), pipe.xinfo_groups(stream))
-            )
+            info, raw_groups, *dead = await trips.execute(head)
             for reply in (info, raw_groups):
                 if isinstance(reply, Exception) and not _no_such_key(reply):
                     raise reply
+        dead_letter_length = None
+        if dead_letter is not None:
+            if isinstance(dead[0], Exception):
+                self._raise(dead[0], f"reading XLEN {dead_letter}", dead_letter)
+            dead_letter_length = int(dead[0])
         state = None if isinstance(info, Exception) else _stream_state(info)
         if state is None or isinstance(raw_groups, Exception):
-            dead_letter_length = None
-            if dead_letter is not None:
-                async with self._errors(f"reading XLEN {dead_letter}", dead_letter):
-                    dead_letter_length = int(await self.client.xlen(dead_letter))
             return StreamObservation(
                 stream_key=stream,
                 exists=False,
@@ -380,7 +384,7 @@ class RedisAdmin:
 
         names = [_text(g["name"]) for g in raw_groups]
         async with self._errors(f"reading XPENDING / XINFO CONSUMERS of {stream}", stream):
-            replies = await trips.execute(_group_details(stream, raw_groups, memory, dead_letter))
+            replies = await trips.execute(_group_details(stream, raw_groups, memory))
 
         groups: list[GroupState] = []
         for index, raw in enumerate(raw_groups):
@@ -397,12 +401,6 @@ class RedisAdmin:
         memory_bytes = (
             None if memory_reply is None or isinstance(memory_reply, Exception) else int(memory_reply)
         )
-        dead_letter_length = None
-        if dead_letter is not None:
-            reply = rest.pop(0)
-            if isinstance(reply, Exception):
-                self._raise(reply, f"reading XLEN {dead_letter}", dead_letter)
-            dead_letter_length = int(reply)
         return StreamObservation(
             stream_key=stream,
             exists=True,
