@@ -407,6 +407,18 @@ def test_same_status_means_the_same_inputs_and_no_ages(findings: Findings, same:
         )
 
 
+def test_same_status_does_not_look_at_consumers_idle_times() -> None:
+    def with_consumer(idle: float, name: str = "orders-billing-abc") -> Findings:
+        quiet = observation(pending=0)
+        consumer = ConsumerState(name=name, pending=0, idle=idle)
+        group = quiet.groups[0].model_copy(update={"consumers": (consumer,)})
+        return healthy(observation=quiet.model_copy(update={"groups": (group,)}))
+
+    assert same_status(with_consumer(idle=9.0), with_consumer(idle=1.0))  # a live worker's reads
+    assert not same_status(with_consumer(idle=1.0, name="another"), with_consumer(idle=1.0))
+    assert not same_status(idle(), with_consumer(idle=1.0))  # status counts consumers
+
+
 def test_same_status_is_false_while_entries_are_unread() -> None:
     unread = observation(pending=0)
     group = unread.groups[0].model_copy(update={"oldest_unread_id": EntryId(1_700_000_040_000, 0)})

@@ -142,18 +142,39 @@ def group_status(
 def same_status(findings: Findings, last: Findings) -> bool:
     """Whether :func:`build_status` over the same previous status, and the figures exported with it,
     give for ``findings`` what they gave for ``last`` (a pass's findings against the last pass's). Not
-    when a group has pending or unread entries: status and metrics report their ages, which grow. The
-    server's used memory is only a metric (``OperatorMetrics.export_server``), never in status."""
+    when a group has pending or unread entries: status and metrics report their ages, which grow. What
+    status never shows may differ: the server's used memory (only a metric, see
+    ``OperatorMetrics.export_server``) and consumers' idle times (status counts consumers)."""
     observation = findings.observation
     if observation is not None and any(
         state.pending or state.oldest_unread_id is not None for state in observation.groups
     ):
         return False
+    if not _same_observation(observation, last.observation):
+        return False
     state, before = findings.server_state, last.server_state
-    if state is None or before is None or state.used_memory == before.used_memory:
-        return findings == last
-    same_server = state.model_copy(update={"used_memory": before.used_memory}) == before
-    return same_server and replace(findings, server_state=before) == last
+    if (state is None or before is None) and state is not before:
+        return False
+    if state is not None and _but(state, "used_memory") != _but(before, "used_memory"):
+        return False
+    return replace(findings, observation=last.observation, server_state=before) == last
+
+
+def _same_observation(new: StreamObservation | None, old: StreamObservation | None) -> bool:
+    """Equal but for consumers' idle times (a worker blocked in XREADGROUP resets its own)."""
+    if new is None or old is None:
+        return new is old
+    if _but(new, "groups") != _but(old, "groups") or len(new.groups) != len(old.groups):
+        return False
+    return all(
+        _but(a, "consumers") == _but(b, "consumers")
+        and [(c.name, c.pending) for c in a.consumers] == [(c.name, c.pending) for c in b.consumers]
+        for a, b in zip(new.groups, old.groups, strict=True)
+    )
+
+
+def _but(model: Any, field_name: str) -> dict[str, Any]:
+    return {name: value for name, value in model.__dict__.items() if name != field_name}
 
 
 def build_status(
