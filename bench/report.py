@@ -756,11 +756,11 @@ WHY: dict[str, Callable[[Results], list[str]]] = {
 # sync handler on the event loop, the batch histogram and hiredis packing are done (docs/worker.md).
 WORKER_NEXT = (
     "The bare loop pays for that parsing too; the worker adds redis.asyncio's cost per read and its own "
-    "bookkeeping (the split above). The next lever (proposed; a first try gained 1.3x at batch 1, 1.05x "
-    "at batch 100 and nothing at batch 1000, and was not kept): the "
-    "hot path's XACK + XREADGROUP sent as one packed buffer on the connection and its two replies read "
-    "straight from hiredis into the worker's `Entry` objects, with no `Pipeline` object per read and no "
-    "intermediate tuples per entry. Beyond one process the lever is cores: worker replicas on other "
+    "bookkeeping (the split above). The hot path's XACK + XREADGROUP now go out as one packed write on a "
+    "pooled connection, with no `Pipeline` object per read (`ack_and_read` in connection.py; Cluster "
+    "still pipelines). The next lever (proposed): reading the XREADGROUP reply straight from hiredis "
+    "into the worker's `Entry` objects, with no intermediate tuples and field dicts per entry. "
+    "Beyond one process the lever is cores: worker replicas on other "
     "nodes do not share the server's."
 )
 

@@ -2,8 +2,9 @@
 
 Three tasks share one ``redis.asyncio`` client:
 
-- the reader: ``XACK`` (the previous batch's successes, one multi-id command) pipelined with the next
-  ``XREADGROUP COUNT n BLOCK t``; one round trip per batch, none per entry;
+- the reader: ``XACK`` (the previous batch's successes, one multi-id command) and the next
+  ``XREADGROUP COUNT n BLOCK t`` in one packed write (``ack_and_read``: no ``Pipeline`` object per
+  read); one round trip per batch, none per entry;
 - the reclaimer: ``XAUTOCLAIM`` at claimIdle takes due retries and a crashed peer's entries, and
   counts entries that were trimmed before anyone processed them;
 - the leaser: re-claims held entries (``XCLAIM ... JUSTID``) every claimIdle/4 so a slow handler
@@ -30,7 +31,12 @@ from typing import Any, NamedTuple
 
 from streampipe_worker import crash_points
 from streampipe_worker.acks import AckBuffer
-from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
+from streampipe_worker.connection import (
+    AsyncClient,
+    ConnectionSettings,
+    ack_and_read,
+    create_async_client,
+)
 from streampipe_worker.connection_state import ConnectionState
 from streampipe_worker.deadletter import DeadLetter, DeadLetterMover
 from streampipe_worker.durations import format_duration
@@ -113,6 +119,8 @@ class Consumer:
         )
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
+        read = ("XREADGROUP", "GROUP", self.group, self.name, "COUNT", settings.batch_size)
+        self._xreadgroup = (*read, "BLOCK", self.block_ms, "STREAMS", self.stream, ">")
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -248,16 +256,8 @@ class Consumer:
         acks = self.acks.take()
         try:
             if acks and not acks.markers:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.xack(self.stream, self.group, *acks.ids)
-                pipe.xreadgroup(
-                    self.group,
-                    self.name,
-                    {self.stream: ">"},
-                    count=self.settings.batch_size,
-                    block=self.block_ms,
-                )
-                acked, reply = await pipe.execute()
+                xack = ("XACK", self.stream, self.group, *acks.ids)
+                acked, reply = await ack_and_read(self.client, xack, self._xreadgroup)
                 AckBuffer.note_reply(acks.ids, acked)
             else:
                 if acks:
