@@ -282,29 +282,31 @@ def create_client(cs: ConnectionSettings) -> SyncClient:
 async def ack_and_read(client: Any, xack: Sequence[Any], xreadgroup: Sequence[Any]) -> tuple[Any, Any]:
     """``XACK`` and ``XREADGROUP`` as one packed write on one pooled connection, both replies parsed
     by the client's own callbacks: the round trip of a two-command pipeline without a ``Pipeline``
-    object per call (a Cluster client sends the two as a pipeline). An error reply to the XACK is
-    raised once both replies are read; anything else that interrupts (cancellation, a lost
-    connection) drops the connection, whose replies may be unread."""
+    object per call (a Cluster client sends the two as a pipeline). An error reply (NOGROUP, say) is
+    raised once both replies are read, and the connection goes back to the pool; anything else that
+    interrupts (cancellation, a lost connection) drops the connection, whose replies may be unread."""
     if not isinstance(client, redis.asyncio.Redis):
         pipe = client.pipeline(transaction=False)
         pipe.execute_command(*xack)
         pipe.execute_command(*xreadgroup)
-        replies = await pipe.execute()
-        return replies[0], replies[1]
+        both = await pipe.execute()
+        return both[0], both[1]
     pool: Any = client.connection_pool
     connection = await pool.get_connection()
+    replies: list[Any] = []
     try:
         await connection.send_packed_command(connection.pack_commands((xack, xreadgroup)))
-        try:
-            acked: Any = await client.parse_response(connection, "XACK")
-        except redis.exceptions.ResponseError as exc:
-            acked = exc
-        reply = await client.parse_response(connection, "XREADGROUP")
+        for name in ("XACK", "XREADGROUP"):
+            try:
+                replies.append(await client.parse_response(connection, name))
+            except redis.exceptions.ResponseError as exc:  # an error reply: the connection is in step
+                replies.append(exc)
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
     finally:
         await pool.release(connection)
-    if isinstance(acked, Exception):
-        raise acked
-    return acked, reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies[0], replies[1]
