@@ -95,6 +95,15 @@ def ratios(results: Results) -> list[Ratio]:
                     "entries/s",
                 )
             )
+        for batch in sorted({s.batch for s in samples if s.consumer == "streampipe_json"}):
+            found.append(
+                _ratio(
+                    f"worker vs bare loop, JSON handler, batch {batch}",
+                    best(samples, "streampipe_json", batch),
+                    best(samples, "bare_loop_json", batch),
+                    "entries/s",
+                )
+            )
     if results.scale_out:
         top = max((c.rate for c in results.scale_out.ceilings), default=0.0)
         one = best(results.scale_out.samples, "streampipe", processes=1)
@@ -185,11 +194,20 @@ def goals(results: Results) -> list[Goal]:
     # Issue 18: the worker's fixed cost per read (its worst batch size counts), the end-to-end tail and
     # the producer, each against its baseline in the same run.
     per_batch = [ratio for name, ratio in table.items() if name.startswith("worker vs bare loop, batch ")]
+    with_json = [ratio for name, ratio in table.items() if name.startswith("worker vs bare loop, JSON ")]
     out += [
         _goal(
             "Worker vs bare loop, worst batch size",
             ">= 0.9x",
             min(per_batch) if per_batch else None,
+            "x",
+            0.9,
+            at_most=False,
+        ),
+        _goal(
+            "Worker vs bare loop, JSON handler, worst batch size",
+            ">= 0.9x",
+            min(with_json) if with_json else None,
             "x",
             0.9,
             at_most=False,

@@ -6,6 +6,7 @@ Kept apart from the benchmark modules so a worker imports nothing but this file.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import time
 from array import array
@@ -43,6 +44,11 @@ def _write() -> None:
 
 
 atexit.register(_write)
+
+
+def decode_json(entry: Any) -> None:
+    """A handler that does what most do first: decode the payload (JSON) and nothing more."""
+    json.loads(entry.fields["payload"])
 
 
 async def noop_async(entry: Any) -> None:

@@ -73,10 +73,13 @@ BATCH_SIZES = (1, 10, 100, 1000)
 TUTORIAL_BATCH = 10  # the seed's COUNT 10
 BATCHED = ("streampipe", "faststream_batch", "faststream_single", "bare_loop")
 DIAGNOSTIC = ("bare_async_loop", "streampipe_async", "streampipe_thread", "streampipe_gc_default")
-CONSUMERS = ("tutorial_loop", *BATCHED, *DIAGNOSTIC)
+# The worker and the bare loop again with a handler that decodes each payload as JSON.
+JSON_HANDLER = ("streampipe_json", "bare_loop_json")
+CONSUMERS = ("tutorial_loop", *BATCHED, *JSON_HANDLER, *DIAGNOSTIC)
 WORKER_HANDLERS = {
     "streampipe": "probe_handlers:noop",
     "streampipe_async": "probe_handlers:noop_async",
+    "streampipe_json": "probe_handlers:decode_json",
     "streampipe_thread": "thread_handlers:noop",
     "streampipe_gc_default": "gc_default_handlers:noop",
 }
@@ -163,10 +166,9 @@ def faststream_single(url: str, stream: str, group: str, batch: int) -> None:
     _faststream(url, stream, group, batch, batched=False)
 
 
-def bare_loop(url: str, stream: str, group: str, batch: int) -> None:
+def bare_loop(url: str, stream: str, group: str, batch: int, handler: Any = noop) -> None:
     """The least a Python consumer can do: read a batch, call a no-op per entry, ack it with the next read."""
     client = redis.Redis.from_url(url, decode_responses=True)
-    handler = noop
     ids: list[str] = []
     while True:
         pipe = client.pipeline(transaction=False)
@@ -179,6 +181,11 @@ def bare_loop(url: str, stream: str, group: str, batch: int) -> None:
             for entry_id, fields in reply[0][1]:
                 handler(fields)
                 ids.append(entry_id)
+
+
+def bare_loop_json(url: str, stream: str, group: str, batch: int) -> None:
+    """``bare_loop`` whose handler decodes each payload as JSON (the worker's ``streampipe_json``)."""
+    bare_loop(url, stream, group, batch, handler=lambda fields: json.loads(fields["payload"]))
 
 
 def bare_async_loop(url: str, stream: str, group: str, batch: int) -> None:
@@ -211,6 +218,7 @@ RUNNERS = {
     "faststream_batch": faststream_batch,
     "faststream_single": faststream_single,
     "bare_loop": bare_loop,
+    "bare_loop_json": bare_loop_json,
     "bare_async_loop": bare_async_loop,
 }
 

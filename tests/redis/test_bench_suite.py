@@ -43,6 +43,7 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     samples = results.throughput.samples
     assert {s.consumer for s in samples} == {
         "streampipe", "tutorial_loop", "faststream_batch", "faststream_single", "bare_loop",
+        "streampipe_json", "bare_loop_json",
         "bare_async_loop", "streampipe_async", "streampipe_thread", "streampipe_gc_default",
     }  # fmt: skip
     assert all(s.rate > 0 and s.entries > 0 for s in samples)
@@ -58,6 +59,7 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     assert "send_many vs redis-benchmark -P 1000" in names
     goals = {g.name: g for g in results.goals}
     assert goals["Worker vs the tutorial loop"].measured is not None
+    assert goals["Worker vs bare loop, JSON handler, worst batch size"].measured is not None
     assert goals["1000 StreamPipelines Ready"].met is None  # not measured in this run
 
     for heading in (
