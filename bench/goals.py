@@ -86,24 +86,20 @@ def ratios(results: Results) -> list[Ratio]:
                 "entries/s",
             ),
         ]
-        for batch in sorted({s.batch for s in samples if s.consumer == "streampipe"}):
-            found.append(
-                _ratio(
-                    f"worker vs bare loop, batch {batch}",
-                    best(samples, "streampipe", batch),
-                    best(samples, "bare_loop", batch),
-                    "entries/s",
+        # Per batch size, with the no-op handler and with the JSON-decoding one.
+        for label, ours_kind, bare_kind in (
+            ("", "streampipe", "bare_loop"),
+            ("JSON handler, ", "streampipe_json", "bare_loop_json"),
+        ):
+            for batch in sorted({s.batch for s in samples if s.consumer == ours_kind}):
+                found.append(
+                    _ratio(
+                        f"worker vs bare loop, {label}batch {batch}",
+                        best(samples, ours_kind, batch),
+                        best(samples, bare_kind, batch),
+                        "entries/s",
+                    )
                 )
-            )
-        for batch in sorted({s.batch for s in samples if s.consumer == "streampipe_json"}):
-            found.append(
-                _ratio(
-                    f"worker vs bare loop, JSON handler, batch {batch}",
-                    best(samples, "streampipe_json", batch),
-                    best(samples, "bare_loop_json", batch),
-                    "entries/s",
-                )
-            )
     if results.scale_out:
         top = max((c.rate for c in results.scale_out.ceilings), default=0.0)
         one = best(results.scale_out.samples, "streampipe", processes=1)
