@@ -19,7 +19,6 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
-import redis.exceptions
 import redis.sentinel
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from redis.backoff import NoBackoff
@@ -277,36 +276,3 @@ def create_client(cs: ConnectionSettings) -> SyncClient:
     client = redis.Redis(host=host, port=port, db=parsed.db, **options)
     _mix_into_connections(client, _SurrogateSafePacking)
     return client
-
-
-async def ack_and_read(client: Any, xack: Sequence[Any], xreadgroup: Sequence[Any]) -> tuple[Any, Any]:
-    """``XACK`` and ``XREADGROUP`` as one packed write on one pooled connection, both replies parsed
-    by the client's own callbacks: the round trip of a two-command pipeline without a ``Pipeline``
-    object per call (a Cluster client sends the two as a pipeline). An error reply (NOGROUP, say) is
-    raised once both replies are read, and the connection goes back to the pool; anything else that
-    interrupts (cancellation, a lost connection) drops the connection, whose replies may be unread."""
-    if not isinstance(client, redis.asyncio.Redis):
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command(*xack)
-        pipe.execute_command(*xreadgroup)
-        both = await pipe.execute()
-        return both[0], both[1]
-    pool: Any = client.connection_pool
-    connection = await pool.get_connection()
-    replies: list[Any] = []
-    try:
-        await connection.send_packed_command(connection.pack_commands((xack, xreadgroup)))
-        for name in ("XACK", "XREADGROUP"):
-            try:
-                replies.append(await client.parse_response(connection, name))
-            except redis.exceptions.ResponseError as exc:  # an error reply: the connection is in step
-                replies.append(exc)
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies[0], replies[1]

@@ -3,8 +3,9 @@
 Three tasks share one ``redis.asyncio`` client:
 
 - the reader: ``XACK`` (the previous batch's successes, one multi-id command) and the next
-  ``XREADGROUP COUNT n BLOCK t`` in one packed write (``ack_and_read``: no ``Pipeline`` object per
-  read); one round trip per batch, none per entry;
+  ``XREADGROUP COUNT n BLOCK t`` in one write on its own connection (``read_channel.py``: replies
+  parsed by hiredis straight from the event loop, no redis.asyncio layers per read); one round trip
+  per batch, none per entry;
 - the reclaimer: ``XAUTOCLAIM`` at claimIdle takes due retries and a crashed peer's entries, and
   counts entries that were trimmed before anyone processed them;
 - the leaser: re-claims held entries (``XCLAIM ... JUSTID``) every claimIdle/4 so a slow handler
@@ -31,12 +32,8 @@ from typing import Any, NamedTuple
 
 from streampipe_worker import crash_points
 from streampipe_worker.acks import AckBuffer
-from streampipe_worker.connection import (
-    AsyncClient,
-    ConnectionSettings,
-    ack_and_read,
-    create_async_client,
-)
+from streampipe_worker.batch_reader import BatchReader
+from streampipe_worker.connection import AsyncClient, ConnectionSettings, create_async_client
 from streampipe_worker.connection_state import ConnectionState
 from streampipe_worker.deadletter import DeadLetter, DeadLetterMover
 from streampipe_worker.durations import format_duration
@@ -93,7 +90,6 @@ class Consumer:
             backoff_max=settings.backoff_max,
             claim_idle=settings.claim_idle,
         )
-        self.block_ms = max(int(settings.block.total_seconds() * 1000), 1)
         self.dedupe_ms = int(settings.dedupe_ttl.total_seconds() * 1000) if settings.dedupe_ttl else None
         self.client: Any = client or create_async_client(ConnectionSettings.from_worker(settings))
         self._owns_client = client is None
@@ -119,8 +115,7 @@ class Consumer:
         )
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
-        read = ("XREADGROUP", "GROUP", self.group, self.name, "COUNT", settings.batch_size)
-        self._xreadgroup = (*read, "BLOCK", self.block_ms, "STREAMS", self.stream, ">")
+        self.batches = BatchReader(self.client, settings, self.acks)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -171,6 +166,8 @@ class Consumer:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             self.runner.close()
+            with contextlib.suppress(Exception):
+                await self.batches.close()
             if self._owns_client:
                 with contextlib.suppress(Exception):
                     await self.client.aclose()
@@ -229,7 +226,7 @@ class Consumer:
             try:
                 self._reading = True
                 try:
-                    batch = await self._read()
+                    batch = await self.batches.read()
                 finally:
                     self._reading = False
                 self.connection.connected()
@@ -250,35 +247,6 @@ class Consumer:
                 self.leases.note_seen(batch[-1][0])  # XREADGROUP replies in id order
                 stream, group = self.stream, self.group
                 await self._handle_entries([Entry(i, f, 1, stream, group) for i, f in batch], reclaimed=False)
-
-    async def _read(self) -> list[tuple[str, dict[str, str]]]:
-        """Flush acks and read the next batch, in one round trip when no markers are involved."""
-        acks = self.acks.take()
-        try:
-            if acks and not acks.markers:
-                xack = ("XACK", self.stream, self.group, *acks.ids)
-                acked, reply = await ack_and_read(self.client, xack, self._xreadgroup)
-                AckBuffer.note_reply(acks.ids, acked)
-            else:
-                if acks:
-                    await self.acks.send(acks)
-                reply = await self.client.xreadgroup(
-                    self.group,
-                    self.name,
-                    {self.stream: ">"},
-                    count=self.settings.batch_size,
-                    block=self.block_ms,
-                )
-        except BaseException:
-            # Unknown whether the XACK ran: keep the ids; acking again is harmless (XACK is idempotent).
-            if acks:
-                self.acks.restore(acks)
-            raise
-        if not reply:
-            return []
-        if isinstance(reply, dict):  # RESP3 shape
-            return [entry for entries in reply.values() for entry in entries[0]]
-        return list(reply[0][1])
 
     # --- handling -----------------------------------------------------------------------------
 
