@@ -545,9 +545,9 @@ def worker_time_section(results: Results) -> list[str]:
 
 
 PARSING = (
-    "redis._parsers.hiredis:_AsyncHiredisParser.read_response",
-    "redis._parsers.helpers:pairs_to_dict",
-    "redis._parsers.helpers:parse_stream_list",
+    "streampipe_worker.read_channel:_Replies.data_received",
+    "streampipe_worker.batch_reader:BatchReader._on_channel.<locals>.<listcomp>",
+    "streampipe_worker.batch_reader:BatchReader._on_channel",
 )
 
 
@@ -557,9 +557,9 @@ def _parsing_share(results: Results) -> str:
         return ""
     share = sum(part for name, part in prof.self_time if name in PARSING)
     return (
-        f"In this run's profile redis-py turning XREADGROUP replies into Python objects "
-        f"(`_AsyncHiredisParser.read_response`, `parse_stream_list`, `pairs_to_dict`: a tuple and a field "
-        f"dict per entry) took {share:.0%} of the samples; on a quiet machine it is about half. "
+        f"In this run's profile turning XREADGROUP replies into Python objects (hiredis, called from "
+        f"`_Replies.data_received`, and a field dict per entry in `BatchReader._on_channel`) took "
+        f"{share:.0%} of the samples. "
     )
 
 
@@ -622,16 +622,18 @@ def _worker_costs(samples: Sequence[Sample]) -> list[str]:
     models = [cost_model(samples, name) for name in names]
     if all(models):
         b, a, sp, th = (m for m in models if m is not None)
-        asyncio_share, own, hand_off = max(a[0] - b[0], 0), max(sp[0] - a[0], 0), max(th[0] - sp[0], 0)
+        asyncio_share, hand_off = max(a[0] - b[0], 0), max(th[0] - sp[0], 0)
         lines.append(
             "Where the worker's CPU goes (fitted from batch 1 and 100, section 1), per read + per entry: "
             f"the synchronous bare loop {b[0]:.0f} µs + {b[1]:.2f} µs; the same loop on redis.asyncio "
-            f"{a[0]:.0f} + {a[1]:.2f}; the worker {sp[0]:.0f} + {sp[1]:.2f}. Of the worker's "
-            f"{sp[0] - b[0]:.0f} µs extra per read, about {asyncio_share:.0f} µs are redis.asyncio's and "
-            f"{own:.0f} µs the worker's own (tasks, metrics, in-flight and ack lists). Its sync handler "
-            f"kept on the handler thread costs {th[0]:.0f} + {th[1]:.2f}: {hand_off:.0f} µs per read for "
-            "the hand-off, which a fast handler no longer pays since it runs on the event loop "
-            "(docs/worker.md, *Where sync handlers run*)."
+            f"{a[0]:.0f} + {a[1]:.2f}; the worker {sp[0]:.0f} + {sp[1]:.2f}. The worker does not read "
+            "through redis.asyncio: its reader has a connection of its own whose replies go from the "
+            "event loop straight into hiredis (docs/worker.md, *Delivery protocol*), so redis.asyncio's "
+            f"{asyncio_share:.0f} µs per read over the synchronous loop are not in its cost; its fixed cost "
+            f"per read is {sp[0] - b[0]:+.0f} µs against the synchronous loop (the event loop's wake-up, its "
+            f"tasks, metrics, in-flight and ack lists). Its sync handler kept on the handler thread costs "
+            f"{th[0]:.0f} + {th[1]:.2f}: {hand_off:.0f} µs per read for the hand-off, which a fast handler "
+            "no longer pays since it runs on the event loop (docs/worker.md, *Where sync handlers run*)."
         )
     default, ours = best(samples, "streampipe_gc_default", 1000), best(samples, "streampipe", 1000)
     if default and ours:
@@ -759,13 +761,13 @@ WHY: dict[str, Callable[[Results], list[str]]] = {
 # What is left on the worker's side (from the profiles of these runs); the collector tuning, the
 # sync handler on the event loop, the batch histogram and hiredis packing are done (docs/worker.md).
 WORKER_NEXT = (
-    "The bare loop pays for that parsing too; the worker adds redis.asyncio's cost per read and its own "
-    "bookkeeping (the split above). The hot path's XACK + XREADGROUP now go out as one packed write on a "
-    "pooled connection, with no `Pipeline` object per read (`ack_and_read` in connection.py; Cluster "
-    "still pipelines). The next lever (proposed): reading the XREADGROUP reply straight from hiredis "
-    "into the worker's `Entry` objects, with no intermediate tuples and field dicts per entry. "
-    "Beyond one process the lever is cores: worker replicas on other "
-    "nodes do not share the server's."
+    "The bare loop pays for that parsing too, through redis-py's reply callbacks. The hot path's XACK + "
+    "XREADGROUP go out as one write on the reader's own connection and come back through hiredis with no "
+    "redis.asyncio layer per read (`read_channel.py`, `batch_reader.py`; a Cluster client pipelines). "
+    "What is left per entry is its `Entry` object and field dict, the handler call and its ack id; per "
+    "read, the event loop's wake-up and the write to the socket (the largest single item in a batch-1 "
+    "profile). Beyond one process the lever is cores: worker replicas on other nodes do not share the "
+    "server's."
 )
 
 PROPOSALS = {
