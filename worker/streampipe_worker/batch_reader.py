@@ -11,17 +11,16 @@ from typing import Any
 
 from streampipe_worker.acks import AckBuffer, TakenAcks
 from streampipe_worker.read_channel import ReadChannel
+from streampipe_worker.router import Entry
 from streampipe_worker.settings import WorkerSettings
 
 # How much longer than BLOCK a read may take before its connection is taken for dead (as the
 # client's socket timeout, ConnectionSettings.from_worker).
 READ_TIMEOUT_MARGIN = 10.0
 
-RawEntries = list[tuple[str, dict[str, str]]]
-
 
 class BatchReader:
-    """``read()`` flushes the ack buffer and returns the next batch as ``(id, fields)`` pairs."""
+    """``read()`` flushes the ack buffer and returns the next batch (first deliveries, in id order)."""
 
     def __init__(self, client: Any, settings: WorkerSettings, acks: AckBuffer) -> None:
         self.client = client
@@ -34,7 +33,7 @@ class BatchReader:
         read = ("XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", settings.batch_size)
         self.xreadgroup = (*read, "BLOCK", self.block_ms, "STREAMS", settings.stream, ">")
 
-    async def read(self) -> RawEntries:
+    async def read(self) -> list[Entry]:
         acks = self.acks.take()
         try:
             if self.channel is not None:
@@ -50,7 +49,7 @@ class BatchReader:
         if self.channel is not None:
             await self.channel.close()
 
-    async def _on_channel(self, channel: ReadChannel, acks: TakenAcks | None) -> RawEntries:
+    async def _on_channel(self, channel: ReadChannel, acks: TakenAcks | None) -> list[Entry]:
         commands: list[tuple[Any, ...]] = [self.xreadgroup]
         if acks and acks.markers:
             await self.acks.send(acks)
@@ -67,14 +66,15 @@ class BatchReader:
             return []
         # [[stream, [[id, [field, value, ...]], ...]]]; an entry's fields are never nil for ">". The
         # server sends fields in pairs; zip over one iterator twice is the cheapest pairing (no slices).
-        entries: RawEntries = []
+        stream, group = self.stream, self.group
+        entries: list[Entry] = []
         append = entries.append
         for entry_id, fields in read[0][1]:
             pairs = iter(fields)
-            append((entry_id, dict(zip(pairs, pairs))))  # noqa: B905
+            append(Entry(entry_id, dict(zip(pairs, pairs)), 1, stream, group))  # noqa: B905
         return entries
 
-    async def _pipelined(self, acks: TakenAcks | None) -> RawEntries:
+    async def _pipelined(self, acks: TakenAcks | None) -> list[Entry]:
         if acks and not acks.markers:
             pipe = self.client.pipeline(transaction=False)  # Cluster: routed by key
             pipe.execute_command("XACK", self.stream, self.group, *acks.ids)
@@ -88,5 +88,7 @@ class BatchReader:
         if not reply:
             return []
         if isinstance(reply, dict):  # RESP3 shape
-            return [entry for entries in reply.values() for entry in entries[0]]
-        return list(reply[0][1])
+            pairs = [entry for entries in reply.values() for entry in entries[0]]
+        else:
+            pairs = reply[0][1]
+        return [Entry(entry_id, fields, 1, self.stream, self.group) for entry_id, fields in pairs]

@@ -244,9 +244,8 @@ class Consumer:
                     raise
                 continue
             if batch:
-                self.leases.note_seen(batch[-1][0])  # XREADGROUP replies in id order
-                stream, group = self.stream, self.group
-                await self._handle_entries([Entry(i, f, 1, stream, group) for i, f in batch], reclaimed=False)
+                self.leases.note_seen(batch[-1].id)  # XREADGROUP replies in id order
+                await self._handle_entries(batch, reclaimed=False)
 
     # --- handling -----------------------------------------------------------------------------
 
