@@ -74,6 +74,4 @@ def test_the_packed_xadds_are_the_commands_of_the_encoded_fields(
         pack_command((*head, *chain.from_iterable(encoder(event).items())), connection.encoder)
         for event in events
     )
-    packer = _XaddPacker(head)
-    entries = [packer.entry(event, encoder.body(event)) for event in events]
-    assert _XaddPacker.packed(connection, entries) == expected
+    assert _XaddPacker(head).packed(connection, events, [encoder.body(event) for event in events]) == expected

@@ -146,8 +146,10 @@ class _XaddPacker:
             return command
         return packed
 
-    @staticmethod
-    def packed(connection: Any, entries: Sequence[bytes | tuple[Any, ...]]) -> bytes:
+    def packed(self, connection: Any, events: Sequence[Event], bodies: Sequence[bytes]) -> bytes:
+        """The XADDs of these events, whose payload fields are ``bodies``, in one buffer."""
+        entry = self.entry
+        entries = [entry(event, body) for event, body in zip(events, bodies, strict=True)]
         try:
             return b"".join(entries)  # type: ignore[arg-type]  # TypeError: a command is among them
         except TypeError:
@@ -306,8 +308,8 @@ class Producer(_Base):
         other (cluster clients take redis-py's pipeline, one chunk per round trip)."""
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
         if pool is not None:
-            body, entry = self.encoder.body, _XaddPacker(self._xadd_head()).entry
-            return self._send_overlapped(pool, [entry(event, body(event)) for event in events])
+            events = list(events)
+            return self._send_overlapped(pool, events, list(map(self.encoder.body, events)))
         encoded = list(map(self.encoder, events))
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
@@ -315,18 +317,23 @@ class Producer(_Base):
             ids.extend(_ids_of(self.stream, replies, ids, len(encoded)))
         return ids
 
-    def _send_overlapped(self, pool: Any, encoded: Sequence[bytes | tuple[Any, ...]]) -> list[str]:
+    def _send_overlapped(self, pool: Any, events: Sequence[Event], bodies: Sequence[bytes]) -> list[str]:
+        """Each chunk is packed (``_XaddPacker``, which cannot fail on a validated event) while the
+        server works on the previous one."""
+        packer = _XaddPacker(self._xadd_head())
         ids: list[str | None] = []
         errors: dict[int, Exception] = {}
         connection = pool.get_connection()
         try:
             unread = 0  # XADDs sent whose replies are not read yet (the previous chunk)
-            for start in range(0, len(encoded), self.chunk_size):
-                chunk = encoded[start : start + self.chunk_size]
-                connection.send_packed_command([_XaddPacker.packed(connection, chunk)])
+            for start in range(0, len(events), self.chunk_size):
+                end = start + self.chunk_size
+                connection.send_packed_command(
+                    [packer.packed(connection, events[start:end], bodies[start:end])]
+                )
                 if unread:
                     _collect(_read_xadd_replies(connection, unread), ids, errors)
-                unread = len(chunk)
+                unread = min(end, len(events)) - start
                 if errors:
                     break  # this chunk went out already: its replies are read below, nothing more is sent
             if unread:
@@ -338,7 +345,7 @@ class Producer(_Base):
         finally:
             pool.release(connection)
         if errors:
-            raise SendManyError(self.stream, ids, errors, len(encoded))
+            raise SendManyError(self.stream, ids, errors, len(events))
         return [str(entry_id) for entry_id in ids]
 
     def _pipelined(self, chunk: Sequence[dict[str, str]]) -> list[Any]:
