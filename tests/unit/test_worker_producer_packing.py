@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 from redis.connection import Encoder
 
 from streampipe_worker.connection import pack_command
 from streampipe_worker.producer import Event, EventEncoder, _XaddPacker
-from streampipe_worker.router import Router
+from streampipe_worker.router import InvalidEventError, Router
 
 ODD = b"\xff\xfeok".decode("utf-8", "surrogateescape")  # read with surrogateescape, sent back
 
@@ -75,3 +76,38 @@ def test_the_packed_xadds_are_the_commands_of_the_encoded_fields(
         for event in events
     )
     assert _XaddPacker(head).packed(connection, events, [encoder.body(event) for event in events]) == expected
+
+
+@pytest.mark.parametrize("with_router", [False, True], ids=["plain", "validated"])
+def test_the_bodies_of_many_events_are_each_events_body(with_router: bool) -> None:
+    events = [*EVENTS, Event(type="order.created", payload={"order_id": 10}, version=2), EVENTS[0]]
+    encoder = EventEncoder(router if with_router else None)
+    assert encoder.bodies(events) == [encoder.body(event) for event in events]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Event(type="order.created", payload={"order_id": "x"}),  # invalid payload
+        Event(type="order.paid", payload={}),  # no route
+        Event(type="order.created", payload={"order_id": 1, "note": object()}, version=9),  # no route
+    ],
+    ids=["invalid", "unrouted", "unrouted-version"],
+)
+def test_many_events_fail_on_the_first_bad_one_as_it_fails_alone(bad: Event) -> None:
+    encoder = EventEncoder(router)
+    with pytest.raises(InvalidEventError) as alone:
+        encoder.body(bad)
+    with pytest.raises(InvalidEventError) as among:
+        encoder.bodies([*EVENTS, bad, *EVENTS])
+    assert str(among.value) == str(alone.value)
+
+
+def test_a_payload_json_cannot_encode_fails_as_it_fails_alone() -> None:
+    bad = Event(type="anything", payload={"text": ODD})  # pydantic-core's JSON is strict UTF-8
+    encoder = EventEncoder(None)
+    with pytest.raises(PydanticSerializationError) as alone:
+        encoder.body(bad)
+    with pytest.raises(PydanticSerializationError) as among:
+        encoder.bodies([*UNROUTED, bad])
+    assert (type(among.value), str(among.value)) == (type(alone.value), str(alone.value))

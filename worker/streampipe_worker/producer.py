@@ -101,6 +101,33 @@ class EventEncoder:
         dumped: str = payload.model_dump_json()
         return dumped.encode()
 
+    def bodies(self, events: Sequence[Event]) -> list[bytes]:
+        """``body`` of each event, with the common case (a dict payload) in one loop: the codec is looked
+        up again only when the type or version changes. Any failure is left to ``body``, which raises it
+        as it would for that event alone."""
+        bodies: list[bytes] = []
+        append, body, router = bodies.append, self.body, self.router
+        last: tuple[str, int] | None = None
+        validate: Any = None
+        serialize: Any = None
+        for event in events:
+            payload = event.payload
+            if type(payload) is not dict:
+                append(body(event))
+            elif router is None:
+                append(to_json(payload, fallback=str, inf_nan_mode="constants"))
+            else:
+                if last is None or event.type != last[0] or event.version != last[1]:
+                    codec = self._codec(event)  # InvalidEventError: no route
+                    assert codec is not None
+                    validate, serialize = codec[1].validate_python, codec[2].to_json
+                    last = (event.type, event.version)
+                try:
+                    append(serialize(validate(payload, strict=False)))
+                except Exception:
+                    append(body(event))  # raises the same error, as InvalidEventError where it is one
+        return bodies
+
     @staticmethod
     def fields(event: Event, body: str) -> dict[str, str]:
         """The stream fields of an event whose payload field is ``body``."""
@@ -309,7 +336,7 @@ class Producer(_Base):
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
         if pool is not None:
             events = list(events)
-            return self._send_overlapped(pool, events, list(map(self.encoder.body, events)))
+            return self._send_overlapped(pool, events, self.encoder.bodies(events))
         encoded = list(map(self.encoder, events))
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
