@@ -628,8 +628,10 @@ def _worker_costs(samples: Sequence[Sample]) -> list[str]:
             "through redis.asyncio: its reader has a connection of its own whose replies go from the "
             "event loop straight into hiredis (docs/worker.md, *Delivery protocol*), so redis.asyncio's "
             f"{asyncio_share:.0f} µs per read over the synchronous loop are not in its cost; its fixed cost "
-            f"per read is {sp[0] - b[0]:+.0f} µs against the synchronous loop (the event loop's wake-up, its "
-            f"tasks, metrics, in-flight and ack lists). Its sync handler kept on the handler thread costs "
+            f"per read ({sp[0]:.0f} µs: the event loop's wake-up, its tasks, metrics, in-flight and ack "
+            f"lists) is {abs(sp[0] - b[0]):.0f} µs {'below' if sp[0] < b[0] else 'above'} the synchronous "
+            "loop's, which pays redis-py's layers per command. Its sync handler kept on the handler thread "
+            "costs "
             f"{th[0]:.0f} + {th[1]:.2f}: {hand_off:.0f} µs per read for the hand-off, which a fast handler "
             "no longer pays since it runs on the event loop (docs/worker.md, *Where sync handlers run*)."
         )
@@ -656,6 +658,47 @@ def _worker_costs(samples: Sequence[Sample]) -> list[str]:
 def _fastest(samples: Sequence[Sample], consumer: str, batch: int) -> Sample | None:
     mine = [s for s in samples if s.consumer == consumer and s.batch == batch and s.processes == 1]
     return max(mine, key=lambda s: s.rate) if mine else None
+
+
+def _rounds_of(samples: Sequence[Sample], consumer: str, batch: int) -> str:
+    rates = [s for s in samples if s.consumer == consumer and s.batch == batch]
+    return " / ".join(f"{_rate(s.rate)}/s ({s.consumer_cpu_us:.0f} µs CPU an entry)" for s in rates)
+
+
+def _why_json(results: Results) -> list[str]:
+    """Every round of the worst batch size, so a verdict decided by one round shows as such."""
+    samples = _single(results)
+    ratios = {
+        batch: best(samples, "streampipe_json", batch) / bare
+        for batch in sorted({s.batch for s in samples if s.consumer == "streampipe_json"})
+        if (bare := best(samples, "bare_loop_json", batch)) and best(samples, "streampipe_json", batch)
+    }
+    if not ratios:
+        return []
+    worst = min(ratios, key=lambda batch: ratios[batch])
+    return [
+        f"The worst batch size was {worst}. Its rounds, worker: "
+        f"{_rounds_of(samples, 'streampipe_json', worst)}; bare loop: "
+        f"{_rounds_of(samples, 'bare_loop_json', worst)}. At batch 1 and 10 the rate is set by "
+        "the round trip (the socket write and the wake-ups of three processes on two cores), which moves "
+        "by a third between rounds on this machine; compare the CPU per entry beside each rate."
+    ]
+
+
+def _why_latency_50k(results: Results) -> list[str]:
+    rounds = [x for x in results.latency if x.rate == 50_000 and x.consumer in ("streampipe", "bare_loop")]
+    if not rounds:
+        return []
+    listed = "; ".join(
+        f"{x.consumer} p50 {x.p50_ms:.2f} ms, p99 {x.p99_ms:.2f} ms (producer lag max "
+        f"{x.producer_max_lag_ms:.1f} ms)"
+        for x in rounds
+    )
+    return [
+        f"Every round at 50K/s, in the order run: {listed}. The medians are the per-read cost, and the p99 "
+        "is set by stalls of the 2-core machine (producer, consumer and server share it; the producer's own "
+        "worst lag behind its schedule shows how long such stalls are)."
+    ]
 
 
 def _why_scale_out(results: Results) -> list[str]:
@@ -752,6 +795,8 @@ WHY: dict[str, Callable[[Results], list[str]]] = {
     "Worker vs FastStream batch": _why_faststream,
     "4 workers vs the server ceiling": _why_scale_out,
     "p99 latency at 10K/s": _why_latency,
+    "p99 latency at 50K/s vs bare loop": _why_latency_50k,
+    "Worker vs bare loop, JSON handler, worst batch size": _why_json,
     "Operator reaction at pollInterval 1s (worst trial)": _why_operator,
     "1000 StreamPipelines Ready": _why_ready,
 }
@@ -770,6 +815,11 @@ WORKER_NEXT = (
 
 PROPOSALS = {
     "Worker vs the tutorial loop": "the lever under *Where the worker's time goes* below.",
+    "Worker vs bare loop, JSON handler, worst batch size": (
+        "No code lever found at batch 1: py-spy on the worker with this handler at batch 1 (2026-12-04) "
+        "shows the handler running on the event loop and the socket write as the largest item (46% of the "
+        "samples). A quiet machine, or more rounds per batch size, would settle the verdict."
+    ),
     "Worker vs FastStream batch": "the lever under *Where the worker's time goes* below.",
     "4 workers vs the server ceiling": (
         "Less CPU per entry in the worker is the only lever on a fixed 2-core machine (*Where the worker's "
@@ -783,9 +833,12 @@ PROPOSALS = {
         "short-circuited when entries are waiting."
     ),
     "p99 latency at 50K/s vs bare loop": (
-        "Not profiled yet. In these runs the worker's median at 50K/s is about twice the bare loop's too, so "
-        "the gap is paid on every read, not only in the tail: trace one read (XREADGROUP reply to handler "
-        "call, handler return to the next read) in the worker against the bare loop to find the wait."
+        "Traced (py-spy and per-entry latencies with their send times, 2026-12-04): the worker's median "
+        "at 50K/s was twice the bare loop's because every read went through redis.asyncio (a pooled "
+        "connection, a timeout per send and per reply, reply callbacks); the reader's own connection "
+        "(docs/worker.md, *Delivery protocol*) brought the medians level. The stalls behind the p99 hit "
+        "the bare loop and the worker alike, in different rounds; producer, consumer and server on "
+        "separate cores (as in a cluster), or more rounds, would show the worker's own tail."
     ),
     "send_many vs redis-benchmark -P 1000": (
         "The ratio moves with the machine's load more than most (0.48x to 0.83x per round for the same "
