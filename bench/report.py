@@ -661,8 +661,8 @@ def _fastest(samples: Sequence[Sample], consumer: str, batch: int) -> Sample | N
 
 
 def _rounds_of(samples: Sequence[Sample], consumer: str, batch: int) -> str:
-    rates = [s for s in samples if s.consumer == consumer and s.batch == batch]
-    return " / ".join(f"{_rate(s.rate)}/s ({s.consumer_cpu_us:.0f} µs CPU an entry)" for s in rates)
+    rounds = [s for s in samples if s.consumer == consumer and s.batch == batch]
+    return " / ".join(f"{_rate(s.rate)}/s ({s.consumer_cpu_us:.0f} µs CPU an entry)" for s in rounds)
 
 
 def _why_json(results: Results) -> list[str]:

@@ -405,7 +405,7 @@ async def test_a_cancelled_consumer_stops_even_if_a_cancellation_is_lost(
     )
     # block 5s: the reader sits in XREADGROUP, so the cancel lands there.
     consumer = idle_consumer(redis_client, redis_url, client, block="5s")
-    channel = consumer.batches.channel = SwallowsOneCancellation(client, timeout=15)
+    channel = consumer.batches.channel = SwallowsOneCancellation(client)
     task = asyncio.create_task(consumer.run())
     await eventually(lambda: any(c["name"] == "c1" for c in redis_client.client_list()), what="c1 reading")
     await asyncio.sleep(0.2)

@@ -28,9 +28,9 @@ READ = xreadgroup()
 
 
 def channel_clients(redis_url: str) -> tuple[Any, ReadChannel]:
-    client = create_async_client(ConnectionSettings(url=redis_url, client_name="reader"))
+    client = create_async_client(ConnectionSettings(url=redis_url, client_name="reader", socket_timeout=5.0))
     assert ReadChannel.supports(client)
-    return client, ReadChannel(client, timeout=5.0)
+    return client, ReadChannel(client)
 
 
 def readers(redis_client: redis.Redis) -> list[int]:
@@ -104,8 +104,8 @@ async def test_a_cancelled_read_drops_the_connection(redis_url: str, redis_clien
 
 async def test_a_silent_server_times_the_read_out(redis_url: str, redis_client: redis.Redis) -> None:
     redis_client.xgroup_create("s", "g", id="$", mkstream=True)
-    client = create_async_client(ConnectionSettings(url=redis_url, client_name="reader"))
-    channel = ReadChannel(client, timeout=0.3)
+    client = create_async_client(ConnectionSettings(url=redis_url, client_name="reader", socket_timeout=0.3))
+    channel = ReadChannel(client)  # the client's socket timeout bounds the round trip
     try:
         await channel.call([("PING",)])  # connected before the server goes quiet
         redis_client.execute_command("CLIENT", "PAUSE", 1500, "ALL")

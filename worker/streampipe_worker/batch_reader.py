@@ -14,10 +14,6 @@ from streampipe_worker.read_channel import ReadChannel
 from streampipe_worker.router import Entry
 from streampipe_worker.settings import WorkerSettings
 
-# How much longer than BLOCK a read may take before its connection is taken for dead (as the
-# client's socket timeout, ConnectionSettings.from_worker).
-READ_TIMEOUT_MARGIN = 10.0
-
 
 class BatchReader:
     """``read()`` flushes the ack buffer and returns the next batch (first deliveries, in id order)."""
@@ -27,11 +23,10 @@ class BatchReader:
         self.acks = acks
         self.stream = settings.stream
         self.group = settings.group
-        self.block_ms = max(int(settings.block.total_seconds() * 1000), 1)
-        timeout = settings.block.total_seconds() + READ_TIMEOUT_MARGIN
-        self.channel = ReadChannel(client, timeout) if ReadChannel.supports(client) else None
+        self.channel = ReadChannel(client) if ReadChannel.supports(client) else None
+        block_ms = max(int(settings.block.total_seconds() * 1000), 1)
         read = ("XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", settings.batch_size)
-        self.xreadgroup = (*read, "BLOCK", self.block_ms, "STREAMS", settings.stream, ">")
+        self.xreadgroup = (*read, "BLOCK", block_ms, "STREAMS", settings.stream, ">")
 
     async def read(self) -> list[Entry]:
         acks = self.acks.take()

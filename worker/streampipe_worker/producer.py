@@ -145,8 +145,8 @@ _EMPTY_BULK = b"$0\r\n\r\n"
 
 
 class _XaddPacker:
-    """Each event's XADD in RESP, as ``hiredis.pack_command`` packs the command ``_xadd_commands``
-    builds, with less work per event: an event with no dedupe key and no extra fields is a packed
+    """Each event's XADD in RESP, as ``hiredis.pack_command`` packs ``(*head, *fields)``, with less
+    work per event: an event with no dedupe key and no extra fields is a packed
     prefix, made once per type and version, and its payload's JSON.
 
     A command hiredis cannot pack (a string that is not UTF-8, read with surrogateescape) is kept as

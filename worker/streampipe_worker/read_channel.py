@@ -7,9 +7,10 @@ and back, a timeout armed per send and per reply, a ``StreamReader`` hop and rep
 command. :class:`ReadChannel` takes one connection out of the client's pool for as long as it reads
 (connected, authenticated, TLS and Sentinel discovery all done by redis-py) and puts its own asyncio
 protocol on the connection's transport: the event loop hands each chunk of bytes straight to a
-hiredis reader, the reader's waiter is woken once every reply is in, and one timer bounds the whole
-round trip. Error replies become the exceptions redis-py raises for them (its own parser's table),
-so callers classify them as before.
+hiredis reader, the reader's waiter is woken once every reply is in, and one timer (the client's
+socket timeout, as it bounded redis-py's reads) bounds the whole round trip. Error replies become
+the exceptions redis-py raises for them (its own parser's table), so callers classify them as
+before.
 
 The connection is never given back to redis-py in a usable state: on any failure, cancellation or
 timeout, and on ``close()``, it is disconnected and released, and the pool reconnects it when it is
@@ -103,9 +104,10 @@ class ReadChannel:
     Sentinel ``redis.asyncio.Redis``; Cluster clients route per key and keep their own path.
     """
 
-    def __init__(self, client: Any, timeout: float) -> None:
+    def __init__(self, client: Any) -> None:
         self._pool: Any = client.connection_pool
-        self._timeout = timeout
+        # None: no timer, as redis-py reads without one (the factory's clients always have one).
+        self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
         self._connection: Any = None
         self._transport: Any = None
         self._protocol: _Replies | None = None
@@ -127,7 +129,8 @@ class ReadChannel:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         protocol.expect(len(commands), waiter)
-        timer = loop.call_later(self._timeout, protocol.time_out, self._timeout)
+        timeout = self._timeout
+        timer = None if timeout is None else loop.call_later(timeout, protocol.time_out, timeout)
         try:
             self._transport.write(packed)
             await waiter
@@ -136,7 +139,8 @@ class ReadChannel:
             await self.close()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         return protocol.replies
 
     async def _open(self) -> _Replies:
