@@ -15,6 +15,11 @@ Payloads are written as compact JSON by pydantic-core's Rust encoder (five times
 library's C encoder on the example event): values JSON has no type for are written as pydantic
 writes them (datetimes in ISO 8601, UUIDs and enums by value), anything else as ``str(value)``;
 NaN and infinities as ``NaN``/``Infinity``, as ``json.dumps`` writes them.
+
+Given a ``PartitionLayout`` instead of a stream key, a producer routes each event to its partition's
+stream by the layout's key field (``partitions.py``), or takes the partitions in turn when the layout
+has no key field. Routing happens with the encoding, so an event without its key field is refused
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
 from streampipe_worker.connection import pack_command
+from streampipe_worker.partitions import PartitionLayout, partition_of
 from streampipe_worker.router import (
     DEFAULT_VERSION,
     PAYLOAD_FIELD,
@@ -176,14 +182,18 @@ class _XaddPacker:
     def packed(self, connection: Any, events: Sequence[Event], bodies: Sequence[bytes]) -> bytes:
         """The XADDs of these events, whose payload fields are ``bodies``, in one buffer."""
         entry = self.entry
-        entries = [entry(event, body) for event, body in zip(events, bodies, strict=True)]
-        try:
-            return b"".join(entries)  # type: ignore[arg-type]  # TypeError: a command is among them
-        except TypeError:
-            encoder = connection.encoder
-            return b"".join(
-                [entry if isinstance(entry, bytes) else pack_command(entry, encoder) for entry in entries]
-            )
+        return _joined(connection, [entry(event, body) for event, body in zip(events, bodies, strict=True)])
+
+
+def _joined(connection: Any, entries: list[bytes | tuple[Any, ...]]) -> bytes:
+    """``_XaddPacker.entry`` results in one buffer (a command among them packed by the connection)."""
+    try:
+        return b"".join(entries)  # type: ignore[arg-type]  # TypeError: a command is among them
+    except TypeError:
+        encoder = connection.encoder
+        return b"".join(
+            [entry if isinstance(entry, bytes) else pack_command(entry, encoder) for entry in entries]
+        )
 
 
 class SendManyError(redis.exceptions.ResponseError):
@@ -270,7 +280,7 @@ class _Base:
     def __init__(
         self,
         client: Any,
-        stream: str,
+        stream: str | PartitionLayout,
         *,
         router: Router | None = None,
         maxlen: int | None = None,
@@ -278,7 +288,10 @@ class _Base:
         chunk_size: int = 1000,
     ) -> None:
         self.client = client
-        self.stream = stream
+        self.layout = stream if isinstance(stream, PartitionLayout) else None
+        # The stream key; for a partitioned pipeline its base name (errors name it).
+        self.stream = stream.base if isinstance(stream, PartitionLayout) else stream
+        self._turn = 0  # the next partition, when the layout spreads events evenly
         self.router = router
         self.encoder = EventEncoder(router)
         self.maxlen = maxlen
@@ -290,20 +303,68 @@ class _Base:
             return {}
         return {"maxlen": self.maxlen, "approximate": self.approximate}
 
-    def _xadd_head(self) -> tuple[Any, ...]:
+    def _xadd_head(self, stream: str) -> tuple[Any, ...]:
         """The arguments before the fields of the XADDs redis-py's ``xadd`` would send (same
         arguments, same order)."""
         trim: tuple[Any, ...] = ()
         if self.maxlen is not None:
             trim = ("MAXLEN", "~", self.maxlen) if self.approximate else ("MAXLEN", self.maxlen)
-        return ("XADD", self.stream, *trim, "*")
+        return ("XADD", stream, *trim, "*")
+
+    def _partitions(self, events: Sequence[Event]) -> list[int] | None:
+        """Each event's partition (None when the producer writes one stream).
+
+        Raises ``InvalidEventError`` for an event without the layout's key field."""
+        layout = self.layout
+        if layout is None:
+            return None
+        count = layout.count
+        if layout.key is None:
+            start = self._turn
+            self._turn = (start + len(events)) % count
+            return [(start + offset) % count for offset in range(len(events))]
+        field = layout.key
+        partitions: list[int] = []
+        for event in events:
+            value = event.fields.get(field)
+            if value is None:
+                raise InvalidEventError(
+                    f"{event.type} v{event.version}: no {field!r} field; the partitions of "
+                    f"{layout.base} are chosen by it (pass key= to send, or fields={{{field!r}: ...}})"
+                )
+            partitions.append(partition_of(value, count))
+        return partitions
+
+    def _streams(self, events: Sequence[Event]) -> list[str]:
+        """Each event's stream key."""
+        partitions = self._partitions(events)
+        if partitions is None:
+            return [self.stream] * len(events)
+        layout = self.layout
+        assert layout is not None
+        return [layout.stream(index) for index in partitions]
 
     def _event(
-        self, type: str, payload: Any, version: int, dedupe_key: str | None, fields: Mapping[str, str] | None
+        self,
+        type: str,
+        payload: Any,
+        version: int,
+        dedupe_key: str | None,
+        fields: Mapping[str, str] | None,
+        *,
+        key: str | None = None,
     ) -> Event:
-        return Event(
-            type=type, payload=payload, version=version, dedupe_key=dedupe_key, fields=dict(fields or {})
-        )
+        extra = dict(fields or {})
+        if key is not None:
+            if self.layout is None or self.layout.key is None:
+                where = (
+                    "one stream"
+                    if self.layout is None
+                    else "partitions in turn (its layout has no key field)"
+                )
+                raise ValueError(f"key={key!r}: this producer writes {where}, nothing routes by a key")
+            extra[self.layout.key] = key
+        return Event(type=type, payload=payload, version=version, dedupe_key=dedupe_key, fields=extra)
 
 
 class Producer(_Base):
@@ -321,9 +382,12 @@ class Producer(_Base):
         version: int = DEFAULT_VERSION,
         dedupe_key: str | None = None,
         fields: Mapping[str, str] | None = None,
+        key: str | None = None,
     ) -> str:
-        event = self._event(type, payload, version, dedupe_key, fields)
-        return str(self.client.xadd(self.stream, self.encoder(event), **self._xadd_args()))
+        """One XADD. ``key`` sets the layout's key field (partitioned producers)."""
+        event = self._event(type, payload, version, dedupe_key, fields, key=key)
+        [stream] = self._streams([event])
+        return str(self.client.xadd(stream, self.encoder(event), **self._xadd_args()))
 
     def send_many(self, events: Iterable[Event]) -> list[str]:
         """Validate everything first (nothing is sent if one event is invalid), then send the XADDs
@@ -333,21 +397,51 @@ class Producer(_Base):
         Two chunks are in flight on a plain client: the next chunk is packed and sent before the
         replies to the previous one are read, so the server works on one while the client packs the
         other (cluster clients take redis-py's pipeline, one chunk per round trip)."""
+        events = list(events)
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
         if pool is not None:
-            events = list(events)
-            return self._send_overlapped(pool, events, self.encoder.bodies(events))
+            partitions = self._partitions(events)
+            return self._send_overlapped(pool, events, self.encoder.bodies(events), partitions)
+        streams = self._streams(events)
         encoded = list(map(self.encoder, events))
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
-            replies = self._pipelined(encoded[start : start + self.chunk_size])
+            end = start + self.chunk_size
+            replies = self._pipelined(encoded[start:end], streams[start:end])
             ids.extend(_ids_of(self.stream, replies, ids, len(encoded)))
         return ids
 
-    def _send_overlapped(self, pool: Any, events: Sequence[Event], bodies: Sequence[bytes]) -> list[str]:
+    def _chunk_packer(self, partitions: list[int] | None) -> Any:
+        """``packed(connection, start, end, events, bodies)``: a chunk's XADDs in one buffer."""
+        if partitions is None or self.layout is None:
+            packer = _XaddPacker(self._xadd_head(self.stream))
+            return lambda connection, start, end, events, bodies: packer.packed(
+                connection, events[start:end], bodies[start:end]
+            )
+        layout = self.layout
+        packers: dict[int, _XaddPacker] = {}
+
+        def packed(
+            connection: Any, start: int, end: int, events: Sequence[Event], bodies: Sequence[bytes]
+        ) -> bytes:
+            entries: list[bytes | tuple[Any, ...]] = []
+            for event, body, index in zip(
+                events[start:end], bodies[start:end], partitions[start:end], strict=True
+            ):
+                packer = packers.get(index)
+                if packer is None:
+                    packer = packers[index] = _XaddPacker(self._xadd_head(layout.stream(index)))
+                entries.append(packer.entry(event, body))
+            return _joined(connection, entries)
+
+        return packed
+
+    def _send_overlapped(
+        self, pool: Any, events: Sequence[Event], bodies: Sequence[bytes], partitions: list[int] | None
+    ) -> list[str]:
         """Each chunk is packed (``_XaddPacker``, which cannot fail on a validated event) while the
         server works on the previous one."""
-        packer = _XaddPacker(self._xadd_head())
+        packed = self._chunk_packer(partitions)
         ids: list[str | None] = []
         errors: dict[int, Exception] = {}
         connection = pool.get_connection()
@@ -355,9 +449,7 @@ class Producer(_Base):
             unread = 0  # XADDs sent whose replies are not read yet (the previous chunk)
             for start in range(0, len(events), self.chunk_size):
                 end = start + self.chunk_size
-                connection.send_packed_command(
-                    [packer.packed(connection, events[start:end], bodies[start:end])]
-                )
+                connection.send_packed_command([packed(connection, start, end, events, bodies)])
                 if unread:
                     _collect(_read_xadd_replies(connection, unread), ids, errors)
                 unread = min(end, len(events)) - start
@@ -375,10 +467,10 @@ class Producer(_Base):
             raise SendManyError(self.stream, ids, errors, len(events))
         return [str(entry_id) for entry_id in ids]
 
-    def _pipelined(self, chunk: Sequence[dict[str, str]]) -> list[Any]:
+    def _pipelined(self, chunk: Sequence[dict[str, str]], streams: Sequence[str]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for fields in chunk:
-            pipe.xadd(self.stream, fields, **self._xadd_args())
+        for fields, stream in zip(chunk, streams, strict=True):
+            pipe.xadd(stream, fields, **self._xadd_args())
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
 
@@ -394,18 +486,23 @@ class AsyncProducer(_Base):
         version: int = DEFAULT_VERSION,
         dedupe_key: str | None = None,
         fields: Mapping[str, str] | None = None,
+        key: str | None = None,
     ) -> str:
-        event = self._event(type, payload, version, dedupe_key, fields)
-        return str(await self.client.xadd(self.stream, self.encoder(event), **self._xadd_args()))
+        event = self._event(type, payload, version, dedupe_key, fields, key=key)
+        [stream] = self._streams([event])
+        return str(await self.client.xadd(stream, self.encoder(event), **self._xadd_args()))
 
     async def send_many(self, events: Iterable[Event]) -> list[str]:
         """``Producer.send_many`` through redis.asyncio's pipeline (its commands are packed by
         ``connection.pack_command`` too); refused XADDs raise ``SendManyError`` the same way."""
+        events = list(events)
+        streams = self._streams(events)
         encoded = list(map(self.encoder, events))
         ids: list[str] = []
         for start in range(0, len(encoded), self.chunk_size):
+            end = start + self.chunk_size
             pipe = self.client.pipeline(transaction=False)
-            for fields in encoded[start : start + self.chunk_size]:
-                pipe.xadd(self.stream, fields, **self._xadd_args())
+            for fields, stream in zip(encoded[start:end], streams[start:end], strict=True):
+                pipe.xadd(stream, fields, **self._xadd_args())
             ids.extend(_ids_of(self.stream, await pipe.execute(raise_on_error=False), ids, len(encoded)))
         return ids
