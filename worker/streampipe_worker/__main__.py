@@ -97,9 +97,13 @@ def check(settings: WorkerSettings, ping: bool) -> int:
         "handler": settings.handler,
         "handler_kind": ("async " if handler.is_async else "") + ("batch" if handler.is_batch else "entry"),
         "stream": settings.stream,
+        "partitions": settings.partitions,
         "group": settings.group,
         "consumer": settings.consumer,
-        "dead_letter_stream": settings.dead_letter,
+        # Partitioned: each partition's own, {<stream>:<i>}:dlq (docs/partitions.md).
+        "dead_letter_stream": "{" + settings.stream + ":<i>}:dlq"
+        if settings.partitions
+        else settings.dead_letter,
         "redis_mode": settings.redis_mode,
     }
     if ping:
@@ -137,6 +141,8 @@ def run(settings: WorkerSettings) -> int:
     except HandlerLoadError as exc:
         print(f"streampipe-worker: {exc}", file=sys.stderr)
         return 2
+    if settings.partitions:
+        return _run_partitioned(settings, handler)
     metrics = WorkerMetrics(settings.stream, settings.group)
     health = Health()
     server = None
@@ -168,9 +174,54 @@ def run(settings: WorkerSettings) -> int:
         await consumer.run()
         return 0 if not consumer.abandoned else -1
 
+    return _serve(main, server)
+
+
+def _run_partitioned(settings: WorkerSettings, handler: Any) -> int:
+    """``run`` with one consumer per partition (``partitioned.py``), their metrics on one port."""
+    from streampipe_worker.metrics import AllHealth, MergedMetrics, MetricsServer
+    from streampipe_worker.partitioned import PartitionedConsumer
+
+    log = logging.getLogger("streampipe.worker")
+    metrics, health = MergedMetrics([]), AllHealth({})  # filled by PartitionedConsumer
+    server = None
+    if settings.metrics_port:
+        try:
+            server = MetricsServer(metrics, health, settings.metrics_port, settings.metrics_host).start()
+        except OSError as exc:
+            print(
+                f"streampipe-worker: cannot serve metrics on {settings.metrics_host} port "
+                f"{settings.metrics_port}: {exc} "
+                f"({WorkerSettings.env_name('metrics_port')}=0 turns it off)",
+                file=sys.stderr,
+            )
+            return 2
+
+    async def main() -> int:
+        fleet = PartitionedConsumer(settings, handler, metrics=metrics, health=health)
+        fleet.install_signal_handlers()
+        log.info(
+            "consuming %d partitions of %s as %s/%s with %s (batch %d, max deliveries %d)%s",
+            settings.partitions,
+            settings.stream,
+            settings.group,
+            settings.consumer,
+            settings.handler,
+            settings.batch_size,
+            settings.max_deliveries,
+            f", metrics on :{server.port}" if server else "",
+        )
+        await fleet.run()
+        return 0 if not fleet.abandoned else -1
+
+    return _serve(main, server)
+
+
+def _serve(main: Any, server: Any) -> int:
+    """Run ``main()`` in a new event loop, as a worker process runs: exit code, or 3 for NOPERM."""
     tune_collector()
     try:
-        code = asyncio.run(main())
+        code: int = asyncio.run(main())
     except NoPermissionError as exc:
         # Not something a retry mends: the ACL user lacks a command or key this worker needs.
         print(

@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 DURATION_BUCKETS = (
@@ -172,6 +172,40 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+class Rendered(Protocol):
+    def render(self) -> bytes: ...
+
+
+class HealthView(Protocol):
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def alive(self) -> bool: ...
+
+
+class MergedMetrics:
+    """The metrics of several consumers in one process (one per partition) as one exposition: each
+    metric once, with every consumer's samples (they differ in their ``stream`` label)."""
+
+    def __init__(self, parts: Sequence[WorkerMetrics]) -> None:
+        self.parts = list(parts)
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for part in self.parts:
+            for family in part.registry.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(family.name, family.documentation, family.type)
+                into.samples.extend(family.samples)
+        yield from merged.values()
+
+    def render(self) -> bytes:
+        return generate_latest(self)  # anything with collect() will do
+
+
 class Health:
     """Liveness and readiness as the consumer reports them."""
 
@@ -194,10 +228,31 @@ class Health:
         return time.monotonic() - self._beat < self.stale_after
 
 
+class AllHealth:
+    """Several consumers' health as one: ready when all are, alive when all are."""
+
+    def __init__(self, parts: dict[str, Health]) -> None:
+        self.parts = parts
+
+    @property
+    def ready(self) -> bool:
+        return all(part.ready for part in self.parts.values())
+
+    @property
+    def reason(self) -> str:
+        waiting = [f"{name}: {part.reason}" for name, part in self.parts.items() if not part.ready]
+        shown = "; ".join(waiting[:3])
+        return shown + (f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else "")
+
+    @property
+    def alive(self) -> bool:
+        return all(part.alive for part in self.parts.values())
+
+
 class MetricsServer:
     """``/metrics``, ``/healthz`` (event loop alive) and ``/readyz`` (connected, group present)."""
 
-    def __init__(self, metrics: WorkerMetrics, health: Health, port: int, host: str) -> None:
+    def __init__(self, metrics: Rendered, health: HealthView, port: int, host: str) -> None:
         self.metrics = metrics
         self.health = health
         outer = self

@@ -29,6 +29,7 @@ from streampipe_worker import durations
 from streampipe_worker.durations import format_duration
 from streampipe_worker.entry_ids import EntryId
 from streampipe_worker.keys import cluster_key_problem
+from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
 
 ENV_PREFIX = "STREAMPIPE_"
 
@@ -114,7 +115,16 @@ class WorkerSettings(BaseSettings):
     tls_insecure_skip_verify: bool = Field(
         default=False, description="Accept any server certificate (testing only)"
     )
-    stream: str = Field(min_length=1, description="The stream this worker consumes")
+    stream: str = Field(
+        min_length=1, description="The stream this worker consumes; with PARTITIONS, their base name"
+    )
+    partitions: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_PARTITIONS,
+        description="0: STREAM is one stream key. N: STREAM is the base name of N partition streams "
+        "(docs/partitions.md), and this worker reads all of them",
+    )
     group: str = Field(min_length=1, description="Its consumer group (created by the operator)")
     consumer: str = Field(
         default_factory=socket.gethostname,
@@ -159,8 +169,26 @@ class WorkerSettings(BaseSettings):
 
     @property
     def dead_letter(self) -> str:
-        """The dead-letter stream actually used."""
+        """The dead-letter stream actually used (of an unpartitioned stream)."""
         return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @property
+    def layout(self) -> PartitionLayout | None:
+        """The partition layout, or None for one stream key."""
+        return PartitionLayout(self.stream, self.partitions) if self.partitions else None
+
+    def for_partition(self, index: int) -> WorkerSettings:
+        """The settings of one partition's consumer: its stream and dead-letter stream."""
+        layout = self.layout
+        if layout is None:
+            raise ValueError("not a partitioned stream (STREAMPIPE_PARTITIONS is 0)")
+        return self.model_copy(
+            update={
+                "stream": layout.stream(index),
+                "dead_letter_stream": layout.dead_letter(index),
+                "partitions": 0,
+            }
+        )
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -193,12 +221,30 @@ class WorkerSettings(BaseSettings):
             )
         if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
             found.append((name("tls_ca_file"), f"{self.tls_ca_file} is not a readable file"))
+        if self.partitions:
+            return found + self._partition_problems()
         if self.dead_letter == self.stream:
             found.append((name("dead_letter_stream"), "must differ from STREAMPIPE_STREAM"))
         if self.redis_mode == "cluster":
             problem = cluster_key_problem(self.stream, self.dead_letter)
             if problem:
                 found.append((name("stream"), problem))
+        return found
+
+    def _partition_problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        try:
+            PartitionLayout(self.stream, self.partitions)
+        except ValueError as exc:
+            found.append((self.env_name("stream"), str(exc)))
+        if self.dead_letter_stream:
+            found.append(
+                (
+                    self.env_name("dead_letter_stream"),
+                    "leave it unset with STREAMPIPE_PARTITIONS: each partition has its own "
+                    "dead-letter stream, {<stream>:<i>}:dlq",
+                )
+            )
         return found
 
 
