@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from latency import Latency
+from partition_cost import lowest
 from results_model import Goal, Ratio, Results
 from worker_throughput import Sample, best_rates
 
@@ -140,6 +141,19 @@ def ratios(results: Results) -> list[Ratio]:
                 "entries/s",
             ),
         ]
+    one = lowest(results.partitions, 0)
+    for count in sorted({s.partitions for s in results.partitions} - {0}):
+        many = lowest(results.partitions, count)
+        if one is not None and many is not None:
+            found.append(
+                _ratio(
+                    f"CPU per entry (worker + server), {count} partitions vs one stream",
+                    many.cpu_us,
+                    one.cpu_us,
+                    "µs/entry",
+                    True,
+                )
+            )
     return [r for r in found if r is not None]
 
 
@@ -233,6 +247,20 @@ def goals(results: Results) -> list[Goal]:
             at_most=False,
         ),
     ]
+    # Issue 15: a partitioned pipeline costs about what one stream does, per entry (worst count).
+    partitioned = [
+        ratio for name, ratio in table.items() if name.startswith("CPU per entry (worker + server), ")
+    ]
+    out.append(
+        _goal(
+            "Partitioned vs one stream, CPU per entry, worst count",
+            "<= 1.15x",
+            max(partitioned) if partitioned else None,
+            "x",
+            1.15,
+            at_most=True,
+        )
+    )
     chosen = best_latencies(results.latency)
     p99 = next((lat.p99_ms for lat in chosen if lat.consumer == "streampipe" and lat.rate == 10_000), None)
     out.append(_goal("p99 latency at 10K/s", "<= 5 ms", p99, "ms", 5, at_most=True))

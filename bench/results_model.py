@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from latency import Latency
 from memory_footprint import ServerMemory
 from operator_scaling import OperatorResult
+from partition_cost import PartitionCost
 from producer_throughput import ProducerRates
 from scale_out import Ceiling
 from server_paths import PathCost
@@ -112,6 +113,7 @@ class Results(Model):
     scale_out: ScaleOut | None = None
     latency: list[Latency] = Field(default_factory=list)
     producer: list[ProducerRates] = Field(default_factory=list)
+    partitions: list[PartitionCost] = Field(default_factory=list, description="one worker over P partitions")
     memory: Memory | None = None
     operator: OperatorResult | None = None
     profile: Profile | None = None

@@ -29,6 +29,7 @@ import latency
 import machine
 import memory_footprint
 import operator_scaling
+import partition_cost
 import producer_throughput
 import scale_out
 import server_paths
@@ -43,6 +44,7 @@ BENCHMARKS = (
     "scale_out",
     "latency",
     "producer",
+    "partitions",
     "profile",
     "operator",
     "server_paths",
@@ -148,6 +150,17 @@ def measure_producer(results: Results, valkey: BenchServer) -> None:
     )
 
 
+def measure_partitions(results: Results, valkey: BenchServer) -> None:
+    quick = results.settings.quick
+    results.partitions = partition_cost.sweep(
+        valkey,
+        counts=(4,) if quick else partition_cost.COUNTS,
+        entries=30_000 if quick else 300_000,
+        rounds=results.settings.rounds,
+        on_sample=lambda sample: progress("  " + partition_cost.describe(sample)),
+    )
+
+
 def measure_profile(results: Results, valkey: BenchServer) -> None:
     if worker_profile.py_spy() is None:
         results.skipped["profile"] = "py-spy is not installed (it is in the dev extra)"
@@ -185,6 +198,7 @@ STEPS: dict[str, Callable[[Results, BenchServer], None]] = {
     "scale_out": measure_scale_out,
     "latency": measure_latency,
     "producer": measure_producer,
+    "partitions": measure_partitions,
     "profile": measure_profile,
     "operator": measure_operator,
     "server_paths": measure_server_paths,

@@ -37,7 +37,7 @@ def quick_run(tmp_path: Path, only: str) -> tuple[Any, str]:
 @pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
-    results, report = quick_run(tmp_path, "memory,throughput,scale_out,latency,producer,profile")
+    results, report = quick_run(tmp_path, "memory,throughput,scale_out,latency,producer,partitions,profile")
     assert results.settings.quick
 
     samples = results.throughput.samples
@@ -51,6 +51,8 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     assert {lat.consumer for lat in results.latency} == {"streampipe", "bare_loop", "streampipe_gc_default"}
     assert all(lat.samples > 0 for lat in results.latency)
     assert results.producer
+    assert {s.partitions for s in results.partitions} == {0, 4}
+    assert all(s.rate > 0 and s.worker_cpu_us > 0 and s.server_cpu_us > 0 for s in results.partitions)
     assert results.memory is not None
     assert results.profile is not None
     assert results.profile.samples > 0
@@ -60,12 +62,14 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     goals = {g.name: g for g in results.goals}
     assert goals["Worker vs the tutorial loop"].measured is not None
     assert goals["Worker vs bare loop, JSON handler, worst batch size"].measured is not None
+    assert goals["Partitioned vs one stream, CPU per entry, worst count"].measured is not None
     assert goals["1000 StreamPipelines Ready"].met is None  # not measured in this run
 
     for heading in (
         "## Ratios against same-run baselines",
         "## Goals",
         "## 1. Worker throughput",
+        "## 8. Partitions",
         "## Machine",
     ):
         assert heading in report

@@ -1,0 +1,186 @@
+"""Partitions: CPU per entry of one worker reading P partitions against one reading one stream.
+
+    python bench/partition_cost.py [--partitions 4,16] [--entries 300000] [--batch 100] [--rounds 3]
+    (in make bench: bench/run.py --only partitions)
+
+The same entries (the example event, spread evenly by the partitioned Producer) are consumed by one
+``streampipe-worker`` with a no-op handler at batch 100: once from one stream, once per partition count
+(``STREAMPIPE_PARTITIONS``: one consumer per partition in the worker's event loop). The worker's and
+the server's CPU time are taken over the middle of the run (from 10 % to 90 % acked), so start-up is
+not counted. Rounds are interleaved; the report takes each count's lowest cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redis
+from harness import (
+    WORKER_COMMAND,
+    BenchServer,
+    cpu_seconds,
+    progress,
+    running_server,
+    spawn,
+    stop,
+    worker_env,
+)
+from streampipe_worker.connection import ConnectionSettings, create_client
+from streampipe_worker.partitions import PartitionLayout
+from streampipe_worker.producer import Event, Producer
+
+COUNTS = (4, 16)
+BATCH = 100
+
+
+@dataclass
+class PartitionCost:
+    """One run: ``partitions`` = 0 is the unpartitioned stream."""
+
+    round: int
+    partitions: int
+    entries: int
+    rate: float  # entries/s over the measured window
+    worker_cpu_us: float  # per entry
+    server_cpu_us: float  # per entry
+
+    @property
+    def cpu_us(self) -> float:
+        return self.worker_cpu_us + self.server_cpu_us
+
+
+def _acked(client: redis.Redis, streams: list[str], group: str) -> int:
+    done = 0
+    try:
+        for stream in streams:
+            for info in client.xinfo_groups(stream):
+                if info["name"] == group:
+                    done += int(info["entries-read"] or 0) - int(info["pending"])
+    except redis.ResponseError:  # the worker has not created every group yet
+        return 0
+    return done
+
+
+def _wait_acked(client: redis.Redis, streams: list[str], group: str, count: int, proc: object) -> int:
+    deadline = time.monotonic() + 300
+    while (done := _acked(client, streams, group)) < count:
+        if getattr(proc, "poll")() is not None or time.monotonic() > deadline:  # noqa: B009
+            raise RuntimeError(f"the worker stopped or stalled at {done} of {count} acked")
+        time.sleep(0.005)
+    return done
+
+
+def measure(server: BenchServer, partitions: int, entries: int, round_no: int) -> PartitionCost:
+    url = server.url
+    base = f"bench-part-{secrets.token_hex(3)}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    events = [
+        Event(
+            type="order.created", payload={"order_id": i, "total": (i % 1000) * 1.37 + 5, "currency": "EUR"}
+        )
+        for i in range(entries)
+    ]
+    target: str | PartitionLayout = PartitionLayout(base, partitions) if partitions else base
+    streams = target.streams if isinstance(target, PartitionLayout) else [base]
+    producer_client = create_client(ConnectionSettings(url=url))
+    Producer(producer_client, target).send_many(events)
+    producer_client.close()
+    more = {"partitions": str(partitions)} if partitions else {}
+    env = worker_env(
+        url,
+        base,
+        "g",
+        consumer="c1",
+        handler="probe_handlers:noop",
+        batch_size=BATCH,
+        create_group="0",
+        **more,
+    )
+    try:
+        with tempfile.TemporaryFile() as log:
+            proc = spawn(WORKER_COMMAND, env, log)
+            try:
+                done0 = _wait_acked(client, streams, "g", entries // 10, proc)
+                cpu_w, cpu_s, started = cpu_seconds(proc.pid), cpu_seconds(server.pid), time.perf_counter()
+                done = _wait_acked(client, streams, "g", entries * 9 // 10, proc)
+                seconds = time.perf_counter() - started
+                worker_cpu, server_cpu = cpu_seconds(proc.pid) - cpu_w, cpu_seconds(server.pid) - cpu_s
+            finally:
+                stop(proc)
+    finally:
+        client.delete(*streams, *(f"{stream}:dlq" for stream in streams))
+        client.close()
+    moved = done - done0
+    return PartitionCost(
+        round=round_no,
+        partitions=partitions,
+        entries=moved,
+        rate=moved / seconds,
+        worker_cpu_us=worker_cpu / moved * 1e6,
+        server_cpu_us=server_cpu / moved * 1e6,
+    )
+
+
+def sweep(
+    server: BenchServer,
+    *,
+    counts: tuple[int, ...] = COUNTS,
+    entries: int = 300_000,
+    rounds: int = 3,
+    on_sample: Callable[[PartitionCost], None] | None = None,
+) -> list[PartitionCost]:
+    found: list[PartitionCost] = []
+    for round_no in range(1, rounds + 1):
+        for partitions in (0, *counts):
+            sample = measure(server, partitions, entries, round_no)
+            found.append(sample)
+            if on_sample is not None:
+                on_sample(sample)
+    return found
+
+
+def lowest(samples: list[PartitionCost], partitions: int) -> PartitionCost | None:
+    """The round with the lowest worker + server CPU per entry."""
+    return min((s for s in samples if s.partitions == partitions), key=lambda s: s.cpu_us, default=None)
+
+
+def describe(sample: PartitionCost) -> str:
+    what = f"{sample.partitions} partitions" if sample.partitions else "one stream"
+    return (
+        f"round {sample.round}: {what}: {sample.rate:,.0f}/s, worker {sample.worker_cpu_us:.2f} µs/entry, "
+        f"server {sample.server_cpu_us:.2f} µs/entry"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--partitions", default=",".join(map(str, COUNTS)))
+    parser.add_argument("--entries", type=int, default=300_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    counts = tuple(int(p) for p in args.partitions.split(","))
+    with running_server("valkey9") as server:
+        samples = sweep(
+            server,
+            counts=counts,
+            entries=args.entries,
+            rounds=args.rounds,
+            on_sample=lambda s: progress("  " + describe(s)),
+        )
+    print(json.dumps([asdict(s) for s in samples], indent=1))
+
+
+if __name__ == "__main__":
+    main()
