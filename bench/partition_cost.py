@@ -29,6 +29,7 @@ from harness import (
     WORKER_COMMAND,
     BenchServer,
     cpu_seconds,
+    log_tail,
     progress,
     running_server,
     spawn,
@@ -40,6 +41,7 @@ from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
 
 COUNTS = (4, 16)
+IDLE_COUNTS = (1, 16, 64)
 BATCH = 100
 
 
@@ -147,6 +149,50 @@ def sweep(
             if on_sample is not None:
                 on_sample(sample)
     return found
+
+
+@dataclass
+class PartitionIdle:
+    """One worker with default settings over ``partitions`` partitions and no traffic."""
+
+    partitions: int
+    seconds: float  # measured for this long
+    cpu_percent: float  # of one core
+    connections: int  # the worker's connections to the server
+
+
+def idle(server: BenchServer, partitions: int, seconds: float) -> PartitionIdle:
+    """What a worker costs at rest: its CPU over ``seconds`` once every partition is ready, and its
+    connections (``CLIENT LIST`` by the worker's client name)."""
+    base = f"bench-idle-{secrets.token_hex(3)}"
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    env = worker_env(
+        server.url, base, "g", consumer="idle", handler="probe_handlers:noop", batch_size=BATCH,
+        create_group="0", partitions=str(partitions),
+    )  # fmt: skip
+    layout = PartitionLayout(base, partitions)
+    try:
+        with tempfile.TemporaryFile() as log:
+            proc = spawn(WORKER_COMMAND, env, log)
+            try:
+                deadline = time.monotonic() + 60
+                while client.exists(*layout.streams) < partitions:  # each consumer makes its group
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the idle worker did not start: {log_tail(log)}")
+                    time.sleep(0.05)
+                time.sleep(2.0)  # past start-up
+                before = cpu_seconds(proc.pid)
+                time.sleep(seconds)
+                used = cpu_seconds(proc.pid) - before
+                ours = [c for c in client.client_list() if c.get("name") == "idle"]  # the consumer name
+            finally:
+                stop(proc)
+    finally:
+        client.delete(*layout.streams)
+        client.close()
+    return PartitionIdle(
+        partitions=partitions, seconds=seconds, cpu_percent=100 * used / seconds, connections=len(ours)
+    )
 
 
 def lowest(samples: list[PartitionCost], partitions: int) -> PartitionCost | None:

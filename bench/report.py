@@ -386,6 +386,18 @@ def partitions_section(results: Results) -> list[str]:
         primaries = max(1, math.ceil(rate * largest.server_cpu_us / 1e6 / 0.7))
         workers = max(1, math.ceil(rate * largest.worker_cpu_us / 1e6))
         projection.append([_rate(rate), str(primaries), str(workers), str(max(primaries, workers))])
+    idle_rows = [
+        [str(found.partitions), f"{found.cpu_percent:.2f} %", str(found.connections)]
+        for found in results.partitions_idle
+    ]
+    at_rest = []
+    if idle_rows:
+        at_rest = [
+            "At rest (no traffic, default settings: BLOCK 2s, claimIdle 1m), one worker's CPU over "
+            f"{results.partitions_idle[0].seconds:.0f} s and its connections to the server:",
+            "",
+            *_table(["partitions", "CPU, share of a core", "connections"], idle_rows),
+        ]
     return [
         "## 8. Partitions: one worker over P partitions",
         "",
@@ -404,6 +416,7 @@ def partitions_section(results: Results) -> list[str]:
         "partition has one owner, so the count caps the worker processes.",
         "",
         *_table(["target entries/s", "primaries", "worker processes", "partitions, at least"], projection),
+        *at_rest,
     ]
 
 

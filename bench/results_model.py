@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from latency import Latency
 from memory_footprint import ServerMemory
 from operator_scaling import OperatorResult
-from partition_cost import PartitionCost
+from partition_cost import PartitionCost, PartitionIdle
 from producer_throughput import ProducerRates
 from scale_out import Ceiling
 from server_paths import PathCost
@@ -114,6 +114,7 @@ class Results(Model):
     latency: list[Latency] = Field(default_factory=list)
     producer: list[ProducerRates] = Field(default_factory=list)
     partitions: list[PartitionCost] = Field(default_factory=list, description="one worker over P partitions")
+    partitions_idle: list[PartitionIdle] = Field(default_factory=list, description="the same at rest")
     memory: Memory | None = None
     operator: OperatorResult | None = None
     profile: Profile | None = None

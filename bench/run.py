@@ -159,6 +159,13 @@ def measure_partitions(results: Results, valkey: BenchServer) -> None:
         rounds=results.settings.rounds,
         on_sample=lambda sample: progress("  " + partition_cost.describe(sample)),
     )
+    for count in (4,) if quick else partition_cost.IDLE_COUNTS:
+        found = partition_cost.idle(valkey, count, seconds=1.0 if quick else 10.0)
+        results.partitions_idle.append(found)
+        progress(
+            f"  idle, {count} partitions: CPU {found.cpu_percent:.2f} % of a core, "
+            f"{found.connections} connections"
+        )
 
 
 def measure_profile(results: Results, valkey: BenchServer) -> None:

@@ -53,6 +53,9 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     assert results.producer
     assert {s.partitions for s in results.partitions} == {0, 4}
     assert all(s.rate > 0 and s.worker_cpu_us > 0 and s.server_cpu_us > 0 for s in results.partitions)
+    [at_rest] = results.partitions_idle
+    assert at_rest.partitions == 4
+    assert at_rest.connections >= 4  # one reading connection per partition at least
     assert results.memory is not None
     assert results.profile is not None
     assert results.profile.samples > 0
