@@ -311,8 +311,9 @@ class _Base:
             trim = ("MAXLEN", "~", self.maxlen) if self.approximate else ("MAXLEN", self.maxlen)
         return ("XADD", stream, *trim, "*")
 
-    def _partitions(self, events: Sequence[Event]) -> list[int] | None:
-        """Each event's partition (None when the producer writes one stream).
+    def partitions_of(self, events: Sequence[Event]) -> list[int] | None:
+        """Each event's partition (None when the producer writes one stream). Without a key field the
+        events take the partitions in turn, and the turn moves on.
 
         Raises ``InvalidEventError`` for an event without the layout's key field."""
         layout = self.layout
@@ -337,7 +338,7 @@ class _Base:
 
     def _streams(self, events: Sequence[Event]) -> list[str]:
         """Each event's stream key."""
-        partitions = self._partitions(events)
+        partitions = self.partitions_of(events)
         if partitions is None:
             return [self.stream] * len(events)
         layout = self.layout
@@ -400,7 +401,7 @@ class Producer(_Base):
         events = list(events)
         pool = getattr(self.client, "connection_pool", None)  # cluster clients have none
         if pool is not None:
-            partitions = self._partitions(events)
+            partitions = self.partitions_of(events)
             return self._send_overlapped(pool, events, self.encoder.bodies(events), partitions)
         streams = self._streams(events)
         encoded = list(map(self.encoder, events))

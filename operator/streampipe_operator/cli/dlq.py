@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -20,24 +21,51 @@ def dlq_list(
     redis_url: options.RedisUrlOption = None,
     stream: options.StreamOption = None,
     dead_letter: options.DeadLetterOption = None,
+    partitions: options.PartitionsOption = None,
+    partition: options.PartitionOption = None,
     filters: options.FilterOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
     output: options.OutputOption = options.Output.text,
 ) -> None:
-    """List dead letters, oldest first: when, which entry, which group, why."""
-    from rich.table import Table
+    """List dead letters, oldest first: when, which entry, which group, why. With --partitions, each
+    partition's (--limit counts per partition)."""
+    from pydantic import TypeAdapter
 
-    from streampipe_operator.streams.dlq import DeadLetterFilter, list_dead_letters
-    from streampipe_operator.streams.targets import resolve_target, server_errors
+    from streampipe_operator.streams.dlq import DeadLetterFilter, DeadLetterPage, list_dead_letters
+    from streampipe_operator.streams.targets import resolve_target, selected_partitions, server_errors
 
     with options.command_errors("dlq list"):
-        target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
+        target = resolve_target(
+            file, redis_url=redis_url, stream=stream, dead_letter=dead_letter, partitions=partitions
+        )
         where = DeadLetterFilter.parse(filters or [])
-        with server_errors(target, f"reading {target.dead_letter}"):
-            page = list_dead_letters(options.sync_client(target), target.dead_letter, where, limit=limit)
+        pages = []
+        for part in selected_partitions(target, partition):
+            with server_errors(part, f"reading {part.dead_letter}"):
+                pages.append(
+                    list_dead_letters(options.sync_client(part), part.dead_letter, where, limit=limit)
+                )
     if output is options.Output.json:
-        typer.echo(page.model_dump_json(indent=2))
+        if target.partitions:  # one page per partition
+            typer.echo(TypeAdapter(list[DeadLetterPage]).dump_json(pages, indent=2).decode())
+        else:
+            typer.echo(pages[0].model_dump_json(indent=2))
         return
+    shown = [page for page in pages if page.length or not target.partitions]
+    if not shown:
+        typer.echo(f"no dead letters in {len(pages)} partitions of {target.stream}")
+    for page in shown:
+        _print_page(page)
+
+
+def _advance(bar: Any, task: Any) -> Callable[[int, int], None]:
+    """A progress callback ``(done, of)`` for one task of a progress bar."""
+    return lambda done, of: bar.update(task, completed=done, total=of)
+
+
+def _print_page(page: Any) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{page.dead_letter}: {page.length:,} dead letters, {page.matched:,} match")
     for column in ("id", "failed (UTC)", "original id", "type", "group", "deliveries", "exception", "error"):
         table.add_column(column, no_wrap=column != "error", overflow="ellipsis")
@@ -69,16 +97,30 @@ def dlq_show(
     redis_url: options.RedisUrlOption = None,
     stream: options.StreamOption = None,
     dead_letter: options.DeadLetterOption = None,
+    partitions: options.PartitionsOption = None,
+    partition: options.PartitionOption = None,
     output: options.OutputOption = options.Output.text,
 ) -> None:
     """Show one dead letter whole: envelope, error, payload and the original fields."""
     from rich.table import Table
 
     from streampipe_operator.streams.dlq import payload_text, show_dead_letter
-    from streampipe_operator.streams.targets import resolve_target, server_errors
+    from streampipe_operator.streams.targets import (
+        UsageError,
+        resolve_target,
+        selected_partitions,
+        server_errors,
+    )
 
     with options.command_errors("dlq show"):
-        target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
+        target = resolve_target(
+            file, redis_url=redis_url, stream=stream, dead_letter=dead_letter, partitions=partitions
+        )
+        if target.partitions and partition is None:
+            raise UsageError(
+                "with --partitions, name the entry's partition with --partition (dlq list shows it)"
+            )
+        [target] = selected_partitions(target, partition)
         with server_errors(target, f"reading {target.dead_letter}"):
             entry = show_dead_letter(options.sync_client(target), target.dead_letter, entry_id)
     if output is options.Output.json:
@@ -122,6 +164,8 @@ def dlq_replay(
     redis_url: options.RedisUrlOption = None,
     stream: options.StreamOption = None,
     dead_letter: options.DeadLetterOption = None,
+    partitions: options.PartitionsOption = None,
+    partition: options.PartitionOption = None,
     filters: options.FilterOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many, oldest first.")] = None,
     rate: Annotated[
@@ -136,41 +180,63 @@ def dlq_replay(
     """Put dead letters back on their stream (with a replayed_from field), once each.
 
     Each entry leaves the dead-letter stream and re-enters the stream in one atomic step, so running
-    a replay twice, or two at once, never replays an entry twice.
+    a replay twice, or two at once, never replays an entry twice. With --partitions, each partition's
+    dead letters go back into that partition (--limit counts per partition).
     """
+    from pydantic import TypeAdapter
+
     from streampipe_operator.streams.dlq import DeadLetterFilter, replay_dead_letters
-    from streampipe_operator.streams.targets import resolve_target, server_errors
+    from streampipe_operator.streams.targets import resolve_target, selected_partitions, server_errors
+    from streampipe_worker.deadletter import ReplayResult
 
     with options.command_errors("dlq replay"):
-        target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
+        target = resolve_target(
+            file, redis_url=redis_url, stream=stream, dead_letter=dead_letter, partitions=partitions
+        )
         where = DeadLetterFilter.parse(filters or [])
         console = make_console(err=True)
-        with server_errors(target, f"replaying {target.dead_letter}"):
-            client = options.sync_client(target)
-            total = int(client.xlen(target.dead_letter))
-            with options.progress_bar(
-                console, "replaying", total if limit is None else min(total, limit)
-            ) as bar:
-                task = bar.add_task("replay", total=None)
-                result = replay_dead_letters(
-                    client,
-                    target.dead_letter,
-                    where,
-                    limit=limit,
-                    rate=rate,
-                    dry_run=dry_run,
-                    target_stream=to,
-                    progress=lambda done, of: bar.update(task, completed=done, total=of),
-                )
+        results = []
+        for part in selected_partitions(target, partition):
+            with server_errors(part, f"replaying {part.dead_letter}"):
+                client = options.sync_client(part)
+                total = int(client.xlen(part.dead_letter))
+                with options.progress_bar(
+                    console, "replaying", total if limit is None else min(total, limit)
+                ) as bar:
+                    task = bar.add_task("replay", total=None)
+                    results.append(
+                        replay_dead_letters(
+                            client,
+                            part.dead_letter,
+                            where,
+                            limit=limit,
+                            rate=rate,
+                            dry_run=dry_run,
+                            target_stream=to,
+                            progress=_advance(bar, task),
+                        )
+                    )
     if output is options.Output.json:
-        typer.echo(result.model_dump_json(indent=2))
+        if target.partitions:  # one result per partition
+            typer.echo(TypeAdapter(list[ReplayResult]).dump_json(results, indent=2).decode())
+        else:
+            typer.echo(results[0].model_dump_json(indent=2))
         return
-    verb = "would replay" if dry_run else "replayed"
+    for result in results:
+        if target.partitions and not result.matched:
+            continue
+        _print_replay(result, limit, prefix=f"{result.dead_letter}: " if target.partitions else "")
+    if target.partitions and not any(result.matched for result in results):
+        typer.echo(f"no matching dead letters in {len(results)} partitions of {target.stream}")
+
+
+def _print_replay(result: Any, limit: int | None, prefix: str) -> None:
+    verb = "would replay" if result.dry_run else "replayed"
     for entry in result.entries:
         arrow = f" -> {entry.new_id}" if entry.new_id else ""
         typer.echo(f"{verb} {entry.dead_letter_id} ({entry.type}, was {entry.original_id}){arrow}")
-    count = len(result.entries) if dry_run else result.replayed
-    summary = f"{verb} {count} of {result.matched} matching dead letters"
+    count = len(result.entries) if result.dry_run else result.replayed
+    summary = f"{prefix}{verb} {count} of {result.matched} matching dead letters"
     if limit is not None and result.matched > limit:
         summary += f" (--limit {limit})"
     if result.already_replayed:
@@ -185,44 +251,82 @@ def dlq_purge(
     redis_url: options.RedisUrlOption = None,
     stream: options.StreamOption = None,
     dead_letter: options.DeadLetterOption = None,
+    partitions: options.PartitionsOption = None,
+    partition: options.PartitionOption = None,
     filters: options.FilterOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask; delete.")] = False,
     output: options.OutputOption = options.Output.text,
 ) -> None:
-    """Delete dead letters (all, or those matching --filter), after asking.
+    """Delete dead letters (all, or those matching --filter), after asking. With --partitions, in every
+    partition (or --partition's), after asking once.
 
     Only the entries counted when asking are deleted; dead letters that arrive meanwhile stay.
     """
-    from streampipe_operator.streams.dlq import DeadLetterFilter, purge_candidates, purge_dead_letters
-    from streampipe_operator.streams.targets import UsageError, resolve_target, server_errors
+    from pydantic import TypeAdapter
+
+    from streampipe_operator.streams.dlq import (
+        DeadLetterFilter,
+        PurgeResult,
+        purge_candidates,
+        purge_dead_letters,
+    )
+    from streampipe_operator.streams.targets import (
+        UsageError,
+        resolve_target,
+        selected_partitions,
+        server_errors,
+    )
 
     with options.command_errors("dlq purge"):
-        target = resolve_target(file, redis_url=redis_url, stream=stream, dead_letter=dead_letter)
+        target = resolve_target(
+            file, redis_url=redis_url, stream=stream, dead_letter=dead_letter, partitions=partitions
+        )
         where = DeadLetterFilter.parse(filters or [])
-        with server_errors(target, f"purging {target.dead_letter}"):
-            client = options.sync_client(target)
-            ids = purge_candidates(client, target.dead_letter, where)
-            if ids and not yes:
-                if not sys.stdin.isatty():
-                    raise UsageError(
-                        f"would delete {len(ids)} dead letters from {target.dead_letter}; not asking "
-                        "without a terminal: pass --yes"
-                    )
-                what = "all" if where.empty else "the matching"
-                if not typer.confirm(
-                    f"Delete {what} {len(ids)} dead letters from {target.dead_letter}?", err=True
-                ):
-                    typer.echo("nothing deleted", err=True)
-                    raise typer.Exit(1)
-            with options.progress_bar(make_console(err=True), "deleting", len(ids)) as bar:
+        parts = selected_partitions(target, partition)
+        candidates = []
+        for part in parts:
+            with server_errors(part, f"purging {part.dead_letter}"):
+                candidates.append(
+                    (part, purge_candidates(options.sync_client(part), part.dead_letter, where))
+                )
+        count = sum(len(ids) for _, ids in candidates)
+        where_from = (
+            target.dead_letter if not target.partitions else f"{len(parts)} partitions of {target.stream}"
+        )
+        if count and not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(
+                    f"would delete {count} dead letters from {where_from}; not asking "
+                    "without a terminal: pass --yes"
+                )
+            what = "all" if where.empty else "the matching"
+            if not typer.confirm(f"Delete {what} {count} dead letters from {where_from}?", err=True):
+                typer.echo("nothing deleted", err=True)
+                raise typer.Exit(1)
+        results = []
+        for part, ids in candidates:
+            with (
+                server_errors(part, f"purging {part.dead_letter}"),
+                options.progress_bar(make_console(err=True), "deleting", len(ids)) as bar,
+            ):
                 task = bar.add_task("purge", total=len(ids))
-                result = purge_dead_letters(
-                    client,
-                    target.dead_letter,
-                    ids,
-                    progress=lambda done, of: bar.update(task, completed=done, total=of),
+                results.append(
+                    purge_dead_letters(
+                        options.sync_client(part),
+                        part.dead_letter,
+                        ids,
+                        progress=_advance(bar, task),
+                    )
                 )
     if output is options.Output.json:
-        typer.echo(result.model_dump_json(indent=2))
-    else:
+        if target.partitions:  # one result per partition
+            typer.echo(TypeAdapter(list[PurgeResult]).dump_json(results, indent=2).decode())
+        else:
+            typer.echo(results[0].model_dump_json(indent=2))
+        return
+    for result in results:
+        if target.partitions and not result.matched:
+            continue
         typer.echo(f"deleted {result.deleted} dead letters from {result.dead_letter}")
+    if target.partitions and not count:
+        typer.echo(f"deleted 0 dead letters from {where_from}")

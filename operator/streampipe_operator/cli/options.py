@@ -30,6 +30,18 @@ StreamOption = Annotated[str | None, typer.Option(help="Stream key, when no file
 DeadLetterOption = Annotated[
     str | None, typer.Option(help="Dead-letter stream key; default: the file's, or <stream>:dlq.")
 ]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=1024,
+        help="With --stream: the stream is the base name of this many partitions (docs/partitions.md).",
+    ),
+]
+PartitionOption = Annotated[
+    int | None,
+    typer.Option(min=0, max=1023, help="With --partitions: only this partition (0-based); default: all."),
+]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for machines.")]
 FilterOption = Annotated[
     list[str] | None,

@@ -24,6 +24,14 @@ def produce(
     file: options.FileOption = None,
     redis_url: options.RedisUrlOption = None,
     stream: options.StreamOption = None,
+    partitions: options.PartitionsOption = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help='With --partitions: the entry field that routes each event (every event\'s "fields" '
+            "must have it). Without it, events take the partitions in turn."
+        ),
+    ] = None,
     event_type: Annotated[
         str | None, typer.Option("--type", "-t", help="Event type of every payload given.")
     ] = None,
@@ -36,13 +44,15 @@ def produce(
     """Send events to the stream through the worker's Producer (pipelined; all parsed first).
 
     Prints the new entry IDs. Exit code 2 (nothing sent) when an event is not valid JSON or lacks
-    type/payload; 1 when the server cannot be reached.
+    type/payload, or, with --key, the key field; 1 when the server cannot be reached.
     """
     from streampipe_operator.streams.producing import parse_events, send_events
     from streampipe_operator.streams.targets import UsageError, resolve_target, server_errors
 
     with options.command_errors("produce"):
-        target = resolve_target(file, redis_url=redis_url, stream=stream)
+        target = resolve_target(file, redis_url=redis_url, stream=stream, partitions=partitions)
+        if key is not None and not target.partitions:
+            raise UsageError("--key routes among partitions: give --partitions too")
         if events:
             sources = [(f"argument {i}", text) for i, text in enumerate(events, start=1)]
         else:
@@ -59,7 +69,7 @@ def produce(
             task = bar.add_task("send", total=len(parsed))
             result = send_events(
                 options.sync_client(target),
-                target.stream,
+                target.layout(key) or target.stream,
                 parsed,
                 maxlen=maxlen,
                 progress=lambda done, of: bar.update(task, completed=done, total=of),

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from streampipe_operator.streams.targets import UsageError
+from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
+from streampipe_worker.router import InvalidEventError
 
 CHUNK = 1000
 
@@ -62,17 +64,23 @@ def parse_events(
 
 def send_events(
     client: Any,
-    stream: str,
+    stream: str | PartitionLayout,
     events: Sequence[Event],
     *,
     maxlen: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ProduceResult:
-    """Send ``events`` in pipelined chunks; their new entry IDs, in order."""
+    """Send ``events`` in pipelined chunks; their new entry IDs, in order. ``stream`` may be a partition
+    layout: each event goes to its partition's stream (every event is routed before the first is sent)."""
     producer = Producer(client, stream, maxlen=maxlen, chunk_size=CHUNK)
+    if isinstance(stream, PartitionLayout) and stream.key is not None:
+        try:
+            producer.partitions_of(events)  # raises for the first event without the key field
+        except InvalidEventError as exc:
+            raise UsageError(str(exc)) from None
     ids: list[str] = []
     for start in range(0, len(events), CHUNK):
         ids.extend(producer.send_many(events[start : start + CHUNK]))
         if progress is not None:
             progress(len(ids), len(events))
-    return ProduceResult(stream=stream, count=len(ids), ids=ids)
+    return ProduceResult(stream=producer.stream, count=len(ids), ids=ids)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from streampipe_operator import api
 from streampipe_operator.api.validation import check_file, errors_of, render_text, validate_files
 from streampipe_worker.connection import ConnectionSettings, parse_url
+from streampipe_worker.partitions import PartitionLayout
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -56,12 +57,43 @@ class Target(BaseModel):
     stream: str
     dead_letter: str
     pipeline: api.StreamPipeline | None = None
+    partitions: int = 0  # >0: ``stream`` is the base name of this many partitions (docs/partitions.md)
+
+    def layout(self, key: str | None = None) -> PartitionLayout | None:
+        """The partition layout (routing by the ``key`` field), or None for one stream."""
+        return PartitionLayout(self.stream, self.partitions, key) if self.partitions else None
+
+    def partition_targets(self) -> list[Target]:
+        """One target per partition: its stream and its dead-letter stream."""
+        layout = self.layout()
+        if layout is None:
+            return [self]
+        return [
+            self.model_copy(
+                update={"stream": layout.stream(i), "dead_letter": layout.dead_letter(i), "partitions": 0}
+            )
+            for i in range(layout.count)
+        ]
 
     def connection_settings(self, client_name: str = "streampipe-cli") -> ConnectionSettings:
         """Settings for the worker's client factory (the one way to build clients)."""
         return ConnectionSettings(
             url=self.redis_url, mode=self.mode, sentinel_master=self.sentinel_master, client_name=client_name
         )
+
+
+def selected_partitions(target: Target, partition: int | None) -> list[Target]:
+    """The targets a dead-letter command works on: the one stream, every partition, or ``partition``."""
+    if not target.partitions:
+        if partition is not None:
+            raise UsageError("--partition goes with --partitions")
+        return [target]
+    parts = target.partition_targets()
+    if partition is None:
+        return parts
+    if partition >= len(parts):
+        raise UsageError(f"--partition {partition}: the partitions are 0..{len(parts) - 1}")
+    return [parts[partition]]
 
 
 def load_pipeline(path: Path) -> api.StreamPipeline:
@@ -91,8 +123,23 @@ def resolve_target(
     redis_url: str | None,
     stream: str | None,
     dead_letter: str | None = None,
+    partitions: int | None = None,
 ) -> Target:
-    """The target from a file and/or options (see the module docstring)."""
+    """The target from a file and/or options (see the module docstring). ``partitions``: the stream
+    is the base name of that many partitions (``--partitions``, with ``--stream`` only)."""
+    if partitions:
+        if file is not None:
+            raise UsageError(
+                "--partitions goes with --stream: StreamPipeline files do not declare partitions yet"
+            )
+        if dead_letter is not None:
+            raise UsageError("--dead-letter does not go with --partitions: each partition has its own")
+        target = resolve_target(None, redis_url=redis_url, stream=stream)
+        try:
+            PartitionLayout(target.stream, partitions)
+        except ValueError as exc:
+            raise UsageError(f"--partitions: {exc}") from None
+        return target.model_copy(update={"partitions": partitions, "dead_letter": ""})
     if file is None:
         missing = [flag for flag, value in (("--redis-url", redis_url), ("--stream", stream)) if not value]
         if missing:
