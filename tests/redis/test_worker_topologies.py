@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import redis
-from streampipe_worker.connection import ConnectionSettings, create_client
+from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, PermanentError
 from streampipe_worker.settings import load_settings
@@ -225,3 +226,14 @@ async def test_server_crash_and_restart_the_worker_reconnects(
     assert (
         consumer.metrics.registry.get_sample_value("streampipe_worker_connection_errors_total", labels) or 0
     ) >= 1
+
+
+async def test_the_async_client_connects_without_warnings(redis_url: str) -> None:
+    # A sync Retry given to redis.asyncio is converted with a UserWarning in every worker's log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = create_async_client(ConnectionSettings(url=redis_url))
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()

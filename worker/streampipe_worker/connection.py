@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import hiredis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
@@ -238,6 +239,9 @@ def create_async_client(cs: ConnectionSettings) -> AsyncClient:
         host, port = parsed.hosts[0]
         options.pop("retry")
         return redis.asyncio.cluster.RedisCluster(host=host, port=port, **options)
+    # The same policy (no retries inside redis-py) in redis.asyncio's own class: given the sync one,
+    # redis-py converts it and warns at every client's first connection.
+    options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
     if cs.mode == "sentinel":
         if not cs.sentinel_master:
             raise ValueError("sentinel mode needs a master name (STREAMPIPE_SENTINEL_MASTER)")
