@@ -132,7 +132,8 @@ def tune_collector() -> None:
 
 def run(settings: WorkerSettings) -> int:
     from streampipe_worker.consumer import Consumer
-    from streampipe_worker.metrics import Health, MetricsServer, WorkerMetrics
+    from streampipe_worker.metrics import AllHealth, Health, MergedMetrics, MetricsServer, WorkerMetrics
+    from streampipe_worker.partitioned import PartitionedConsumer
     from streampipe_worker.router import HandlerLoadError, load_handler
 
     log = logging.getLogger("streampipe.worker")
@@ -141,10 +142,15 @@ def run(settings: WorkerSettings) -> int:
     except HandlerLoadError as exc:
         print(f"streampipe-worker: {exc}", file=sys.stderr)
         return 2
+    metrics: Any
+    health: Any
     if settings.partitions:
-        return _run_partitioned(settings, handler)
-    metrics = WorkerMetrics(settings.stream, settings.group)
-    health = Health()
+        # One consumer per partition (partitioned.py), their metrics and readiness on one port.
+        metrics, health = MergedMetrics([]), AllHealth({})  # filled by PartitionedConsumer
+        what = f"{settings.partitions} partitions of {settings.stream}"
+    else:
+        metrics, health = WorkerMetrics(settings.stream, settings.group), Health()
+        what = settings.stream
     server = None
     if settings.metrics_port:
         try:
@@ -159,11 +165,16 @@ def run(settings: WorkerSettings) -> int:
             return 2
 
     async def main() -> int:
-        consumer = Consumer(settings, handler, metrics=metrics, health=health)
+        # Built in the event loop that runs it.
+        consumer: Consumer | PartitionedConsumer
+        if settings.partitions:
+            consumer = PartitionedConsumer(settings, handler, metrics=metrics, health=health)
+        else:
+            consumer = Consumer(settings, handler, metrics=metrics, health=health)
         consumer.install_signal_handlers()
         log.info(
             "consuming %s as %s/%s with %s (batch %d, max deliveries %d)%s",
-            settings.stream,
+            what,
             settings.group,
             settings.consumer,
             settings.handler,
@@ -173,46 +184,6 @@ def run(settings: WorkerSettings) -> int:
         )
         await consumer.run()
         return 0 if not consumer.abandoned else -1
-
-    return _serve(main, server)
-
-
-def _run_partitioned(settings: WorkerSettings, handler: Any) -> int:
-    """``run`` with one consumer per partition (``partitioned.py``), their metrics on one port."""
-    from streampipe_worker.metrics import AllHealth, MergedMetrics, MetricsServer
-    from streampipe_worker.partitioned import PartitionedConsumer
-
-    log = logging.getLogger("streampipe.worker")
-    metrics, health = MergedMetrics([]), AllHealth({})  # filled by PartitionedConsumer
-    server = None
-    if settings.metrics_port:
-        try:
-            server = MetricsServer(metrics, health, settings.metrics_port, settings.metrics_host).start()
-        except OSError as exc:
-            print(
-                f"streampipe-worker: cannot serve metrics on {settings.metrics_host} port "
-                f"{settings.metrics_port}: {exc} "
-                f"({WorkerSettings.env_name('metrics_port')}=0 turns it off)",
-                file=sys.stderr,
-            )
-            return 2
-
-    async def main() -> int:
-        fleet = PartitionedConsumer(settings, handler, metrics=metrics, health=health)
-        fleet.install_signal_handlers()
-        log.info(
-            "consuming %d partitions of %s as %s/%s with %s (batch %d, max deliveries %d)%s",
-            settings.partitions,
-            settings.stream,
-            settings.group,
-            settings.consumer,
-            settings.handler,
-            settings.batch_size,
-            settings.max_deliveries,
-            f", metrics on :{server.port}" if server else "",
-        )
-        await fleet.run()
-        return 0 if not fleet.abandoned else -1
 
     return _serve(main, server)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from streampipe_operator.cli import options
 from streampipe_operator.streams.console import make_console
@@ -29,9 +31,7 @@ def dlq_list(
 ) -> None:
     """List dead letters, oldest first: when, which entry, which group, why. With --partitions, each
     partition's (--limit counts per partition)."""
-    from pydantic import TypeAdapter
-
-    from streampipe_operator.streams.dlq import DeadLetterFilter, DeadLetterPage, list_dead_letters
+    from streampipe_operator.streams.dlq import DeadLetterFilter, list_dead_letters
     from streampipe_operator.streams.targets import resolve_target, selected_partitions, server_errors
 
     with options.command_errors("dlq list"):
@@ -46,16 +46,21 @@ def dlq_list(
                     list_dead_letters(options.sync_client(part), part.dead_letter, where, limit=limit)
                 )
     if output is options.Output.json:
-        if target.partitions:  # one page per partition
-            typer.echo(TypeAdapter(list[DeadLetterPage]).dump_json(pages, indent=2).decode())
-        else:
-            typer.echo(pages[0].model_dump_json(indent=2))
+        _print_json(pages, partitioned=bool(target.partitions))
         return
     shown = [page for page in pages if page.length or not target.partitions]
     if not shown:
         typer.echo(f"no dead letters in {len(pages)} partitions of {target.stream}")
     for page in shown:
         _print_page(page)
+
+
+def _print_json(items: Sequence[BaseModel], *, partitioned: bool) -> None:
+    """One object for one stream; with partitions, a list with one per partition."""
+    if partitioned:
+        typer.echo(json.dumps([item.model_dump(mode="json") for item in items], indent=2))
+    else:
+        typer.echo(items[0].model_dump_json(indent=2))
 
 
 def _advance(bar: Any, task: Any) -> Callable[[int, int], None]:
@@ -183,11 +188,8 @@ def dlq_replay(
     a replay twice, or two at once, never replays an entry twice. With --partitions, each partition's
     dead letters go back into that partition (--limit counts per partition).
     """
-    from pydantic import TypeAdapter
-
     from streampipe_operator.streams.dlq import DeadLetterFilter, replay_dead_letters
     from streampipe_operator.streams.targets import resolve_target, selected_partitions, server_errors
-    from streampipe_worker.deadletter import ReplayResult
 
     with options.command_errors("dlq replay"):
         target = resolve_target(
@@ -217,10 +219,7 @@ def dlq_replay(
                         )
                     )
     if output is options.Output.json:
-        if target.partitions:  # one result per partition
-            typer.echo(TypeAdapter(list[ReplayResult]).dump_json(results, indent=2).decode())
-        else:
-            typer.echo(results[0].model_dump_json(indent=2))
+        _print_json(results, partitioned=bool(target.partitions))
         return
     for result in results:
         if target.partitions and not result.matched:
@@ -262,11 +261,8 @@ def dlq_purge(
 
     Only the entries counted when asking are deleted; dead letters that arrive meanwhile stay.
     """
-    from pydantic import TypeAdapter
-
     from streampipe_operator.streams.dlq import (
         DeadLetterFilter,
-        PurgeResult,
         purge_candidates,
         purge_dead_letters,
     )
@@ -319,10 +315,7 @@ def dlq_purge(
                     )
                 )
     if output is options.Output.json:
-        if target.partitions:  # one result per partition
-            typer.echo(TypeAdapter(list[PurgeResult]).dump_json(results, indent=2).decode())
-        else:
-            typer.echo(results[0].model_dump_json(indent=2))
+        _print_json(results, partitioned=bool(target.partitions))
         return
     for result in results:
         if target.partitions and not result.matched:
