@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from streampipe_operator.local.processes import ReplicaSpec
 from streampipe_worker.crash_points import ENV as CRASH_ENV
 from streampipe_worker.settings import ENV_PREFIX, render_env
 from tests.support.polling import poll
@@ -192,6 +193,25 @@ def worker_env(url: str, record_dir: Path, **settings: Any) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env[RECORD_DIR_ENV] = str(record_dir)
     return env
+
+
+def storm_replicas(name: str, url: str, record_dir: Path, delay: float, **settings: Any) -> ReplicaSpec:
+    """The crash storms' recording workers under the local runtime: restarted within 50-200 ms of a
+    kill (as a kubelet restarts a container in its pod), each handler call taking ``delay`` seconds."""
+    env = {
+        **clean_environ(),
+        **worker_env(url, record_dir, claim_idle="2s", max_deliveries=10, **settings),
+        "CHAOS_HANDLER_DELAY": str(delay),
+    }
+    return ReplicaSpec.for_worker(
+        name,
+        env,
+        inherit_env=False,
+        restart_backoff=0.05,
+        restart_backoff_max=0.2,
+        backoff_reset_after=1.0,
+        termination_grace=15.0,
+    )
 
 
 def clean_environ() -> dict[str, str]:

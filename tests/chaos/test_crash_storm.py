@@ -19,18 +19,17 @@ from pathlib import Path
 import pytest
 
 import redis
-from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime
 from tests.chaos.harness import (
     DEAD_LETTER,
     GROUP,
     STREAM,
-    clean_environ,
     drained,
     group_state,
     produce,
     sigkill_child,
+    storm_replicas,
     wait_until,
-    worker_env,
 )
 from tests.chaos.oracle import dead_letters, judge, read_calls
 from tests.chaos.results import ChaosResult, record, seconds
@@ -73,20 +72,7 @@ def test_crash_storm_loses_nothing(
     records = tmp_path / "records"
     records.mkdir()
     batch = SIZES.storm_batch
-    env = {
-        **clean_environ(),
-        **worker_env(server.url, records, batch_size=batch, claim_idle="2s", max_deliveries=10),
-        "CHAOS_HANDLER_DELAY": str(HANDLER_DELAY),
-    }
-    spec = ReplicaSpec.for_worker(
-        "storm",
-        env,
-        inherit_env=False,
-        restart_backoff=0.05,
-        restart_backoff_max=0.2,
-        backoff_reset_after=1.0,
-        termination_grace=15.0,
-    )
+    spec = storm_replicas("storm", server.url, records, HANDLER_DELAY, batch_size=batch)
     seed = random.randrange(2**32)
     chooser = random.Random(seed)
     kills = 0

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import redis
-from streampipe_operator.local.processes import LocalRuntime, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime
 from streampipe_worker.connection import ConnectionSettings, create_client
 from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
-from tests.chaos.harness import clean_environ, drained, sigkill_child, wait_until, worker_env
+from tests.chaos.harness import drained, sigkill_child, storm_replicas, wait_until
 from tests.chaos.oracle import dead_letters, judge, read_calls
 from tests.chaos.sizes import SIZES
 from tests.support.servers import ServerProcess
@@ -80,20 +80,7 @@ def test_a_crash_storm_on_a_partitioned_stream_loses_nothing(
     records.mkdir()
     batch = SIZES.storm_batch
     settings = {"stream": LAYOUT.base, "group": GROUP, "partitions": LAYOUT.count, "create_group": "0"}
-    env = {
-        **clean_environ(),
-        **worker_env(server.url, records, batch_size=batch, claim_idle="2s", max_deliveries=10, **settings),
-        "CHAOS_HANDLER_DELAY": str(HANDLER_DELAY),
-    }
-    spec = ReplicaSpec.for_worker(
-        "pstorm",
-        env,
-        inherit_env=False,
-        restart_backoff=0.05,
-        restart_backoff_max=0.2,
-        backoff_reset_after=1.0,
-        termination_grace=15.0,
-    )
+    spec = storm_replicas("pstorm", server.url, records, HANDLER_DELAY, batch_size=batch, **settings)
     chooser = random.Random(random.randrange(2**32))
     kills = 0
     with LocalRuntime(tmp_path / "run", probe_interval=0.05) as runtime:
