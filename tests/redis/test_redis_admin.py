@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 import redis
 from streampipe_operator.plan.consumers import DeleteConsumer, plan_consumer_cleanup
