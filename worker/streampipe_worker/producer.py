@@ -412,37 +412,40 @@ class Producer(_Base):
             ids.extend(_ids_of(self.stream, replies, ids, len(encoded)))
         return ids
 
-    def _chunk_packer(self, partitions: list[int] | None) -> Any:
-        """``packed(connection, start, end, events, bodies)``: a chunk's XADDs in one buffer."""
-        if partitions is None or self.layout is None:
-            packer = _XaddPacker(self._xadd_head(self.stream))
-            return lambda connection, start, end, events, bodies: packer.packed(
-                connection, events[start:end], bodies[start:end]
-            )
-        layout = self.layout
-        packers: dict[int, _XaddPacker] = {}
+    def _packer(self, packers: dict[int, _XaddPacker], index: int) -> _XaddPacker:
+        """Partition ``index``'s packer (index 0 is the one stream of an unpartitioned producer)."""
+        found = packers.get(index)
+        if found is None:
+            stream = self.stream if self.layout is None else self.layout.stream(index)
+            found = packers[index] = _XaddPacker(self._xadd_head(stream))
+        return found
 
-        def packed(
-            connection: Any, start: int, end: int, events: Sequence[Event], bodies: Sequence[bytes]
-        ) -> bytes:
-            entries: list[bytes | tuple[Any, ...]] = []
-            for event, body, index in zip(
-                events[start:end], bodies[start:end], partitions[start:end], strict=True
-            ):
-                packer = packers.get(index)
-                if packer is None:
-                    packer = packers[index] = _XaddPacker(self._xadd_head(layout.stream(index)))
-                entries.append(packer.entry(event, body))
-            return _joined(connection, entries)
-
-        return packed
+    def _packed(
+        self,
+        connection: Any,
+        packers: dict[int, _XaddPacker],
+        events: Sequence[Event],
+        bodies: Sequence[bytes],
+        partitions: Sequence[int] | None,
+    ) -> bytes:
+        """A chunk's XADDs in one buffer, each packed for its partition's stream."""
+        if partitions is None:
+            return self._packer(packers, 0).packed(connection, events, bodies)
+        packer = self._packer
+        return _joined(
+            connection,
+            [
+                packer(packers, index).entry(event, body)
+                for event, body, index in zip(events, bodies, partitions, strict=True)
+            ],
+        )
 
     def _send_overlapped(
         self, pool: Any, events: Sequence[Event], bodies: Sequence[bytes], partitions: list[int] | None
     ) -> list[str]:
         """Each chunk is packed (``_XaddPacker``, which cannot fail on a validated event) while the
         server works on the previous one."""
-        packed = self._chunk_packer(partitions)
+        packers: dict[int, _XaddPacker] = {}
         ids: list[str | None] = []
         errors: dict[int, Exception] = {}
         connection = pool.get_connection()
@@ -450,7 +453,9 @@ class Producer(_Base):
             unread = 0  # XADDs sent whose replies are not read yet (the previous chunk)
             for start in range(0, len(events), self.chunk_size):
                 end = start + self.chunk_size
-                connection.send_packed_command([packed(connection, start, end, events, bodies)])
+                routed = None if partitions is None else partitions[start:end]
+                buffer = self._packed(connection, packers, events[start:end], bodies[start:end], routed)
+                connection.send_packed_command([buffer])
                 if unread:
                     _collect(_read_xadd_replies(connection, unread), ids, errors)
                 unread = min(end, len(events)) - start

@@ -40,11 +40,10 @@ def dlq_list(
         )
         where = DeadLetterFilter.parse(filters or [])
         pages = []
+        client = options.sync_client(target)  # one server for every partition
         for part in selected_partitions(target, partition):
             with server_errors(part, f"reading {part.dead_letter}"):
-                pages.append(
-                    list_dead_letters(options.sync_client(part), part.dead_letter, where, limit=limit)
-                )
+                pages.append(list_dead_letters(client, part.dead_letter, where, limit=limit))
     if output is options.Output.json:
         _print_json(pages, partitioned=bool(target.partitions))
         return
@@ -198,9 +197,9 @@ def dlq_replay(
         where = DeadLetterFilter.parse(filters or [])
         console = make_console(err=True)
         results = []
+        client = options.sync_client(target)  # one server for every partition
         for part in selected_partitions(target, partition):
             with server_errors(part, f"replaying {part.dead_letter}"):
-                client = options.sync_client(part)
                 total = int(client.xlen(part.dead_letter))
                 with options.progress_bar(
                     console, "replaying", total if limit is None else min(total, limit)
@@ -280,11 +279,10 @@ def dlq_purge(
         where = DeadLetterFilter.parse(filters or [])
         parts = selected_partitions(target, partition)
         candidates = []
+        client = options.sync_client(target)  # one server for every partition
         for part in parts:
             with server_errors(part, f"purging {part.dead_letter}"):
-                candidates.append(
-                    (part, purge_candidates(options.sync_client(part), part.dead_letter, where))
-                )
+                candidates.append((part, purge_candidates(client, part.dead_letter, where)))
         count = sum(len(ids) for _, ids in candidates)
         where_from = (
             target.dead_letter if not target.partitions else f"{len(parts)} partitions of {target.stream}"
@@ -308,7 +306,7 @@ def dlq_purge(
                 task = bar.add_task("purge", total=len(ids))
                 results.append(
                     purge_dead_letters(
-                        options.sync_client(part),
+                        client,
                         part.dead_letter,
                         ids,
                         progress=_advance(bar, task),

@@ -12,8 +12,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from streampipe_operator.streams.admin import RedisAdmin
 from streampipe_operator.streams.report import StatusReport, gather_status
 from streampipe_operator.streams.targets import Target
+from streampipe_worker.connection import create_async_client
 from streampipe_worker.partitions import PartitionLayout
 
 
@@ -43,14 +45,21 @@ class PartitionedStatusReport(BaseModel):
 
 
 async def gather_partitioned(target: Target, *, consumers: bool = False) -> PartitionedStatusReport:
+    """Every partition observed through one client (the partitions share a server)."""
     layout = target.layout()
     assert layout is not None
-    partitions = [
-        PartitionStatus(
-            index=index, slot=layout.slot(index), status=await gather_status(part, consumers=consumers)
-        )
-        for index, part in enumerate(target.partition_targets())
-    ]
+    admin = RedisAdmin(create_async_client(target.connection_settings()))
+    try:
+        partitions = [
+            PartitionStatus(
+                index=index,
+                slot=layout.slot(index),
+                status=await gather_status(part, consumers=consumers, admin=admin),
+            )
+            for index, part in enumerate(target.partition_targets())
+        ]
+    finally:
+        await admin.client.aclose()
     return summarize(layout, partitions)
 
 

@@ -96,13 +96,20 @@ def _age(entry_id: EntryId | None, now: float) -> float | None:
 
 
 async def gather_status(
-    target: Target, *, consumers: bool = False, retention: RetentionPolicy | None = None
+    target: Target,
+    *,
+    consumers: bool = False,
+    retention: RetentionPolicy | None = None,
+    admin: RedisAdmin | None = None,
 ) -> StatusReport:
     """Observe the target; :class:`CommandError` (exit 1) when the server cannot be asked.
 
-    ``retention``: the file's policy, to say which protected-trim path it takes on this server."""
-    client: Any = create_async_client(target.connection_settings())
-    admin = RedisAdmin(client)
+    ``retention``: the file's policy, to say which protected-trim path it takes on this server.
+    ``admin``: a connected admin to reuse (one per server for many streams); else one of its own."""
+    owned = admin is None
+    if admin is None:
+        admin = RedisAdmin(create_async_client(target.connection_settings()))
+    client: Any = admin.client
     try:
         await admin.ping()
         caps = await admin.capabilities()
@@ -130,7 +137,8 @@ async def gather_status(
     except RedisAdminError as exc:
         raise CommandError(str(exc)) from exc
     finally:
-        await client.aclose()
+        if owned:
+            await client.aclose()
 
     state = observation.stream
     stream = StreamReport(key=target.stream, exists=observation.exists)
