@@ -16,7 +16,15 @@ import yaml
 from streampipe_operator import api
 from streampipe_operator.kube.deployments import build_deployment
 from tests.support.controlplane import Kubectl, unique_name
-from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
+from tests.support.invalid_specs import (
+    INVALID_CHANGES,
+    INVALID_SPECS,
+    VALID_SPECS,
+    InvalidChange,
+    InvalidSpec,
+    ValidSpec,
+    minimal_manifest,
+)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]
 
@@ -69,6 +77,33 @@ def test_invalid_spec_refused_by_server(kubectl: Kubectl, dry_run_namespace: str
     assert done.returncode != 0, f"the API server accepted {case.id}:\n{done.stdout}"
     assert case.path in done.stderr, done.stderr
     assert case.expected_server_message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("case", INVALID_CHANGES, ids=lambda case: case.id)
+def test_invalid_change_refused_by_server(kubectl: Kubectl, namespace: str, case: InvalidChange) -> None:
+    old, new = case.manifests()
+    for document in (old, new):
+        document["metadata"] |= {"name": unique_name("change"), "namespace": namespace}
+    new["metadata"]["name"] = old["metadata"]["name"]
+    # --save-config: apply then removes what the new manifest leaves out (partitions-removed).
+    kubectl("create", "--save-config", "-f", "-", input=_dump(old))
+    done = kubectl("apply", "--dry-run=server", "-f", "-", input=_dump(new), check=False)
+    assert done.returncode != 0, f"the API server accepted {case.id}:\n{done.stdout}"
+    assert case.path in done.stderr, done.stderr
+    assert case.message in done.stderr, done.stderr
+
+
+def test_partitions_may_grow(kubectl: Kubectl, namespace: str) -> None:
+    # The other side of the grow-only rule: more partitions are fine.
+    shrink = next(case for case in INVALID_CHANGES if case.id == "partitions-shrink")
+    small, large = reversed(shrink.manifests())
+    name = unique_name("grow")
+    for document in (small, large):
+        document["metadata"] |= {"name": name, "namespace": namespace}
+    kubectl("create", "-f", "-", input=_dump(small))
+    kubectl("apply", "-f", "-", input=_dump(large))
+    stored = kubectl.json("get", "streampipeline", name, "-n", namespace)
+    assert stored["spec"]["partitions"] == {"count": 8, "ordering": "None"}
 
 
 @pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)

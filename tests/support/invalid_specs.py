@@ -218,6 +218,44 @@ INVALID_SPECS: list[InvalidSpec] = [
         "in cluster mode it needs the same {hash tag} as spec.stream",
     ),
     InvalidSpec(
+        "partitions-count-zero",
+        _all(_set("spec", "stream", value="orders"), _set("spec", "partitions", value={"count": 0})),
+        "spec.partitions.count",
+        "should be greater than or equal to 1",
+    ),
+    InvalidSpec(
+        "partitions-count-too-many",
+        _all(_set("spec", "stream", value="orders"), _set("spec", "partitions", value={"count": 1025})),
+        "spec.partitions.count",
+        "should be less than or equal to 1024",
+    ),
+    InvalidSpec(
+        "partitions-ordering-enum",
+        _all(
+            _set("spec", "stream", value="orders"),
+            _set("spec", "partitions", value={"count": 4, "ordering": "PerKey"}),
+        ),
+        "spec.partitions.ordering",
+        'Unsupported value: "PerKey": supported values: "None"',
+        notes="PerKey ordering is not built yet; adding the value later is additive.",
+    ),
+    InvalidSpec(
+        "partitions-base-with-braces",
+        _set("spec", "partitions", value={"count": 4}),
+        "spec.stream",
+        "with partitions it is a base name without braces",
+    ),
+    InvalidSpec(
+        "partitions-with-dead-letter-stream",
+        _all(
+            _set("spec", "stream", value="orders"),
+            _set("spec", "partitions", value={"count": 4}),
+            _set("spec", "deadLetter", "stream", value="orders-dead"),
+        ),
+        "spec.deadLetter.stream",
+        "does not go with partitions",
+    ),
+    InvalidSpec(
         "dead-letter-is-stream",
         _set("spec", "deadLetter", "stream", value="{orders}:events"),
         "spec.deadLetter.stream",
@@ -550,6 +588,14 @@ class ValidSpec:
 # (tests/unit/test_api_invalid.py, tests/k8s/test_crd_server.py), and its worker Deployment by the API
 # server too (tests/k8s/test_crd_server.py).
 VALID_SPECS: list[ValidSpec] = [
+    ValidSpec(
+        "partitions-on-cluster-without-hash-tag",
+        _all(
+            _set("spec", "redis", "mode", value="cluster"),
+            _set("spec", "stream", value="orders"),
+            _set("spec", "partitions", value={"count": 1024, "key": "customer_id"}),
+        ),
+    ),
     ValidSpec("dedupe-ttl-lowest", _set(*GROUP, "dedupe", value={"ttl": "1s"})),
     ValidSpec("dedupe-ttl-highest", _set(*GROUP, "dedupe", value={"ttl": "720h"})),
     ValidSpec("extended-resource", _set(*TEMPLATE, value={"resources": {"limits": {"nvidia.com/gpu": 1}}})),
@@ -597,5 +643,52 @@ VALID_SPECS: list[ValidSpec] = [
     ValidSpec(
         "annotation-key-upper-case-prefix",
         _set(*TEMPLATE, value={"annotations": {"Example.com/Scrape": "true", "prometheus.io/port": "9102"}}),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class InvalidChange:
+    """An update the transition rules (``oldSelf``) refuse: a valid manifest changed into another valid
+    one that may not follow it."""
+
+    id: str
+    before: Callable[[Manifest], None]
+    after: Callable[[Manifest], None]
+    path: str
+    message: str
+
+    def manifests(self) -> tuple[Manifest, Manifest]:
+        old, new = minimal_manifest(), minimal_manifest()
+        self.before(old)
+        self.after(new)
+        return old, new
+
+
+def _partitioned(count: int) -> Callable[[Manifest], None]:
+    return _all(_set("spec", "stream", value="orders"), _set("spec", "partitions", value={"count": count}))
+
+
+INVALID_CHANGES: list[InvalidChange] = [
+    InvalidChange(
+        "partitions-shrink",
+        _partitioned(8),
+        _partitioned(4),
+        "spec.partitions.count",
+        "may grow, never shrink (was 8)",
+    ),
+    InvalidChange(
+        "partitions-removed",
+        _partitioned(8),
+        _set("spec", "stream", value="orders"),
+        "spec.partitions",
+        "cannot be added to or removed from an existing pipeline",
+    ),
+    InvalidChange(
+        "partitions-added",
+        _set("spec", "stream", value="orders"),
+        _partitioned(2),
+        "spec.partitions",
+        "cannot be added to or removed from an existing pipeline",
     ),
 ]

@@ -8,9 +8,17 @@ from __future__ import annotations
 import pytest
 
 from streampipe_operator import api
-from streampipe_operator.api.cel import RuleModel
+from streampipe_operator.api.cel import RuleModel, refused_changes
 from streampipe_operator.api.validation import validate_manifest
-from tests.support.invalid_specs import INVALID_SPECS, VALID_SPECS, InvalidSpec, ValidSpec, minimal_manifest
+from tests.support.invalid_specs import (
+    INVALID_CHANGES,
+    INVALID_SPECS,
+    VALID_SPECS,
+    InvalidChange,
+    InvalidSpec,
+    ValidSpec,
+    minimal_manifest,
+)
 
 API_PKG = f"{api.__name__}."  # the models live in the api sub-package's modules
 
@@ -33,6 +41,23 @@ def test_refused_offline(case: InvalidSpec) -> None:
     assert case.message in errors[0].message
 
 
+@pytest.mark.parametrize("case", INVALID_CHANGES, ids=lambda case: case.id)
+def test_change_refused_offline(case: InvalidChange) -> None:
+    old, new = (api.StreamPipeline.model_validate(document).spec for document in case.manifests())
+    # Both sides are valid on their own: only the change is refused, at the path the server names.
+    refused = refused_changes(old, new, "spec")
+    assert [path for path, _ in refused] == [case.path]
+    assert case.message in refused[0][1]
+
+
+def test_unchanged_and_grown_partitions_are_fine() -> None:
+    old, new = (
+        api.StreamPipeline.model_validate(document).spec for document in INVALID_CHANGES[0].manifests()
+    )
+    assert refused_changes(old, old) == []
+    assert refused_changes(new, old) == []  # 4 -> 8: growing
+
+
 @pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)
 def test_edge_of_a_rule_accepted_offline(case: ValidSpec) -> None:
     assert validate_manifest(case.manifest()) == []
@@ -48,7 +73,7 @@ def _rule_models() -> list[type[RuleModel]]:
 
 def test_every_cross_field_rule_is_exercised_by_the_table() -> None:
     # A CEL rule nobody feeds a bad spec to could be wrong on the server and nobody would know.
-    messages = [case.message for case in INVALID_SPECS]
+    messages = [case.message for case in INVALID_SPECS] + [case.message for case in INVALID_CHANGES]
     untested = []
     for model in _rule_models():
         for rule, _check in model.cel_rules():

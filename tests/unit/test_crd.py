@@ -81,7 +81,8 @@ def test_printer_columns() -> None:
     [version] = _crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     default_view = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert default_view == ["Stream", "Backlog", "DLQ", "Ready", "Age"]
+    assert default_view == ["Stream", "Partitions", "Backlog", "DLQ", "Ready", "Age"]
+    assert columns["Partitions"]["jsonPath"] == ".spec.partitions.count"
     assert columns["Stream"]["jsonPath"] == ".spec.stream"
     assert columns["Backlog"]["jsonPath"] == ".status.backlog"
     assert columns["DLQ"]["jsonPath"] == ".status.deadLetter.length"

@@ -22,8 +22,6 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from redis.crc import key_slot
-
 MAX_PARTITIONS = 1024
 DEAD_LETTER_SUFFIX = ":dlq"
 
@@ -38,6 +36,8 @@ def partition_of(key: str | bytes, count: int) -> int:
 def partition_tags(base: str, count: int) -> tuple[str, ...]:
     """The hash tags of partitions ``0 .. count-1`` (see the module's docstring)."""
     _check(base, count)
+    from redis.crc import key_slot  # here: the API models import this module without redis (validate)
+
     tags: list[str] = []
     taken: set[int] = set()
     for index in range(count):
@@ -90,6 +90,8 @@ class PartitionLayout:
 
     def slot(self, index: int) -> int:
         """The cluster hash slot of partition ``index``'s keys."""
+        from redis.crc import key_slot
+
         return key_slot(self.tags[index].encode("utf-8", "surrogateescape"))
 
     def partition_for(self, key: str | bytes) -> int:

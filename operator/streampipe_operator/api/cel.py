@@ -29,6 +29,9 @@ class CelRule:
     message: str = ""
     message_expression: str = ""
     field_path: str = ""
+    # A transition rule compares the object with the stored one (``oldSelf``): the API server checks it
+    # on updates only, and its Python twin takes the old model as a second argument.
+    transition: bool = False
 
     def __post_init__(self) -> None:
         if not (self.message or self.message_expression):
@@ -53,7 +56,7 @@ class CelRule:
         return entry
 
 
-Check = Callable[[Any], bool | str]
+Check = Callable[..., bool | str]
 F = TypeVar("F", bound=Check)
 
 
@@ -77,6 +80,45 @@ def cel_rule(
     return mark
 
 
+def cel_transition_rule(
+    rule: str, *, message: str = "", message_expression: str = "", field_path: str = ""
+) -> Callable[[Callable[[Any, Any], bool | str]], Callable[[Any, Any], bool | str]]:
+    """Like :func:`cel_rule` for a rule that uses ``oldSelf``: the API server checks it when an object
+    is updated, and the twin ``(self, old) -> bool | str`` is run by :func:`refused_changes`."""
+    if "oldSelf" not in rule:
+        raise ValueError(f"transition rule {rule!r} must use oldSelf")
+    definition = CelRule(
+        rule=rule,
+        message=message,
+        message_expression=message_expression,
+        field_path=field_path,
+        transition=True,
+    )
+
+    def mark(check: Callable[[Any, Any], bool | str]) -> Callable[[Any, Any], bool | str]:
+        setattr(check, RULE_ATTRIBUTE, definition)
+        return check
+
+    return mark
+
+
+def refused_changes(old: BaseModel, new: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """What the transition rules of ``new``'s models refuse in the change from ``old``, as (field path,
+    message) pairs: what the API server says to an update. Walks sub-models present in both."""
+    refused: list[tuple[str, str]] = []
+    if isinstance(new, RuleModel) and type(old) is type(new):
+        for definition, check in type(new).transition_rules():
+            outcome = check(new, old)
+            if outcome is not True:
+                message = outcome if isinstance(outcome, str) else definition.message
+                refused.append((prefix + definition.field_path, message))
+    for name, info in type(new).model_fields.items():
+        before, after = getattr(old, name, None), getattr(new, name, None)
+        if isinstance(before, BaseModel) and isinstance(after, BaseModel):
+            refused.extend(refused_changes(before, after, f"{prefix}.{info.alias or name}"))
+    return refused
+
+
 class RuleModel(BaseModel):
     """Base of every model that carries CEL rules: runs their Python twins after field validation."""
 
@@ -91,10 +133,19 @@ class RuleModel(BaseModel):
                     seen.add(name)
                     yield definition, getattr(cls, name)
 
+    @classmethod
+    def transition_rules(cls) -> Iterator[tuple[CelRule, Callable[[Any, Any], bool | str]]]:
+        """The class's transition rules (``oldSelf``), checked on updates only."""
+        for definition, check in cls.cel_rules():
+            if definition.transition:
+                yield definition, check
+
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Self:
         errors: list[InitErrorDetails] = []
         for definition, check in type(self).cel_rules():
+            if definition.transition:
+                continue  # needs the stored object: refused_changes() runs it
             outcome = check(self)
             if outcome is True:
                 continue

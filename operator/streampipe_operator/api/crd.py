@@ -27,6 +27,12 @@ CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Stream", "type": "string", "jsonPath": ".spec.stream", "description": "Stream key."},
     {
+        "name": "Partitions",
+        "type": "integer",
+        "jsonPath": ".spec.partitions.count",
+        "description": "Number of partitions (empty: one stream).",
+    },
+    {
         "name": "Backlog",
         "type": "integer",
         "jsonPath": ".status.backlog",

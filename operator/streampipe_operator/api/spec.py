@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from streampipe_operator.api.cel import cel_rule
+from streampipe_operator.api.cel import cel_rule, cel_transition_rule
 from streampipe_operator.api.durations import Duration, DurationRange
 from streampipe_operator.api.fields import (
     DEFAULT_DEAD_LETTER_SUFFIX,
@@ -39,6 +39,7 @@ from streampipe_operator.api.fields import (
     refuse_duplicates,
 )
 from streampipe_operator.api.pod_template import PodTemplateSpec
+from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
 
 # --------------------------------------------------------------------------------------------- redis
 
@@ -234,6 +235,40 @@ class DeadLetterSpec(SpecModel):
     )
 
 
+class PartitionsSpec(SpecModel):
+    """One pipeline spread over many stream keys (docs/partitions.md): partition ``i`` of base name ``B``
+    is the stream ``{B:i}`` with its dead-letter stream ``{B:i}:dlq``, each in its own cluster slot."""
+
+    count: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] = Field(
+        description="Number of partitions, 1..1024. May grow, never shrink: entries of a removed partition "
+        "would be stranded."
+    )
+    key: Annotated[str, StringConstraints(pattern=NO_WHITESPACE, min_length=1, max_length=256)] | None = (
+        Field(
+            default=None,
+            description="The entry field producers route by: partition = crc32(value) mod count (test "
+            "vectors in docs/partitions.md). Omit to spread entries evenly over the partitions.",
+        )
+    )
+    ordering: Literal["None"] = Field(
+        default="None",
+        description="`None`: every worker reads every partition; entries of one key may be handled out of "
+        "order when several pods or a concurrency above 1 handle them. (`PerKey` ordering is not "
+        "available yet.)",
+    )
+
+    @cel_transition_rule(
+        "self.count >= oldSelf.count",
+        message_expression="'may grow, never shrink (was %d): entries of a removed partition would be "
+        "stranded'.format([oldSelf.count])",
+        field_path=".count",
+    )
+    def _count_grows(self, old: PartitionsSpec) -> bool | str:
+        return self.count >= old.count or (
+            f"may grow, never shrink (was {old.count}): entries of a removed partition would be stranded"
+        )
+
+
 # ------------------------------------------------------------------------------------------- groups
 
 
@@ -350,7 +385,14 @@ class StreamPipelineSpec(SpecModel):
     redis: RedisSpec = Field(description="The Redis or Valkey server holding the stream.")
     stream: StreamKey = Field(
         description="Key of the stream. In cluster mode it needs a {hash tag} (`{orders}:events`) so that "
-        "the stream and its dead-letter stream live in one slot.",
+        "the stream and its dead-letter stream live in one slot. With partitions: the base name of the "
+        "partitions' keys (`orders` -> `{orders:0}`, `{orders:1}`, ...), without braces.",
+    )
+    partitions: PartitionsSpec | None = Field(
+        default=None,
+        description="Spread the pipeline over this many stream keys, each in its own cluster slot, with its "
+        "own dead-letter stream. Omit for one stream. Cannot be added to or removed from an existing "
+        "pipeline.",
     )
     retention: RetentionSpec | None = Field(
         default=None,
@@ -384,14 +426,43 @@ class StreamPipelineSpec(SpecModel):
     def _dead_letter_differs(self) -> bool:
         return self.dead_letter.stream != self.stream
 
+    @cel_transition_rule(
+        "has(self.partitions) == has(oldSelf.partitions)",
+        message="cannot be added to or removed from an existing pipeline: its entries live under other "
+        "keys; create a new pipeline instead",
+        field_path=".partitions",
+    )
+    def _partitions_stay(self, old: StreamPipelineSpec) -> bool:
+        return (self.partitions is None) == (old.partitions is None)
+
     @cel_rule(
-        f"self.redis.mode != 'cluster' || self.stream.matches('{HASH_TAG}')",
+        "!has(self.partitions) || !self.stream.matches('[{}]')",
+        message="with partitions it is a base name without braces: each partition's key gets its own "
+        "{hash tag} made from it ({orders:0}, {orders:1}, ...)",
+        field_path=".stream",
+    )
+    def _partition_base_plain(self) -> bool:
+        return self.partitions is None or not re.search("[{}]", self.stream)
+
+    @cel_rule(
+        "!has(self.partitions) || !has(self.deadLetter) || !has(self.deadLetter.stream)",
+        message="does not go with partitions: each partition has its own dead-letter stream "
+        "{<stream>:<i>}:dlq",
+        field_path=".deadLetter.stream",
+    )
+    def _partitions_own_dead_letters(self) -> bool:
+        return self.partitions is None or self.dead_letter.stream is None
+
+    @cel_rule(
+        f"self.redis.mode != 'cluster' || has(self.partitions) || self.stream.matches('{HASH_TAG}')",
         message="in cluster mode the key needs a {hash tag}, e.g. {orders}:events, so the stream and its "
         "dead-letter stream share one slot",
         field_path=".stream",
     )
     def _cluster_stream_tagged(self) -> bool:
-        return self.redis.mode != "cluster" or hash_tag(self.stream) is not None
+        return (
+            self.redis.mode != "cluster" or self.partitions is not None or hash_tag(self.stream) is not None
+        )
 
     @cel_rule(
         f"self.redis.mode != 'cluster' || !self.stream.matches('{HASH_TAG}') || !has(self.deadLetter) "
@@ -416,6 +487,43 @@ class StreamPipelineSpec(SpecModel):
     def dead_letter_stream(self) -> str:
         """The dead-letter stream key: deadLetter.stream, or ``<stream>:dlq``."""
         return self.dead_letter.stream or f"{self.stream}{DEFAULT_DEAD_LETTER_SUFFIX}"
+
+    @property
+    def partition_layout(self) -> PartitionLayout | None:
+        """The partitions' keys and routing, or None for a pipeline on one stream."""
+        if self.partitions is None:
+            return None
+        return PartitionLayout(self.stream, self.partitions.count, self.partitions.key)
+
+    def partition(self, index: int) -> StreamPipelineSpec:
+        """The spec of partition ``index`` as a pipeline of its own: its stream and dead-letter stream,
+        everything else shared. Not validated again (the keys are the layout's)."""
+        layout = self.partition_layout
+        if layout is None:
+            raise ValueError("this pipeline has no partitions")
+        dead_letter = self.dead_letter.model_copy(update={"stream": layout.dead_letter(index)})
+        return self.model_copy(
+            update={"stream": layout.stream(index), "dead_letter": dead_letter, "partitions": None}
+        )
+
+    @property
+    def data_keys(self) -> tuple[str, ...]:
+        """Every key holding the pipeline's entries: its stream(s) and dead-letter stream(s)."""
+        layout = self.partition_layout
+        if layout is None:
+            return (self.stream, self.dead_letter_stream)
+        return tuple(key for i in range(layout.count) for key in (layout.stream(i), layout.dead_letter(i)))
+
+    @property
+    def data_description(self) -> str:
+        """The pipeline's data in words, for Events and logs."""
+        layout = self.partition_layout
+        if layout is None:
+            return f"stream {self.stream}, its groups and {self.dead_letter_stream}"
+        return (
+            f"the {layout.count} partitions of {self.stream} ({layout.stream(0)} .. "
+            f"{layout.stream(layout.count - 1)}), their groups and dead-letter streams"
+        )
 
     def group(self, name: str) -> GroupSpec:
         """The group called ``name``; KeyError names the groups there are."""

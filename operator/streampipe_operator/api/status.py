@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from streampipe_operator.api.fields import MAX_GROUP_NAME, MAX_GROUPS, ShortText, Timestamp
+from streampipe_worker.partitions import MAX_PARTITIONS
 
 # ------------------------------------------------------------------------------------------- status
 
@@ -178,6 +179,24 @@ class DeadLetterStatus(StatusModel):
     length: Annotated[int, Field(ge=0)] = Field(default=0, description="Entries in the dead-letter stream.")
 
 
+class PartitionStatus(StatusModel):
+    """Figures of one partition of a partitioned pipeline (spec.partitions)."""
+
+    index: Annotated[int, Field(ge=0, le=MAX_PARTITIONS - 1)] = Field(description="The partition's number.")
+    stream: ShortText = Field(description="Key of the partition's stream, e.g. `{orders:3}`.")
+    slot: Annotated[int, Field(ge=0, le=16383)] = Field(description="Cluster hash slot of its keys.")
+    length: Annotated[int, Field(ge=0)] = Field(default=0, description="Entries in its stream (XLEN).")
+    lag: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Entries not yet delivered, summed over the groups; absent when unknown."
+    )
+    pending: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Delivered and not yet acknowledged, summed over the groups."
+    )
+    dead_letters: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Entries in its dead-letter stream (`<stream>:dlq`)."
+    )
+
+
 class StreamPipelineStatus(StatusModel):
     """The observed state, written by the operator."""
 
@@ -200,6 +219,11 @@ class StreamPipelineStatus(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     dead_letter: DeadLetterStatus | None = Field(default=None, description="Dead-letter stream figures.")
+    partitions: Annotated[list[PartitionStatus], Field(max_length=MAX_PARTITIONS)] | None = Field(
+        default=None,
+        description="Per-partition figures of a partitioned pipeline; stream, groups and deadLetter are "
+        "then the partitions' sums.",
+    )
     backlog: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Sum of the groups' backlogs (the Backlog column)."
     )
