@@ -212,7 +212,8 @@ class Housekeeper:
         findings = Findings(
             group_names=[group.name for group in spec.groups],
             retention_configured=spec.retention is not None,
-            dead_letter_stream=spec.dead_letter_stream,
+            dead_letter_stream=spec.dead_letter_stream if spec.partitions is None else None,
+            partition_layout=spec.partition_layout,
         )
         findings.take_pass(report, kept.admin.where)
         kept.status = build_status(findings, kept.status, now=datetime.now(UTC))

@@ -49,7 +49,9 @@ def stream_identity(spec: api.StreamPipelineSpec) -> str:
     # A cluster has a single keyspace: the database number does not tell two streams apart.
     database = 0 if spec.redis.mode == "cluster" else parsed.db
     scheme = "rediss" if parsed.tls else "redis"
-    return f"{spec.redis.mode}|{scheme}://{hosts}|{database}|{spec.stream}"
+    # Partitions live under {<base>:<i>}: a base name conflicts with another base, not with a key.
+    stream = spec.stream if spec.partitions is None else f"{{{spec.stream}:*}}"
+    return f"{spec.redis.mode}|{scheme}://{hosts}|{database}|{stream}"
 
 
 def identity_of(body: Any) -> str | None:

@@ -347,7 +347,9 @@ class PipelineRuntime:
             self._error("not_allowed")
             await self._finish(findings, body, pipeline)
             return IDLE_INTERVAL
-        findings.dead_letter_stream = spec.dead_letter_stream
+        # Partitioned: each partition has its own dead-letter stream (status.partitions).
+        findings.dead_letter_stream = spec.dead_letter_stream if spec.partitions is None else None
+        findings.partition_layout = spec.partition_layout
         findings.retention_configured = spec.retention is not None
         poll = min(group.scaling.poll_interval.total_seconds() for group in spec.groups)
 

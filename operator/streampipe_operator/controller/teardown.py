@@ -22,7 +22,7 @@ from streampipe_operator.controller.reconcile import (
 )
 from streampipe_operator.kube.client import KubeClient, KubeError
 from streampipe_operator.kube.status import status_document
-from streampipe_operator.plan.groups import plan_teardown
+from streampipe_operator.plan.groups import DeleteKeys, TeardownPlan, plan_teardown
 from streampipe_operator.streams.admin import RedisAdminError
 
 log = logging.getLogger("streampipe.operator")
@@ -61,7 +61,7 @@ async def teardown(
         return
     spec = pipeline.spec
     if spec.deletion_policy == "Retain":
-        kept = f"left stream {spec.stream}, its groups and {spec.dead_letter_stream} in place"
+        kept = f"left {spec.data_description} in place"
         await post_event(kube, ref, "Normal", Reason.DATA_RETAINED, f"deletionPolicy Retain: {kept}")
         return
     delay = error_delay(retry + 1, 2.0, 60.0)
@@ -83,7 +83,15 @@ async def teardown(
     )
     try:
         admin = await connection.admin(spec.redis)
-        plan = plan_teardown("Delete", spec.stream, spec.dead_letter_stream)
+        if spec.partitions is None:
+            plan = plan_teardown("Delete", spec.stream, spec.dead_letter_stream)
+        else:
+            plan = TeardownPlan(
+                delete=DeleteKeys(
+                    keys=spec.data_keys,
+                    reason=f"deleted {spec.data_description}: deletionPolicy is Delete",
+                )
+            )
         assert plan.delete is not None
         await admin.delete_keys(plan.delete)
     except (RedisAdminError, KubeError) as exc:

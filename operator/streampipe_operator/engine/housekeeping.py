@@ -38,6 +38,7 @@ from streampipe_operator.plan.groups import (
     plan_groups,
 )
 from streampipe_operator.plan.observed import GroupState, Lag, ServerState, StreamObservation
+from streampipe_operator.plan.partitions import merge_observations
 from streampipe_operator.plan.retention import (
     RetentionOutcome,
     TrimAction,
@@ -100,6 +101,8 @@ class PipelineMemory:
     cleanup_due: float = 0.0
     retention: RetentionOutcome | None = None
     orphans_reported: set[str] = field(default_factory=set)
+    # A partitioned pipeline: each partition's groups, retention and cleanup (by partition index).
+    partitions: dict[int, PipelineMemory] = field(default_factory=dict)
 
     def next_due(self, spec: api.StreamPipelineSpec) -> float:
         """The monotonic time at which the next step of a pass is due."""
@@ -142,6 +145,8 @@ class PassReport:
     retention: RetentionOutcome | None = None
     # Entries removed by trims this pass, by target ("stream", "dead_letter"); None: no trim ran.
     trimmed: dict[str, int] | None = None
+    # A partitioned pipeline: each partition's own observation, by index (``observation`` is their sum).
+    partitions: list[StreamObservation] = field(default_factory=list)
 
 
 def scaling_decision(
@@ -190,6 +195,10 @@ async def run_pass(
 ) -> PassReport:
     """One pass (see the module docstring). ``known_positions`` are group positions from a durable
     record (the operator's status); what ``memory`` saw last is fresher and wins."""
+    if spec.partitions is not None:
+        return await _run_partitioned_pass(
+            spec, admin, backend, memory, clock=clock, consumer_idle_floor=consumer_idle_floor
+        )
     observation = await admin.observe_stream(spec.stream, dead_letter=spec.dead_letter_stream)
     report = PassReport(
         observation=observation, server=await admin.capabilities(), server_state=await admin.server_state()
@@ -201,6 +210,99 @@ async def run_pass(
     await steps.clean_consumers()
     report.retention = memory.retention
     return report
+
+
+class _NoScaling:
+    """The backend of a partition's steps: they never scale (the pipeline scales on the sum)."""
+
+    def __init__(self, backend: WorkloadBackend) -> None:
+        self.backend = backend
+
+    def current_replicas(self, group: str) -> int | None:
+        return self.backend.current_replicas(group)
+
+    async def set_replicas(self, group: str, decision: ScalingDecision, current: int) -> None:
+        raise AssertionError("a partition's steps do not scale")
+
+    def live_consumers(self) -> AbstractSet[str] | None:
+        return self.backend.live_consumers()
+
+
+async def _run_partitioned_pass(
+    spec: api.StreamPipelineSpec,
+    admin: RedisAdmin,
+    backend: WorkloadBackend,
+    memory: PipelineMemory,
+    *,
+    clock: Clock,
+    consumer_idle_floor: float,
+) -> PassReport:
+    """The pass of a partitioned pipeline: groups, retention and consumer cleanup per partition (each
+    with its own memory), then scaling once on the partitions' summed backlog (plan/partitions.py).
+    Group positions are remembered per partition in memory only: after a restart a vanished group is
+    recreated at its startId."""
+    assert spec.partitions is not None
+    server = await admin.capabilities()
+    report = PassReport(
+        observation=StreamObservation(stream_key=spec.stream, exists=False),
+        server=server,
+        server_state=await admin.server_state(),
+    )
+    trimmed: dict[str, int] = {}
+    held = []
+    for index in range(spec.partitions.count):
+        part_spec = spec.partition(index)
+        part_memory = memory.partitions.setdefault(index, PipelineMemory())
+        part = PassReport(
+            observation=await admin.observe_stream(
+                part_spec.stream, dead_letter=part_spec.dead_letter_stream
+            ),
+            server=server,
+        )
+        steps = _Steps(part_spec, admin, _NoScaling(backend), part_memory, part, clock, consumer_idle_floor)
+        await steps.fix_groups({})
+        await steps.retain()
+        await steps.clean_consumers()
+        report.partitions.append(part.observation)
+        report.events.extend(part.events)
+        for group, problem in part.group_problems.items():
+            report.group_problems.setdefault(group, f"{part_spec.stream}: {problem}")
+        report.orphaned = tuple(sorted({*report.orphaned, *part.orphaned}))
+        for target, removed in (part.trimmed or {}).items():
+            trimmed[target] = trimmed.get(target, 0) + removed
+        if part_memory.retention is not None:
+            held.append(part_memory.retention)
+    report.events = _coalesced(report.events)
+    report.trimmed = trimmed or None
+    report.observation = merge_observations(spec.stream, report.partitions)
+    parts = memory.partitions.values()
+    memory.retention_due = min(part.retention_due for part in parts)
+    memory.cleanup_due = min(part.cleanup_due for part in parts)
+    memory.retention = next(
+        (outcome for outcome in held if outcome.held is not None), held[0] if held else None
+    )
+    await _Steps(spec, admin, backend, memory, report, clock, consumer_idle_floor).scale()
+    report.retention = memory.retention
+    return report
+
+
+def _coalesced(events: Sequence[PassEvent]) -> list[PassEvent]:
+    """One event per reason and group: the same thing done on many partitions is said once."""
+    seen: dict[tuple[Reason, str | None, bool], list[PassEvent]] = {}
+    for event in events:
+        seen.setdefault((event.reason, event.group, event.warning), []).append(event)
+    merged = []
+    for same in seen.values():
+        first = same[0]
+        if len(same) > 1:
+            first = PassEvent(
+                first.reason,
+                f"{first.message} (and the same on {len(same) - 1} more partitions)",
+                group=first.group,
+                warning=first.warning,
+            )
+        merged.append(first)
+    return merged
 
 
 @dataclass

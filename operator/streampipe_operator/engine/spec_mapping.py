@@ -60,7 +60,9 @@ def worker_settings_values(
         "backoff_multiplier": retry.backoff.multiplier,
         "backoff_max": retry.backoff.max.delta,
         "claim_idle": retry.claim_idle.delta,
-        "dead_letter_stream": spec.dead_letter_stream,
+        # With partitions the worker derives each partition's stream and dead-letter stream itself.
+        "partitions": spec.partitions.count if spec.partitions is not None else None,
+        "dead_letter_stream": spec.dead_letter_stream if spec.partitions is None else None,
         "dedupe_ttl": group.dedupe.ttl.delta if group.dedupe is not None else None,
         "shutdown_grace": shutdown_grace(
             template.termination_grace_period_seconds if template is not None else None

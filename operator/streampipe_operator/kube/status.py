@@ -23,6 +23,7 @@ from streampipe_operator.plan.backlog import group_backlog
 from streampipe_operator.plan.observed import GroupState, ServerState, StreamObservation
 from streampipe_operator.plan.retention import RetentionOutcome
 from streampipe_worker.capabilities import ServerCapabilities
+from streampipe_worker.partitions import PartitionLayout
 
 if TYPE_CHECKING:
     from streampipe_operator.engine.housekeeping import PassReport
@@ -72,6 +73,9 @@ class Findings:
     trimmed_total: int | None = None
     last_trim_at: datetime | None = None
     dead_letter_stream: str | None = None
+    # A partitioned pipeline: its layout, and each partition's observation (``observation`` is the sum).
+    partition_layout: PartitionLayout | None = None
+    partitions: Sequence[StreamObservation] = ()
 
     def take_pass(self, report: PassReport, where: str) -> None:
         """What a housekeeping pass on the server ``where`` saw (the operator's and ``housekeep``'s)."""
@@ -79,6 +83,7 @@ class Findings:
         self.server_state = report.server_state
         self.where = where
         self.observation = report.observation
+        self.partitions = report.partitions
         self.group_problems = report.group_problems
         self.orphaned = report.orphaned
         self.retention = report.retention
@@ -240,6 +245,7 @@ def build_status(
         status.dead_letter = api.DeadLetterStatus(
             stream=findings.dead_letter_stream, length=observation.dead_letter_length or 0
         )
+        status.partitions = _partition_status(findings)
     else:
         # Redis not seen this pass: keep the last figures, refresh what Kubernetes says.
         before = {group.name: group for group in previous.groups}
@@ -254,7 +260,30 @@ def build_status(
                 kept.last_scale_time = workload.last_scale_time
             status.groups.append(kept)
         status.dead_letter = previous.dead_letter
+        status.partitions = previous.partitions
     return status.summarized()
+
+
+def _partition_status(findings: Findings) -> list[api.PartitionStatus] | None:
+    """Each partition's figures, when the pipeline is partitioned and its partitions were observed."""
+    layout = findings.partition_layout
+    if layout is None or len(findings.partitions) != layout.count:
+        return None
+    parts = []
+    for index, observation in enumerate(findings.partitions):
+        lags = [group.lag.value for group in observation.groups]
+        parts.append(
+            api.PartitionStatus(
+                index=index,
+                stream=observation.stream_key,
+                slot=layout.slot(index),
+                length=observation.stream.length if observation.stream is not None else 0,
+                lag=None if None in lags else sum(value or 0 for value in lags),
+                pending=sum(group.pending for group in observation.groups),
+                dead_letters=observation.dead_letter_length or 0,
+            )
+        )
+    return parts
 
 
 def _stream_status(findings: Findings, previous: api.StreamPipelineStatus) -> api.StreamStatus | None:
