@@ -246,6 +246,38 @@ async def test_members_split_the_partitions_and_hand_them_over(
     assert await b.step() == [0, 1, 2, 3]
 
 
+async def test_running_owners_split_the_partitions_and_one_stopping_hands_its_share_over(
+    client: Any, redis_client: redis.Redis
+) -> None:
+    ttl_ms = 600  # a round every 200 ms
+    owners = {
+        name: PartitionOwner(
+            leases(client, name, ttl_ms=ttl_ms), Membership(client, LAYOUT, name, ttl_ms=ttl_ms)
+        )
+        for name in ("a", "b")
+    }
+    stops = {name: asyncio.Event() for name in owners}
+    tasks = {name: asyncio.create_task(owner.run(stops[name])) for name, owner in owners.items()}
+    try:
+        shares = assign_partitions(LAYOUT.count, ["a", "b"])
+        split = {name: list(shares[name]) for name in owners}
+        await eventually_async(
+            lambda: {name: owner.owned() for name, owner in owners.items()} == split, what="an even split"
+        )
+        stops["a"].set()
+        await tasks["a"]
+        assert owners["a"].held == {}
+        assert redis_client.zrange(members_key(LAYOUT), 0, -1) == ["b"]
+        await eventually_async(lambda: owners["b"].owned() == [0, 1, 2, 3], what="b to own every partition")
+        holders = [redis_client.get(owner_key(LAYOUT, partition)) for partition in range(LAYOUT.count)]
+        assert [str(value).split("|")[0] for value in holders] == ["b"] * LAYOUT.count
+    finally:
+        for name in owners:
+            stops[name].set()
+        await asyncio.gather(*tasks.values())
+    assert [redis_client.get(owner_key(LAYOUT, partition)) for partition in range(LAYOUT.count)] == [None] * 4
+
+
 @pytest.mark.parametrize("kind", SERVER_IDS)
 async def test_on_a_cluster_each_partitions_lease_lives_in_its_own_slot(kind: str, tmp_path: Path) -> None:
     cluster = start_cluster(kind, tmp_path)

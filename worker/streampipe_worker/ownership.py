@@ -164,7 +164,8 @@ def safety_margin_ms(ttl_ms: int) -> int:
     The holder measures from before it sent the acquire or renew; the server from when it ran it, so
     the server's expiry is always later by the round trip. The margin covers the two clocks running
     at different rates (monotonic clocks drift by parts per million, far inside 10 %) and the
-    server's expiry resolution (1 ms).
+    server's expiry resolution (1 ms). It does not cover a step of the server's wall clock, which
+    its key expiry follows: a clock set forward by more than the margin ends leases early.
     """
     return max(ttl_ms // 10, MIN_MARGIN_MS)
 
