@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import redis
+from streampipe_worker.partitions import PartitionLayout
 
 pytestmark = pytest.mark.e2e
 
@@ -195,3 +198,37 @@ def test_up_names_a_handler_that_does_not_import(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "group fulfilment: the worker refuses to start" in done.stderr
     assert "nowhere" in done.stderr
+
+
+@pytest.mark.timeout(150)
+def test_partitioned_quickstart_on_a_given_server(server_factory: Any, tmp_path: Path) -> None:
+    # The quickstart spread over 4 partitions: the same demo, the same summary, every partition used.
+    server = server_factory("valkey9")
+    shop = tmp_path / "quickstart"
+    shutil.copytree(QUICKSTART.parent, shop, ignore=shutil.ignore_patterns("__pycache__"))
+    document = yaml.safe_load(QUICKSTART.read_text())
+    document["spec"] |= {"stream": "shop", "partitions": {"count": 4}}
+    (shop / "pipeline.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    command = [STREAMPIPE, "up", str(shop / "pipeline.yaml"), "--redis-url", server.url, "--demo"]
+    done = subprocess.run(
+        [*command, "--duration", "10s", "--no-ui", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    check_demo_summary(summary)
+
+    layout = PartitionLayout("shop", 4)
+    with server.client() as client:
+        added = [client.xinfo_stream(stream)["entries-added"] for stream in layout.streams]
+        assert sum(added) == summary["produced"]
+        assert min(added) > 0  # the demo spread its orders over every partition
+        for stream in layout.streams:
+            groups = {group["name"]: group for group in client.xinfo_groups(stream)}
+            assert set(groups) == {"fulfilment", "analytics"}
+            assert all(group["pending"] == 0 and group["lag"] == 0 for group in groups.values())
+        dead = sum(client.xlen(layout.dead_letter(i)) for i in range(layout.count))
+        assert dead == summary["dead_lettered"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import redis
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.timeout(90)
 BASE = "shop"
 LAYOUT = PartitionLayout(BASE, 4, key="customer")
 runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def cli(*arguments: str, url: str, partitions: int = 4) -> tuple[int, str, str]:
@@ -156,3 +159,42 @@ def test_partition_options_are_checked(redis_url: str) -> None:
     assert done.exit_code == 2
     done = runner.invoke(app, ["dlq", "list", "--redis-url", redis_url, "--stream", BASE, "--partition", "1"])
     assert done.exit_code == 2
+
+
+def test_a_partitioned_pipeline_file_names_the_partitions_and_the_key(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    document = yaml.safe_load((EXAMPLES / "partitioned.yaml").read_text())
+    document["spec"] |= {"stream": BASE, "partitions": {"count": 4, "key": "customer"}}
+    file = tmp_path / "pipeline.yaml"
+    file.write_text(yaml.safe_dump(document))
+    target = ["-f", str(file), "--redis-url", redis_url]
+    # The example is for a cluster; this server is not one: a clear error, not a traceback.
+    done = runner.invoke(app, ["status", *target])
+    assert done.exit_code == 1
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+    assert "cannot be used as a cluster" in done.stderr
+    document["spec"]["redis"] = {"url": redis_url}
+    file.write_text(yaml.safe_dump(document))
+
+    # produce routes by the file's key field without --key.
+    done = runner.invoke(app, ["produce", *target, "-o", "json"], input=events(28))
+    assert done.exit_code == 0, done.stderr
+    for index, stream in enumerate(LAYOUT.streams):
+        customers = {fields["customer"] for _, fields in redis_client.xrange(stream)}
+        assert customers == {f"c-{k}" for k in range(7) if partition_of(f"c-{k}", 4) == index}
+
+    done = runner.invoke(app, ["status", *target, "-o", "json"])
+    assert done.exit_code == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["groups"] == []  # nothing has run the pipeline: no group yet
+    assert [p["status"]["stream"]["key"] for p in status["partitions"]] == LAYOUT.streams
+    assert status["length"] == 28
+    done = runner.invoke(app, ["dlq", "list", *target, "-o", "json"])
+    assert done.exit_code == 0, done.stderr
+    assert [page["length"] for page in json.loads(done.stdout)] == [0, 0, 0, 0]
+
+    done = runner.invoke(app, ["status", *target, "--partitions", "8"])
+    assert done.exit_code == 2  # contradicts the file's count
+    done = runner.invoke(app, ["dlq", "list", *target, "--dead-letter", "x"])
+    assert done.exit_code == 2  # each partition has its own

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import redis
 from streampipe_operator.cli.app import app
 from streampipe_operator.streams.leader import LeaderLease, lease_key
+from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.settings import WorkerSettings
 from tests.support.polling import eventually, eventually_async
 from tests.support.servers import SERVER_IDS, ServerProcess, free_port, start_server
@@ -390,3 +391,26 @@ def test_the_systemd_command_lines_and_env_files_work(
         check=False,
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_once_on_a_partitioned_pipeline(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    layout = PartitionLayout("hk", 3)
+    for index, count in enumerate([12, 0, 9]):
+        for n in range(count):
+            redis_client.xadd(layout.stream(index), {"n": str(n)})
+    path = pipeline_file(tmp_path, stream="hk", partitions={"count": 3})
+
+    done = runner.invoke(app, ["housekeep", str(path), "--redis-url", redis_url, "--once", "-o", "json"])
+
+    assert done.exit_code == 0, done.output
+    (outcome,) = json.loads(done.stdout)
+    groups = {g["name"]: g for g in outcome["groups"]}
+    # The groups' figures are the partitions' sums; audit is advised on the sum: ceil(21 / 10).
+    assert {name: (g["lag"], g["pending"]) for name, g in groups.items()} == {
+        "billing": (21, 0),
+        "audit": (21, 0),
+    }
+    assert groups["audit"]["advised_replicas"] == 3
+    for stream in layout.streams:
+        assert {g["name"] for g in redis_client.xinfo_groups(stream)} == {"billing", "audit"}
+    assert [event["reason"] for event in outcome["events"]].count("GroupCreated") == 2  # one per group

@@ -53,6 +53,9 @@ def produce(
         target = resolve_target(file, redis_url=redis_url, stream=stream, partitions=partitions)
         if key is not None and not target.partitions:
             raise UsageError("--key routes among partitions: give --partitions too")
+        spec = target.pipeline.spec if target.pipeline is not None else None
+        if key is None and spec is not None and spec.partitions is not None:
+            key = spec.partitions.key  # the file's routing field, unless --key names another
         if events:
             sources = [(f"argument {i}", text) for i, text in enumerate(events, start=1)]
         else:

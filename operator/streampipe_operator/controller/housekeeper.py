@@ -194,7 +194,7 @@ class Housekeeper:
     async def _hold(self, kept: KeptPipeline) -> bool:
         try:
             return await kept.lease.hold()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise translate_error(
                 exc, doing="holding the housekeeping lease", where=kept.admin.where
             ) from exc

@@ -127,8 +127,10 @@ def dead_letter_reasons(dead_letters: Sequence[Fields]) -> dict[str, Counter[str
 
 def latencies(completions: Sequence[Fields], produced_after: EntryId) -> dict[str, list[float]]:
     """Per group, milliseconds from XADD to handler done for entries produced after ``produced_after``;
-    the first completion of an entry counts (a redelivery after a crash may complete it again)."""
-    seen: set[tuple[str, str]] = set()
+    the first completion of an entry counts (a redelivery after a crash may complete it again). A
+    record's ``stream`` (set when several completion streams are read: partitions) keeps entries of
+    different streams with one ID apart."""
+    seen: set[tuple[str, str, str]] = set()
     found: dict[str, list[float]] = {}
     for fields in completions:
         try:
@@ -137,9 +139,10 @@ def latencies(completions: Sequence[Fields], produced_after: EntryId) -> dict[st
             group = fields["group"]
         except (KeyError, ValueError):
             continue
-        if entry_id <= produced_after or (group, str(entry_id)) in seen:
+        key = (group, fields.get("stream", ""), str(entry_id))
+        if entry_id <= produced_after or key in seen:
             continue
-        seen.add((group, str(entry_id)))
+        seen.add(key)
         found.setdefault(group, []).append(float(max(0, done_ms - entry_id.ms)))
     return found
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import AsyncProducer, Event
 
 BURST = 1500
@@ -105,13 +106,17 @@ class DemoProducer:
     def __init__(
         self,
         client: Any,
-        stream: str,
+        stream: str | PartitionLayout,
         *,
         duration: float | None,
         burst: int = BURST,
         trickle_rate: float = TRICKLE_RATE,
         on_phase: Callable[[str], None] | None = None,
     ) -> None:
+        if isinstance(stream, PartitionLayout):
+            # The demo's orders carry their customer in the payload, not in a field of their own:
+            # they are spread evenly over the partitions.
+            stream = PartitionLayout(stream.base, stream.count)
         self.producer = AsyncProducer(client, stream)
         self.duration = duration
         self.burst = burst

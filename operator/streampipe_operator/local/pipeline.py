@@ -53,6 +53,7 @@ from streampipe_operator.local.accounting import (
 from streampipe_operator.local.counters import CounterBook, WorkerCounters, scrape_counters
 from streampipe_operator.local.demo import DemoCounts, DemoProducer
 from streampipe_operator.local.embedded import EmbeddedValkey
+from streampipe_operator.local.keys import PipelineKeys, together
 from streampipe_operator.local.models import (
     EventKind,
     GroupView,
@@ -71,7 +72,6 @@ from streampipe_operator.streams.admin import RedisAdmin, RedisAdminError
 from streampipe_operator.streams.targets import CommandError, redact_url
 from streampipe_worker.deadletter import DeadLetterEnvelope
 
-COMPLETIONS_SUFFIX = ":done"
 READY_TIMEOUT = 90.0
 RATE_WINDOW = 3.0
 EVENTS_KEPT = 200
@@ -127,8 +127,10 @@ class LocalPipeline:
         self.python_path = python_path
         self.embedded = embedded
         self.stream = self.spec.stream
-        self.dead_letter = self.spec.dead_letter_stream
-        self.completions = self.stream + COMPLETIONS_SUFFIX
+        self.keys = PipelineKeys(self.spec)
+        self.dead_letter = self.keys.dead_letter
+        self.completions = self.keys.completions
+        self._completions_start: dict[str, StreamPosition] = {}
         self.server = ""
         self.groups: dict[str, _GroupRun] = {}
         self.counters = CounterBook()
@@ -143,7 +145,8 @@ class LocalPipeline:
         self._unreachable = False
         self._followers: set[asyncio.Task[None]] = set()
         self.baseline = Baseline()
-        self._dead_seen_id = "0-0"
+        self._dead_seen: dict[str, str] = dict.fromkeys(self.keys.dead_letters, "0-0")
+        self._dead_start: dict[str, StreamPosition] = {}
         self._produced_samples: deque[tuple[float, int]] = deque()
         self.on_event: Callable[[LogEvent], None] | None = None
 
@@ -203,7 +206,8 @@ class LocalPipeline:
 
     async def _observe(self) -> StreamObservation:
         try:
-            self.observation = await self.admin.observe_stream(self.stream, dead_letter=self.dead_letter)
+            observation = await self.keys.observe(self.admin)
+            self.observation = observation
         except RedisAdminError as exc:
             raise CommandError(str(exc)) from exc
         return self.observation
@@ -230,12 +234,14 @@ class LocalPipeline:
     async def _baseline(self) -> None:
         """Where the counters stand before any worker runs: the summary subtracts these."""
         observation = await self._observe()
+        self._dead_start = {key: await self._stream_position(key) for key in self.keys.dead_letters}
         self.baseline = Baseline.of(
             observation,
-            dead_letter=await self._stream_position(self.dead_letter),
-            completions=await self._stream_position(self.completions),
+            dead_letter=together(self._dead_start.values()),
+            completions=StreamPosition(),
         )
-        self._dead_seen_id = self.baseline.dead_letter.last_id
+        self._dead_seen = {key: position.last_id for key, position in self._dead_start.items()}
+        self._completions_start = {key: await self._stream_position(key) for key in self.keys.completion_keys}
 
     async def _stream_position(self, key: str) -> StreamPosition:
         try:
@@ -337,13 +343,17 @@ class LocalPipeline:
             _trim_window(self._produced_samples, now)
 
     async def _new_dead_letters(self) -> None:
+        for key in self.keys.dead_letters:
+            await self._new_dead_letters_in(key)
+
+    async def _new_dead_letters_in(self, key: str) -> None:
         try:
-            entries = await self.admin.entries_after(self.dead_letter, self._dead_seen_id, count=20)
+            entries = await self.admin.entries_after(key, self._dead_seen[key], count=20)
         except RedisAdminError as exc:
             self.log("warning", str(exc))
             return
         for entry_id, fields in entries:
-            self._dead_seen_id = entry_id
+            self._dead_seen[key] = entry_id
             try:
                 envelope = DeadLetterEnvelope.from_fields(fields)
             except (ValueError, TypeError):
@@ -439,18 +449,18 @@ class LocalPipeline:
         """Read the end state (through the admin layer) and account for every entry (``accounting``)."""
         observation = await self._observe()
         try:
-            dead_letter_end = StreamPosition.of(await self.admin.stream_state(self.dead_letter))
+            dead_letter_end = together(
+                [StreamPosition.of(await self.admin.stream_state(key)) for key in self.keys.dead_letters]
+            )
             dead_letters = [
                 fields
-                async for _, fields in self.admin.scan_after(
-                    self.dead_letter, self.baseline.dead_letter.last_id
-                )
+                for key in self.keys.dead_letters
+                async for _, fields in self.admin.scan_after(key, self._dead_start[key].last_id)
             ]
             completions = [
-                fields
-                async for _, fields in self.admin.scan_after(
-                    self.completions, self.baseline.completions.last_id
-                )
+                {**fields, "stream": key}  # entry IDs are per stream: latencies() tells them apart
+                for key in self.keys.completion_keys
+                async for _, fields in self.admin.scan_after(key, self._completions_start[key].last_id)
             ]
         except RedisAdminError as exc:
             raise CommandError(str(exc)) from exc

@@ -108,7 +108,7 @@ async def _run(
             raise CommandError("interrupted while starting; nothing was produced")
         view.started(starting.result())
         if options.demo:
-            demo = DemoProducer(client, spec.stream, duration=options.duration)
+            demo = DemoProducer(client, spec.partition_layout or spec.stream, duration=options.duration)
             demo_task = asyncio.create_task(demo.run(), name="demo-producer")
         await _loop(local, view, options, stop, demo)
         if demo is not None and demo_task is not None:

@@ -121,6 +121,13 @@ def translate_error(
             f"commands (e.g. +@stream +@read +@write +info +memory +eval) on the pipeline's keys",
         ),
         (
+            # Not a RedisError: raised when a cluster client meets a server without cluster mode.
+            isinstance(exc, redis.exceptions.RedisClusterException),
+            RedisUnreachableError,
+            f"Redis at {where} cannot be used as a cluster while {doing} ({text}); set spec.redis.mode "
+            f"to the server's topology (standalone, sentinel or cluster)",
+        ),
+        (
             isinstance(exc, redis.exceptions.ClusterDownError),
             RedisUnreachableError,
             f"Redis cluster at {where} is down while {doing} ({text})",
@@ -309,7 +316,7 @@ class RedisAdmin:
     ) -> AsyncIterator[None]:
         try:
             yield
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise translate_error(exc, doing=doing, where=self.where, stream=stream, group=group) from exc
 
     def _raise(
@@ -555,7 +562,7 @@ class RedisAdmin:
             async with self._errors(doing, stream, group):
                 pending = await self.client.xpending_range(stream, group, "-", "+", 1, consumername=consumer)
                 result = -1 if pending else int(await self.client.xgroup_delconsumer(stream, group, consumer))
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             self._raise(exc, doing, stream, group)
         if result < 0:
             return ConsumerDeletion(

@@ -127,11 +127,7 @@ def resolve_target(
 ) -> Target:
     """The target from a file and/or options (see the module docstring). ``partitions``: the stream
     is the base name of that many partitions (``--partitions``, with ``--stream`` only)."""
-    if partitions:
-        if file is not None:
-            raise UsageError(
-                "--partitions goes with --stream: StreamPipeline files do not declare partitions yet"
-            )
+    if partitions and file is None:
         if dead_letter is not None:
             raise UsageError("--dead-letter does not go with --partitions: each partition has its own")
         target = resolve_target(None, redis_url=redis_url, stream=stream)
@@ -157,6 +153,25 @@ def resolve_target(
         _check_url(redis_url)
     if stream is not None and stream != spec.stream:
         raise UsageError(f"--stream {stream} contradicts {file} (its stream is {spec.stream}); give one")
+    count = spec.partitions.count if spec.partitions is not None else 0
+    if partitions and partitions != count:
+        raise UsageError(
+            f"--partitions {partitions} contradicts {file} ("
+            + (f"it has {count} partitions" if count else "it has no partitions")
+            + "); give one"
+        )
+    if count and dead_letter is not None:
+        raise UsageError(f"--dead-letter does not go with {file}: each of its partitions has its own")
+    if count:
+        return Target(
+            redis_url=redis_url or spec.redis.url,
+            mode=spec.redis.mode,
+            sentinel_master=spec.redis.sentinel.master_name if spec.redis.sentinel is not None else None,
+            stream=spec.stream,
+            dead_letter="",
+            pipeline=pipeline,
+            partitions=count,
+        )
     return Target(
         redis_url=redis_url or spec.redis.url,
         mode=spec.redis.mode,
@@ -179,7 +194,7 @@ def server_errors(target: Target, doing: str) -> Iterator[None]:
     """Turn a redis-py failure into a :class:`CommandError` worded by the operator's error rules."""
     try:
         yield
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         from streampipe_operator.streams.admin import translate_error
 
         where = redact_url(target.redis_url)
