@@ -237,12 +237,14 @@ def test_status_from_the_models_is_accepted_and_printed(
     assert api.StreamPipelineStatus.model_validate(stored["status"]) == status
 
     table = kubectl("get", "spipe", "orders", "-n", namespace).stdout.split("\n")
-    assert table[0].split() == ["NAME", "STREAM", "BACKLOG", "DLQ", "READY", "AGE"]
+    assert table[0].split() == ["NAME", "STREAM", "PARTITIONS", "BACKLOG", "DLQ", "READY", "AGE"]
+    # One stream: the Partitions cell is empty.
     assert table[1].split()[:5] == ["orders", "{orders}:events", "42", "12", "True"]
     wide = kubectl("get", "spipe", "orders", "-n", namespace, "-o", "wide").stdout.split("\n")
     assert wide[0].split() == [
         "NAME",
         "STREAM",
+        "PARTITIONS",
         "BACKLOG",
         "DLQ",
         "READY",
