@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,15 +25,16 @@ import redis
 from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
 from streampipe_worker.deadletter import DeadLetterEnvelope
 from streampipe_worker.ordered import OrderedConsumer
-from streampipe_worker.ownership import PartitionLease, PartitionLeases, owner_key
+from streampipe_worker.ownership import LeaseFencedError, PartitionLease, PartitionLeases, owner_key
 from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
 from streampipe_worker.router import Entry, Router, classify_handler
 from streampipe_worker.settings import SettingsError, WorkerSettings, load_settings, render_env
 from tests.redis.conftest import GROUP, worker_settings_for
-from tests.support.polling import eventually_async
-from tests.support.servers import SERVER_IDS
+from tests.support.polling import eventually, eventually_async
+from tests.support.servers import SERVER_IDS, free_port
 from tests.support.topologies import start_cluster
+from tests.support.worker_process import WorkerProcesses
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -255,6 +262,36 @@ async def test_a_stopping_worker_hands_its_partitions_over(redis_url: str, redis
     assert first.ownership.leases_lost._value.get() == 0
 
 
+async def test_a_joining_worker_takes_its_share_and_nothing_is_handled_twice(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    count = 6
+    layout = PartitionLayout(BASE, count, key=KEY)
+    handled: Handled = []
+
+    def slow(name: str) -> Any:
+        async def handle(entry: Entry) -> None:
+            handled.append((name, entry.fields[KEY], int(entry.fields["seq"])))
+            await asyncio.sleep(0.002)
+
+        return classify_handler(handle)
+
+    first = OrderedConsumer(settings_for(redis_url, "w1", count), slow("w1"))
+    second = OrderedConsumer(settings_for(redis_url, "w2", count), slow("w2"))
+    events = keyed_events(keys=24, per_key=50)
+    Producer(redis_client, layout).send_many(events)
+    async with fleet([first]):
+        await eventually_async(lambda: first.owned() == list(range(count)), what="w1 owns every partition")
+        await eventually_async(lambda: len(handled) >= 50, what="w1 under way")
+        async with fleet([second]):
+            await eventually_async(lambda: spread([first, second], count), within=30, what="an even spread")
+            await eventually_async(lambda: len(handled) >= len(events), within=60, what="every entry handled")
+    # Handed over gracefully (closed, acked, then released): each entry once, each key in order.
+    assert by_key(handled) == {f"c-{k}": list(range(50)) for k in range(24)}
+    assert {name for name, _, _ in handled} == {"w1", "w2"}
+    assert first.ownership.leases_lost._value.get() == second.ownership.leases_lost._value.get() == 0
+
+
 async def test_a_worker_whose_lease_is_taken_acks_nothing_more_there(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -304,6 +341,36 @@ async def test_a_worker_whose_lease_is_taken_acks_nothing_more_there(
     assert by_key(handled)[blocking][:2] == [0, 0]  # handled again first by the next generation
 
 
+async def test_the_dead_letter_move_is_fenced(redis_url: str, redis_client: redis.Redis) -> None:
+    layout = PartitionLayout(BASE, 1, key=KEY)
+    redis_client.xgroup_create(layout.stream(0), GROUP, id="0", mkstream=True)
+    entry_id = redis_client.xadd(layout.stream(0), {KEY: "a"})
+    client = create_async_client(ConnectionSettings(url=redis_url))
+    try:
+        old, new = (PartitionLeases(client, layout, GROUP, name, ttl_ms=60_000) for name in ("old", "new"))
+        stale = await old.acquire(0)
+        assert isinstance(stale, PartitionLease)
+        assert [entry.id for entry in await old.read(stale, count=10)] == [entry_id]
+        redis_client.delete(owner_key(layout, 0))
+        current = await new.acquire(0)
+        assert isinstance(current, PartitionLease)
+        with pytest.raises(LeaseFencedError, match="dead-letter move"):
+            await old.dead_letter(stale, entry_id, {"error": "x"})
+        assert (redis_client.xlen(layout.dead_letter(0)), group_state(redis_client, layout.stream(0))) == (
+            0,
+            (1, 0),
+        )
+        [claimed] = await new.reclaim_all(current)
+        assert await new.dead_letter(current, claimed.id, {"error": "x"})
+        assert not await new.dead_letter(current, claimed.id, {"error": "x"})  # a repeat adds nothing
+        assert (redis_client.xlen(layout.dead_letter(0)), group_state(redis_client, layout.stream(0))) == (
+            1,
+            (0, 0),
+        )
+    finally:
+        await client.aclose()
+
+
 def test_per_key_settings() -> None:
     url = "redis://127.0.0.1:1/0"
     with pytest.raises(SettingsError) as refused:
@@ -341,6 +408,97 @@ def test_per_key_settings() -> None:
     assert settings.layout == PartitionLayout(BASE, 8, key=KEY)
     defaults = load_settings({k: v for k, v in env.items() if "ORDERING" not in k and "LEASE" not in k})
     assert (defaults.ordering, defaults.lease_ttl.total_seconds()) == ("None", 10)
+
+
+HANDLER_MODULE = """
+import os
+
+_out = open(os.environ["TEST_OUT"], "a", buffering=1)
+
+
+def handle(entry):
+    _out.write(f"{entry.fields['customer_id']} {entry.fields['seq']}\\n")
+"""
+
+
+def test_worker_processes_hand_over_at_once_on_sigterm(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    count = 4
+    layout = PartitionLayout(BASE, count, key=KEY)
+    workers = WorkerProcesses(redis_url, tmp_path, BASE, GROUP, "ordered_handlers", HANDLER_MODULE)
+    env = {
+        "STREAMPIPE_PARTITIONS": str(count),
+        "STREAMPIPE_ORDERING": "PerKey",
+        "STREAMPIPE_PARTITION_KEY": KEY,
+        "STREAMPIPE_CREATE_GROUP": "0",
+        # Long enough that waiting for an expiry would show: the successor must not need it.
+        "STREAMPIPE_LEASE_TTL": "5m",
+    }
+    try:
+        port = free_port()
+        first = workers.start(
+            "w1", STREAMPIPE_METRICS_PORT=str(port), STREAMPIPE_METRICS_HOST="127.0.0.1", **env
+        )
+
+        def ready() -> bool:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as reply,
+            ):
+                return reply.status == 200
+            return False
+
+        eventually(ready, within=30, what="w1 ready")
+        eventually(
+            lambda: all(redis_client.get(owner_key(layout, p)) for p in range(count)), what="w1 owns all"
+        )
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=30)
+        assert first.returncode == 0, stderr
+        # Released at once, and the registry left: nothing waits for the 5 minute ttl.
+        assert [redis_client.get(owner_key(layout, p)) for p in range(count)] == [None] * count
+        assert redis_client.zcard("{orders}:members") == 0
+        workers.start("w2", **env)
+        eventually(
+            lambda: [redis_client.get(owner_key(layout, p)) for p in range(count)] == ["w2|2"] * count,
+            within=30,
+            what="w2 owns every partition, each with the next generation",
+        )
+        Producer(redis_client, layout).send_many(keyed_events(keys=10, per_key=10))
+        out = tmp_path / "w2.out"
+        eventually(lambda: out.exists() and len(out.read_text().splitlines()) == 100, within=30, what="100")
+        lines = [line.split() for line in out.read_text().splitlines()]
+        assert by_key([("w2", key, int(seq)) for key, seq in lines]) == {
+            f"c-{k}": list(range(10)) for k in range(10)
+        }
+    finally:
+        workers.stop_all()
+
+
+def test_check_reports_the_ordering(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPIPE_")}
+    env.update(
+        {
+            "STREAMPIPE_STREAM": BASE,
+            "STREAMPIPE_PARTITIONS": "4",
+            "STREAMPIPE_ORDERING": "PerKey",
+            "STREAMPIPE_PARTITION_KEY": KEY,
+            "STREAMPIPE_GROUP": GROUP,
+            "STREAMPIPE_HANDLER": "json:dumps",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "streampipe_worker", "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["ordering"], report["partition_key"], report["partitions"]) == ("PerKey", KEY, 4)
 
 
 @pytest.mark.parametrize("kind", SERVER_IDS)

@@ -75,7 +75,9 @@ class OrderedConsumer:
         self.ownership = OwnershipMetrics(layout.base, settings.group)
         self.metrics = metrics or MergedMetrics([])
         self.metrics.parts.append(self.ownership)
-        self.health = health or Health(stale_after=max(60.0, 3 * self.interval))
+        self.health = health or Health()
+        # The owner loop beats once a round.
+        self.health.stale_after = max(self.health.stale_after, 3 * self.interval)
         self.stats = Stats()
         self.parts = PartitionParts(
             leases=leases,
@@ -135,6 +137,9 @@ class OrderedConsumer:
 
     async def _own(self) -> None:
         while not self._stopping.is_set():
+            # Refilled by _release_when during the step: a partition assigned here again meanwhile is
+            # no longer being handed over.
+            self._handing_over.clear()
             try:
                 await self.owner.step()
                 self.health.set_ready(True)
@@ -157,10 +162,10 @@ class OrderedConsumer:
         if part is None or part.task.done():
             self._handing_over.discard(partition)
             return True
-        if partition not in self._handing_over:
+        if not part.worker.closed:
             log.info("partition %s is assigned elsewhere now: handing it over", part.worker.stream)
-            self._handing_over.add(partition)
-        part.worker.close()
+            part.worker.close()
+        self._handing_over.add(partition)
         return False
 
     def _reconcile(self) -> None:
@@ -172,7 +177,6 @@ class OrderedConsumer:
                 self._finished(partition, part)
             elif partition not in owned:
                 part.worker.lose("the lease was not renewed in time")
-        self._handing_over &= set(self.owner.held)
         for partition in sorted(owned - set(self.running) - self._handing_over):
             self._start(partition)
         self.ownership.partitions_owned.set(len(owned))
@@ -201,7 +205,9 @@ class OrderedConsumer:
             self.metrics.parts.append(metrics)
         worker = OrderedPartition(self.parts, self.owner.held[partition], metrics)
         task = asyncio.create_task(worker.run(), name=f"partition {stream}")
-        task.add_done_callback(lambda _: self._wake.set())
+        # A partition closed (handed over) or lost is released or re-acquired in the next round at
+        # once; one that failed starts again a round later, not in a loop.
+        task.add_done_callback(lambda _: self._wake.set() if worker.closed else None)
         self.running[partition] = RunningPartition(worker, task)
         log.info("partition %s taken (lease %s)", stream, worker.lease.value)
 

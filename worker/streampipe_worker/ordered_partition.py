@@ -150,6 +150,11 @@ class OrderedPartition:
 
     # --- control, from the owner loop -----------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` or :meth:`lose` was called: the partition is being given up."""
+        return self._closing
+
     def close(self) -> None:
         """Stop reading and starting entries; the running batch ends after its current call, what
         succeeded is acked, and :meth:`run` returns (the lease is then released by the caller)."""

@@ -1,7 +1,7 @@
 """Partition ownership for per-key ordering: one owner per partition, through a fenced lease.
 
-Not wired into the worker or the operator yet (docs/partitions.md says so); this is the primitive
-``ordering: PerKey`` will stand on.
+The primitive ``ordering: PerKey`` stands on: :mod:`streampipe_worker.ordered` runs a
+:class:`PartitionOwner` and works the partitions it owns under these leases.
 
 Keys (``T(i)`` is partition ``i``'s hash tag, :mod:`streampipe_worker.partitions`), so that on a
 cluster everything one partition's scripts touch lives in that partition's slot:
