@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 import redis
@@ -153,7 +154,7 @@ async def test_three_workers_spread_the_partitions_and_handle_each_key_in_order(
         assert group_state(redis_client, stream) == (0, 0)
     assert [w.ownership.partitions_owned._value.get() for w in workers] == [0, 0, 0]
     assert redis_client.zcard("{orders}:members") == 0
-    assert all(worker.stats.processed > 0 for worker in workers) or count < len(workers)
+    assert all(worker.stats.processed > 0 for worker in workers)
 
 
 def same_partition_keys(layout: PartitionLayout, wanted: int) -> list[str]:
@@ -472,6 +473,77 @@ def test_worker_processes_hand_over_at_once_on_sigterm(
         assert by_key([("w2", key, int(seq)) for key, seq in lines]) == {
             f"c-{k}": list(range(10)) for k in range(10)
         }
+    finally:
+        workers.stop_all()
+
+
+RECORDING_MODULE = """
+import os
+import time
+
+import redis
+
+_client = redis.Redis.from_url(os.environ["STREAMPIPE_REDIS_URL"], decode_responses=True)
+
+
+def handle(entry):
+    # One stream records every worker's handler calls in the order they started.
+    _client.xadd("handled", {"by": os.environ["STREAMPIPE_CONSUMER"], "key": entry.fields["customer_id"],
+                             "seq": entry.fields["seq"]})
+    time.sleep(0.01)
+"""
+
+
+def exposition_value(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [sample] = [sample for sample in families[name].samples if sample.name.endswith("_total")]
+    return float(sample.value)
+
+
+def test_a_stopped_process_loses_its_leases_and_its_keys_stay_in_order(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    count = 4
+    layout = PartitionLayout(BASE, count, key=KEY)
+    workers = WorkerProcesses(redis_url, tmp_path, BASE, GROUP, "recording_handlers", RECORDING_MODULE)
+    env = {
+        "STREAMPIPE_PARTITIONS": str(count),
+        "STREAMPIPE_ORDERING": "PerKey",
+        "STREAMPIPE_PARTITION_KEY": KEY,
+        "STREAMPIPE_CREATE_GROUP": "0",
+        "STREAMPIPE_LEASE_TTL": "1s",
+        "STREAMPIPE_METRICS_HOST": "127.0.0.1",
+    }
+    ports = {"w1": free_port(), "w2": free_port()}
+    owners = lambda: [redis_client.get(owner_key(layout, p)) or "" for p in range(count)]  # noqa: E731
+    try:
+        first = workers.start("w1", STREAMPIPE_METRICS_PORT=str(ports["w1"]), **env)
+        workers.start("w2", STREAMPIPE_METRICS_PORT=str(ports["w2"]), **env)
+        eventually(
+            lambda: sorted(o.split("|")[0] for o in owners()) == ["w1", "w1", "w2", "w2"], what="2 each"
+        )
+        Producer(redis_client, layout).send_many(keyed_events(keys=20, per_key=30))
+        eventually(lambda: redis_client.xlen("handled") >= 60, what="under way")
+        first.send_signal(signal.SIGSTOP)  # w1 stops renewing, mid-batch
+        try:
+            eventually(lambda: all(o.startswith("w2|") for o in owners()), what="w2 takes every partition")
+        finally:
+            first.send_signal(signal.SIGCONT)
+        eventually(lambda: exposition_value(ports["w1"], "streampipe_worker_partition_leases_lost") == 2.0)
+        eventually(
+            lambda: len({(f["key"], f["seq"]) for _, f in redis_client.xrange("handled")}) == 600,
+            within=60,
+            what="every entry handled",
+        )
+        eventually(
+            lambda: all(group_state(redis_client, stream) == (0, 0) for stream in layout.streams),
+            what="acked",
+        )
+        handled = [(f["by"], f["key"], int(f["seq"])) for _, f in redis_client.xrange("handled")]
+        assert first_handlings_in_order(handled)
+        assert exposition_value(ports["w2"], "streampipe_worker_partition_leases_lost") == 0.0
     finally:
         workers.stop_all()
 

@@ -111,6 +111,25 @@ class KeyQueues:
         self._ids.clear()
 
 
+class LeasedRunner(HandlerRunner):
+    """A handler runner that starts no further entry once its partition's lease has run out locally:
+    checked before each entry, also on the handler thread, so a worker that was paused (a stall, a
+    stopped process) does not go on with a batch whose partition may have a new owner by now."""
+
+    def __init__(self, handler: LoadedHandler, lease: PartitionLease) -> None:
+        self.lease = lease
+        self._stopped = False
+        super().__init__(handler, 1)
+
+    @property
+    def stop_now(self) -> bool:
+        return self._stopped or not self.lease.valid()
+
+    @stop_now.setter
+    def stop_now(self, value: bool) -> None:
+        self._stopped = value
+
+
 @dataclass(frozen=True)
 class PartitionParts:
     """What every partition of one ordered worker shares."""
@@ -137,7 +156,7 @@ class OrderedPartition:
         self.client: Any = parts.leases.client
         self.stream = parts.leases.layout.stream(lease.partition)
         self.queues = KeyQueues(parts.key_field)
-        self.runner = HandlerRunner(parts.handler, 1)
+        self.runner = LeasedRunner(parts.handler, lease)
         self.buffer_limit = max(parts.batch_size * BUFFER_BATCHES, MAX_PAGE)
         self.in_flight = 0
         self.lost = False
