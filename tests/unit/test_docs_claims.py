@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streampipe_operator.controller.metrics import OperatorMetrics
-from streampipe_worker.metrics import WorkerMetrics
+from streampipe_worker.metrics import OwnershipMetrics, WorkerMetrics
 from tests.unit.test_chart import one, render_values
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,12 +58,10 @@ SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 
 def test_every_metric_the_docs_name_is_defined_in_the_code() -> None:
     operator, worker = OperatorMetrics(CollectorRegistry()), WorkerMetrics("s", "g", CollectorRegistry())
+    registries = (operator.registry, worker.registry, OwnershipMetrics("s", "g").registry)
     defined = {
-        sample.name
-        for registry in (operator.registry, worker.registry)
-        for family in registry.collect()
-        for sample in family.samples
-    } | {family.name for registry in (operator.registry, worker.registry) for family in registry.collect()}
+        sample.name for registry in registries for family in registry.collect() for sample in family.samples
+    } | {family.name for registry in registries for family in registry.collect()}
     # Labelled operator series appear once set: their family names are enough.
     assert len(defined) > 20
     unknown = []

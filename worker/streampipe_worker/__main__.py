@@ -98,6 +98,8 @@ def check(settings: WorkerSettings, ping: bool) -> int:
         "handler_kind": ("async " if handler.is_async else "") + ("batch" if handler.is_batch else "entry"),
         "stream": settings.stream,
         "partitions": settings.partitions,
+        "ordering": settings.ordering,
+        "partition_key": settings.partition_key,
         "group": settings.group,
         "consumer": settings.consumer,
         # Partitioned: each partition's own, {<stream>:<i>}:dlq (docs/partitions.md).
@@ -133,6 +135,7 @@ def tune_collector() -> None:
 def run(settings: WorkerSettings) -> int:
     from streampipe_worker.consumer import Consumer
     from streampipe_worker.metrics import AllHealth, Health, MergedMetrics, MetricsServer, WorkerMetrics
+    from streampipe_worker.ordered import OrderedConsumer
     from streampipe_worker.partitioned import PartitionedConsumer
     from streampipe_worker.router import HandlerLoadError, load_handler
 
@@ -144,7 +147,11 @@ def run(settings: WorkerSettings) -> int:
         return 2
     metrics: Any
     health: Any
-    if settings.partitions:
+    if settings.ordering == "PerKey":
+        # The partitions this process owns (ordered.py): ownership and each owned partition's metrics.
+        metrics, health = MergedMetrics([]), Health()
+        what = f"the partitions it owns of {settings.partitions} of {settings.stream}, each key in order"
+    elif settings.partitions:
         # One consumer per partition (partitioned.py), their metrics and readiness on one port.
         metrics, health = MergedMetrics([]), AllHealth({})  # filled by PartitionedConsumer
         what = f"{settings.partitions} partitions of {settings.stream}"
@@ -166,8 +173,10 @@ def run(settings: WorkerSettings) -> int:
 
     async def main() -> int:
         # Built in the event loop that runs it.
-        consumer: Consumer | PartitionedConsumer
-        if settings.partitions:
+        consumer: Consumer | PartitionedConsumer | OrderedConsumer
+        if settings.ordering == "PerKey":
+            consumer = OrderedConsumer(settings, handler, metrics=metrics, health=health)
+        elif settings.partitions:
             consumer = PartitionedConsumer(settings, handler, metrics=metrics, health=health)
         else:
             consumer = Consumer(settings, handler, metrics=metrics, health=health)

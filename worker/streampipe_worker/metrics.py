@@ -16,6 +16,12 @@ Metric names (labels ``stream``, ``group``; the chart's alert rules use these):
 - ``streampipe_worker_handler_duration_seconds``: histogram, one observation per entry
 - ``streampipe_worker_batch_size``: histogram of entries per batch handled
 - ``streampipe_worker_in_flight``: gauge, entries delivered to this worker and not yet settled
+
+With ``ordering: PerKey`` (labels ``stream`` = the base name, ``group``; :class:`OwnershipMetrics`):
+
+- ``streampipe_worker_partitions_owned``: gauge, partitions whose lease this worker holds
+- ``streampipe_worker_partition_leases_lost_total``: leases lost while working (not renewed in time,
+  or refused by the server's fence); the partition's unacked entries go to the next owner
 """
 
 from __future__ import annotations
@@ -172,6 +178,31 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+class OwnershipMetrics:
+    """A per-key ordering worker's partition ownership, in its own registry."""
+
+    def __init__(self, base: str, group: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"stream": base, "group": group}
+        self.partitions_owned = Gauge(
+            "streampipe_worker_partitions_owned",
+            "Partitions whose lease this worker holds",
+            list(labels),
+            registry=self.registry,
+        ).labels(**labels)
+        self.leases_lost = Counter(
+            "streampipe_worker_partition_leases_lost",
+            "Partition leases lost while working (not renewed in time, or fenced)",
+            list(labels),
+            registry=self.registry,
+        ).labels(**labels)
+
+
+class Registered(Protocol):
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
 class Rendered(Protocol):
     def render(self) -> bytes: ...
 
@@ -189,8 +220,8 @@ class MergedMetrics:
     """The metrics of several consumers in one process (one per partition) as one exposition: each
     metric once, with every consumer's samples (they differ in their ``stream`` label)."""
 
-    def __init__(self, parts: Sequence[WorkerMetrics]) -> None:
-        self.parts = list(parts)
+    def __init__(self, parts: Sequence[Registered]) -> None:
+        self.parts: list[Registered] = list(parts)
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}

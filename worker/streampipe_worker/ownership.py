@@ -1,7 +1,7 @@
 """Partition ownership for per-key ordering: one owner per partition, through a fenced lease.
 
-Not wired into the worker or the operator yet (docs/partitions.md says so); this is the primitive
-``ordering: PerKey`` will stand on.
+The primitive ``ordering: PerKey`` stands on: :mod:`streampipe_worker.ordered` runs a
+:class:`PartitionOwner` and works the partitions it owns under these leases.
 
 Keys (``T(i)`` is partition ``i``'s hash tag, :mod:`streampipe_worker.partitions`), so that on a
 cluster everything one partition's scripts touch lives in that partition's slot:
@@ -36,7 +36,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,20 @@ if #ids > 0 then
   entries = redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, unpack(ids))
 end
 return {last, entries}
+"""
+
+# KEYS[1] owner, KEYS[2] stream, KEYS[3] dead-letter stream; ARGV[1] consumer|generation, ARGV[2] group,
+# ARGV[3] id, ARGV[4..] the envelope's field/value pairs. XACK first: an entry no longer pending (the
+# move landed and its reply was lost) is not added twice. 1 moved, 0 not pending.
+_DEAD_LETTER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.status_reply('FENCED')
+end
+if redis.call('XACK', KEYS[2], ARGV[2], ARGV[3]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+return 1
 """
 
 # KEYS[1] members; ARGV[1] member, ARGV[2] ttl ms. Scores are the server's clock, so pods whose
@@ -301,6 +315,7 @@ class PartitionLeases:
         self._read = client.register_script(_READ)
         self._ack = client.register_script(_ACK)
         self._reclaim = client.register_script(_RECLAIM)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
 
     async def acquire(self, partition: int) -> PartitionLease | HeldElsewhere:
         """Take ``partition`` if its lease is free (a new generation), renew it if this consumer holds
@@ -371,6 +386,17 @@ class PartitionLeases:
                 raise LeaseFencedError(lease, "the server's fence refused the ack")
             acked += int(reply)
         return acked
+
+    async def dead_letter(self, lease: PartitionLease, entry_id: str, envelope: Mapping[str, str]) -> bool:
+        """Move one entry to the partition's dead-letter stream under the lease: XACK it and XADD
+        ``envelope`` in one script (the three keys share the partition's slot). False when the entry
+        was no longer pending (nothing added)."""
+        keys = [*self._fenced_keys(lease), self.layout.dead_letter(lease.partition)]
+        flat = [item for pair in envelope.items() for item in pair]
+        reply = await self._dead_letter(keys=keys, args=[lease.value, self.group, entry_id, *flat])
+        if _is_fenced(reply):
+            raise LeaseFencedError(lease, "the server's fence refused the dead-letter move")
+        return int(reply) == 1
 
     async def reclaim(
         self, lease: PartitionLease, *, count: int = 100, start: str | None = None
@@ -467,13 +493,24 @@ class PartitionOwner:
     """Keeps one member's leases in line with the assignment: each :meth:`step` heartbeats, computes
     :func:`assign_partitions` over the live members, releases the partitions no longer assigned here,
     renews the held ones that are due, and acquires the assigned ones that are free (one held
-    elsewhere is left until its holder releases it or its lease expires)."""
+    elsewhere is left until its holder releases it or its lease expires).
 
-    def __init__(self, leases: PartitionLeases, membership: Membership) -> None:
+    ``release_when(partition)`` is asked before a partition no longer assigned here is released: False
+    keeps (and renews) its lease for another round, so that a consumer can finish and ack what it
+    is handling there before the next owner starts."""
+
+    def __init__(
+        self,
+        leases: PartitionLeases,
+        membership: Membership,
+        *,
+        release_when: Callable[[int], bool] = lambda partition: True,
+    ) -> None:
         if leases.consumer != membership.member:
             raise ValueError("the member name and the lease's consumer name must be the same")
         self.leases = leases
         self.membership = membership
+        self.release_when = release_when
         self.held: dict[int, PartitionLease] = {}
 
     def owned(self) -> list[int]:
@@ -485,7 +522,8 @@ class PartitionOwner:
         members = await self.membership.heartbeat()
         assigned = set(assign_partitions(self.leases.layout.count, members).get(self.leases.consumer, ()))
         for partition in sorted(set(self.held) - assigned):
-            await self.leases.release(self.held.pop(partition))
+            if self.release_when(partition):
+                await self.leases.release(self.held.pop(partition))
         for partition, lease in sorted(self.held.items()):
             if (lease.renewal_due() or not lease.valid()) and not await self.leases.renew(lease):
                 del self.held[partition]

@@ -32,6 +32,8 @@ from streampipe_worker.keys import cluster_key_problem
 from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
 
 ENV_PREFIX = "STREAMPIPE_"
+MIN_LEASE_TTL = timedelta(seconds=1)
+MAX_LEASE_TTL = timedelta(minutes=5)
 
 
 def parse_duration(value: object) -> timedelta:
@@ -125,6 +127,21 @@ class WorkerSettings(BaseSettings):
         description="0: STREAM is one stream key. N: STREAM is the base name of N partition streams "
         "(docs/partitions.md), and this worker reads all of them",
     )
+    ordering: Literal["None", "PerKey"] = Field(
+        default="None",
+        description="None: every worker reads every partition. PerKey: each partition is read by one "
+        "worker at a time (a fenced lease) and each key's entries are handled in order; needs PARTITIONS",
+    )
+    partition_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="With PerKey: the entry field whose value is the key; unset = each partition is one "
+        "key sequence",
+    )
+    lease_ttl: Duration = Field(
+        default=timedelta(seconds=10),
+        description="With PerKey: time to live of a partition's lease (renewed every third of it)",
+    )
     group: str = Field(min_length=1, description="Its consumer group (created by the operator)")
     consumer: str = Field(
         default_factory=socket.gethostname,
@@ -175,7 +192,9 @@ class WorkerSettings(BaseSettings):
     @property
     def layout(self) -> PartitionLayout | None:
         """The partition layout, or None for one stream key."""
-        return PartitionLayout(self.stream, self.partitions) if self.partitions else None
+        if not self.partitions:
+            return None
+        return PartitionLayout(self.stream, self.partitions, key=self.partition_key)
 
     def for_partition(self, index: int) -> WorkerSettings:
         """The settings of one partition's consumer: its stream and dead-letter stream."""
@@ -218,6 +237,22 @@ class WorkerSettings(BaseSettings):
         if self.claim_idle < timedelta(milliseconds=100):
             found.append(
                 (name("claim_idle"), "must be at least 100ms (leases are renewed at a quarter of it)")
+            )
+        if not MIN_LEASE_TTL <= self.lease_ttl <= MAX_LEASE_TTL:
+            found.append(
+                (
+                    name("lease_ttl"),
+                    f"{format_duration(self.lease_ttl)} is outside {format_duration(MIN_LEASE_TTL)}.."
+                    f"{format_duration(MAX_LEASE_TTL)}",
+                )
+            )
+        if self.ordering == "PerKey" and not self.partitions:
+            found.append(
+                (
+                    name("ordering"),
+                    "PerKey needs STREAMPIPE_PARTITIONS >= 1: keys are ordered within a partition, "
+                    "which one worker owns at a time",
+                )
             )
         if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
             found.append((name("tls_ca_file"), f"{self.tls_ca_file} is not a readable file"))
