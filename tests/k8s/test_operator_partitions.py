@@ -6,9 +6,13 @@ No kubelet runs here (see test_operator_lifecycle.py); partitioned workers run i
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import redis.asyncio
 
 import redis
+from streampipe_worker.ownership import PartitionLease, PartitionLeases
 from streampipe_worker.partitions import PartitionLayout
 from tests.support.controlplane import Kubectl
 from tests.support.operator_process import Cluster, eventually, pipeline_manifest, worker_group
@@ -71,3 +75,37 @@ def test_partitioned_pipeline_groups_scaling_status_and_deletion(
     eventually(lambda: cluster.pipeline(namespace, "orders") is None, what="pipeline gone")
     keys = [key for i in range(LAYOUT.count) for key in (LAYOUT.stream(i), LAYOUT.dead_letter(i))]
     assert redis_client.exists(*keys) == 0
+
+
+@pytest.mark.usefixtures("operator")
+def test_per_key_ordering_caps_workers_and_reports_each_partitions_owner(
+    kubectl: Kubectl, cluster: Cluster, namespace: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # 80 entries at 10 per replica would ask for 8 workers; with PerKey 4 partitions cap them at 4.
+    for index in range(LAYOUT.count):
+        for n in range(20):
+            redis_client.xadd(LAYOUT.stream(index), {"customer": f"c{n}"})
+    manifest = partitioned("orders", namespace, redis_url)
+    manifest["spec"]["partitions"]["ordering"] = "PerKey"  # type: ignore[index]
+    kubectl.apply(manifest)
+    eventually(lambda: cluster.replicas(namespace, "orders-billing") == 4, what="4 replicas (the count)")
+    deployment = cluster.deployment(namespace, "orders-billing")
+    assert deployment is not None
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["STREAMPIPE_ORDERING"], env["STREAMPIPE_PARTITION_KEY"]) == ("PerKey", "customer")
+
+    # A worker (here the lease primitive itself, as a worker pod would use it) takes partition 2.
+    async def take() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        leases = PartitionLeases(client, LAYOUT, "billing", "orders-billing-abc12", ttl_ms=60_000)
+        assert isinstance(await leases.acquire(2), PartitionLease)
+        await client.aclose()
+
+    asyncio.run(take())
+
+    def owners() -> list[object] | None:
+        status = (cluster.pipeline(namespace, "orders") or {}).get("status") or {}
+        found = [p.get("owner") for p in status.get("partitions") or []]
+        return found if found == [None, None, "orders-billing-abc12", None] else None
+
+    eventually(owners, what="the owner of partition 2 in status")

@@ -233,11 +233,10 @@ INVALID_SPECS: list[InvalidSpec] = [
         "partitions-ordering-enum",
         _all(
             _set("spec", "stream", value="orders"),
-            _set("spec", "partitions", value={"count": 4, "ordering": "PerKey"}),
+            _set("spec", "partitions", value={"count": 4, "ordering": "Strict"}),
         ),
         "spec.partitions.ordering",
-        'Unsupported value: "PerKey": supported values: "None"',
-        notes="PerKey ordering is not built yet; adding the value later is additive.",
+        'Unsupported value: "Strict": supported values: "None", "PerKey"',
     ),
     InvalidSpec(
         "partitions-base-with-braces",
@@ -669,7 +668,21 @@ def _partitioned(count: int) -> Callable[[Manifest], None]:
     return _all(_set("spec", "stream", value="orders"), _set("spec", "partitions", value={"count": count}))
 
 
+def _per_key(count: int) -> Callable[[Manifest], None]:
+    return _all(
+        _set("spec", "stream", value="orders"),
+        _set("spec", "partitions", value={"count": count, "key": "customer", "ordering": "PerKey"}),
+    )
+
+
 INVALID_CHANGES: list[InvalidChange] = [
+    InvalidChange(
+        "partitions-per-key-grow",
+        _per_key(4),
+        _per_key(8),
+        "spec.partitions.count",
+        "cannot change while ordering is PerKey",
+    ),
     InvalidChange(
         "partitions-shrink",
         _partitioned(8),

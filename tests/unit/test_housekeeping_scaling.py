@@ -120,3 +120,21 @@ def test_passes_wake_on_the_next_tick(at: float) -> None:
     woken = on_tick(at)
     assert at <= woken < at + TICK
     assert round(woken / TICK) == pytest.approx(woken / TICK)
+
+
+@pytest.mark.parametrize(
+    ("cap", "min_replicas", "desired"),
+    [
+        pytest.param(None, 0, 10, id="no-cap-maxReplicas"),
+        pytest.param(4, 0, 4, id="per-key-capped-at-the-partition-count"),
+        pytest.param(2, 3, 2, id="the-cap-bounds-minReplicas-too"),
+    ],
+)
+def test_per_key_ordering_caps_replicas_at_the_partition_count(
+    cap: int | None, min_replicas: int, desired: int
+) -> None:
+    # A flood would ask for 10 (maxReplicas); with PerKey a worker past the count owns no partition.
+    decision = scaling_decision(
+        group(minReplicas=min_replicas), state(500_000), current=10, history=None, now=T0, cap=cap
+    )
+    assert decision.desired_replicas == desired

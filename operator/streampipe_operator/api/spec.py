@@ -39,6 +39,7 @@ from streampipe_operator.api.fields import (
     refuse_duplicates,
 )
 from streampipe_operator.api.pod_template import PodTemplateSpec
+from streampipe_worker.ownership import GENERATION_SUFFIX, OWNER_SUFFIX, members_key
 from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
 
 # --------------------------------------------------------------------------------------------- redis
@@ -250,11 +251,12 @@ class PartitionsSpec(SpecModel):
             "vectors in docs/partitions.md). Omit to spread entries evenly over the partitions.",
         )
     )
-    ordering: Literal["None"] = Field(
+    ordering: Literal["None", "PerKey"] = Field(
         default="None",
         description="`None`: every worker reads every partition; entries of one key may be handled out of "
-        "order when several pods or a concurrency above 1 handle them. (`PerKey` ordering is not "
-        "available yet.)",
+        "order when several pods or a concurrency above 1 handle them. `PerKey`: each partition has one "
+        "owner at a time (a fenced lease), which handles each key's entries in order; workers are capped "
+        "at count.",
     )
 
     @cel_transition_rule(
@@ -267,6 +269,15 @@ class PartitionsSpec(SpecModel):
         return self.count >= old.count or (
             f"may grow, never shrink (was {old.count}): entries of a removed partition would be stranded"
         )
+
+    @cel_transition_rule(
+        "self.ordering != 'PerKey' || oldSelf.ordering != 'PerKey' || self.count == oldSelf.count",
+        message="cannot change while ordering is PerKey: growing would move keys to other partitions "
+        "before their older entries are processed (not supported yet); set ordering None first",
+        field_path=".count",
+    )
+    def _count_fixed_per_key(self, old: PartitionsSpec) -> bool:
+        return self.ordering != "PerKey" or old.ordering != "PerKey" or self.count == old.count
 
 
 # ------------------------------------------------------------------------------------------- groups
@@ -512,7 +523,17 @@ class StreamPipelineSpec(SpecModel):
         layout = self.partition_layout
         if layout is None:
             return (self.stream, self.dead_letter_stream)
-        return tuple(key for i in range(layout.count) for key in (layout.stream(i), layout.dead_letter(i)))
+        # With the partitions' lease keys (PerKey ordering) and the workers' registry.
+        per_partition = (
+            (
+                layout.stream(i),
+                layout.dead_letter(i),
+                layout.stream(i) + OWNER_SUFFIX,
+                layout.stream(i) + GENERATION_SUFFIX,
+            )
+            for i in range(layout.count)
+        )
+        return (*(key for keys in per_partition for key in keys), members_key(layout))
 
     @property
     def data_description(self) -> str:

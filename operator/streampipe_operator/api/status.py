@@ -195,6 +195,11 @@ class PartitionStatus(StatusModel):
     dead_letters: Annotated[int, Field(ge=0)] = Field(
         default=0, description="Entries in its dead-letter stream (`<stream>:dlq`)."
     )
+    owner: ShortText | None = Field(
+        default=None,
+        description="With ordering PerKey: the worker (consumer name) holding the partition's lease; "
+        "absent when nobody holds it.",
+    )
 
 
 class StreamPipelineStatus(StatusModel):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from streampipe_operator import api
 from streampipe_operator.api import Reason
-from streampipe_operator.engine.spec_mapping import retention_policy, scaling_policy
+from streampipe_operator.engine.spec_mapping import replica_cap, retention_policy, scaling_policy
 from streampipe_operator.plan.backlog import Backlog, group_backlog
 from streampipe_operator.plan.consumers import plan_consumer_cleanup
 from streampipe_operator.plan.groups import (
@@ -53,6 +53,7 @@ from streampipe_operator.streams.admin import (
     RedisUnreachableError,
 )
 from streampipe_worker.capabilities import ServerCapabilities
+from streampipe_worker.ownership import OWNER_SUFFIX
 
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
 DEFAULT_RETENTION_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
@@ -145,8 +146,10 @@ class PassReport:
     retention: RetentionOutcome | None = None
     # Entries removed by trims this pass, by target ("stream", "dead_letter"); None: no trim ran.
     trimmed: dict[str, int] | None = None
-    # A partitioned pipeline: each partition's own observation, by index (``observation`` is their sum).
+    # A partitioned pipeline: each partition's own observation, by index (``observation`` is their sum),
+    # and with per-key ordering the consumer holding each partition's lease (None: nobody).
     partitions: list[StreamObservation] = field(default_factory=list)
+    owners: list[str | None] = field(default_factory=list)
 
 
 def scaling_decision(
@@ -156,6 +159,7 @@ def scaling_decision(
     current: int | None,
     history: Sequence[Recommendation] | None,
     now: float,
+    cap: int | None = None,
 ) -> ScalingDecision:
     """The replica decision for one group from its observed state (None: the group is missing, so
     the backlog is unknown and replicas hold) and its workload's ``current`` replicas (None: there
@@ -172,7 +176,7 @@ def scaling_decision(
     )
     if history is None and current is not None:
         history = (Recommendation(at=now, replicas=current),)
-    policy = scaling_policy(group.scaling)
+    policy = scaling_policy(group.scaling, cap=cap)
     return decide_replicas(
         group.name,
         policy,
@@ -264,6 +268,9 @@ async def _run_partitioned_pass(
         await steps.retain()
         await steps.clean_consumers()
         report.partitions.append(part.observation)
+        if spec.partitions.ordering == "PerKey":
+            holder = await admin.value(part_spec.stream + OWNER_SUFFIX)
+            report.owners.append(holder.rpartition("|")[0] if holder else None)
         report.events.extend(part.events)
         for group, problem in part.group_problems.items():
             report.group_problems.setdefault(group, f"{part_spec.stream}: {problem}")
@@ -404,6 +411,7 @@ class _Steps:
                 current=current,
                 history=memory.histories.get(group.name),
                 now=self.clock.time(),
+                cap=replica_cap(self.spec),
             )
             memory.histories[group.name] = decision.history
             self.report.decisions[group.name] = decision

@@ -62,12 +62,27 @@ def worker_settings_values(
         "claim_idle": retry.claim_idle.delta,
         # With partitions the worker derives each partition's stream and dead-letter stream itself.
         "partitions": spec.partitions.count if spec.partitions is not None else None,
+        **_ordering(spec),
         "dead_letter_stream": spec.dead_letter_stream if spec.partitions is None else None,
         "dedupe_ttl": group.dedupe.ttl.delta if group.dedupe is not None else None,
         "shutdown_grace": shutdown_grace(
             template.termination_grace_period_seconds if template is not None else None
         ),
     }
+
+
+def _ordering(spec: StreamPipelineSpec) -> dict[str, Any]:
+    """Per-key ordering's settings; nothing for the default (no change to existing pods)."""
+    partitions = spec.partitions
+    if partitions is None or partitions.ordering != "PerKey":
+        return {}
+    return {"ordering": "PerKey", "partition_key": partitions.key}
+
+
+def replica_cap(spec: StreamPipelineSpec) -> int | None:
+    """The most workers a group can use: the partition count with per-key ordering, else no cap."""
+    partitions = spec.partitions
+    return partitions.count if partitions is not None and partitions.ordering == "PerKey" else None
 
 
 def template_env(group: GroupSpec) -> tuple[dict[str, str], list[str]]:
@@ -83,11 +98,13 @@ def template_env(group: GroupSpec) -> tuple[dict[str, str], list[str]]:
     return literal, from_objects
 
 
-def scaling_policy(scaling: ScalingSpec) -> ScalingPolicy:
-    """``spec.groups[].scaling`` as the scaling planner's policy."""
+def scaling_policy(scaling: ScalingSpec, *, cap: int | None = None) -> ScalingPolicy:
+    """``spec.groups[].scaling`` as the scaling planner's policy; ``cap`` bounds both ends (the
+    partition count with per-key ordering: a worker beyond it would own no partition)."""
+    bound = cap if cap is not None else scaling.max_replicas
     return ScalingPolicy(
-        min_replicas=scaling.min_replicas,
-        max_replicas=scaling.max_replicas,
+        min_replicas=min(scaling.min_replicas, bound),
+        max_replicas=min(scaling.max_replicas, bound),
         backlog_per_replica=scaling.backlog_per_replica,
         activation_backlog=scaling.activation_backlog,
         scale_down_stabilization=scaling.scale_down_stabilization.total_seconds(),

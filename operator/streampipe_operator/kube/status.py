@@ -76,6 +76,7 @@ class Findings:
     # A partitioned pipeline: its layout, and each partition's observation (``observation`` is the sum).
     partition_layout: PartitionLayout | None = None
     partitions: Sequence[StreamObservation] = ()
+    owners: Sequence[str | None] = ()
 
     def take_pass(self, report: PassReport, where: str) -> None:
         """What a housekeeping pass on the server ``where`` saw (the operator's and ``housekeep``'s)."""
@@ -84,6 +85,7 @@ class Findings:
         self.where = where
         self.observation = report.observation
         self.partitions = report.partitions
+        self.owners = report.owners
         self.group_problems = report.group_problems
         self.orphaned = report.orphaned
         self.retention = report.retention
@@ -281,6 +283,7 @@ def _partition_status(findings: Findings) -> list[api.PartitionStatus] | None:
                 lag=None if None in lags else sum(value or 0 for value in lags),
                 pending=sum(group.pending for group in observation.groups),
                 dead_letters=observation.dead_letter_length or 0,
+                owner=findings.owners[index] if index < len(findings.owners) else None,
             )
         )
     return parts

@@ -429,6 +429,11 @@ class RedisAdmin:
                 return None
         return _stream_state(info)
 
+    async def value(self, key: str) -> str | None:
+        """GET ``key`` (a partition's lease, say); None when it does not exist."""
+        async with self._errors(f"reading {key}"):
+            return cast(str | None, await self.client.get(key))
+
     async def entries_after(self, key: str, after: str, *, count: int) -> list[tuple[str, dict[str, str]]]:
         """Up to ``count`` entries of ``key`` after the ID ``after`` (none when the key is missing)."""
         async with self._errors(f"reading XRANGE {key}", key):
