@@ -7,6 +7,8 @@ are recorded like ``recorder.handle`` records them.
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, Field
 
 from streampipe_worker.router import Entry, Router
@@ -28,9 +30,9 @@ class OrderCancelled(BaseModel):
 
 @router.on("order.created", version=1)
 def created(event: OrderCreated, entry: Entry) -> None:
-    record(entry, "ok")
+    record(entry, "ok", time.monotonic_ns())
 
 
 @router.on("order.cancelled", version=2)
 def cancelled(event: OrderCancelled, entry: Entry) -> None:
-    record(entry, "ok")
+    record(entry, "ok", time.monotonic_ns())

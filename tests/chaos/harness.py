@@ -230,12 +230,18 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 
 def sigkill_child(pid: int) -> bool:
-    """SIGKILL ``pid`` if it is a live child of this process (a worker that LocalRuntime started).
+    """SIGKILL ``pid`` if it is a live child of this process (see :func:`signal_child`)."""
+    return signal_child(pid, signal.SIGKILL)
+
+
+def signal_child(pid: int, signum: signal.Signals) -> bool:
+    """Send ``signum`` to ``pid`` if it is a live child of this process (a worker that LocalRuntime
+    started).
 
     The PID comes from a status snapshot, so the process may have exited and been reaped since. A pidfd
     pins the process the PID named when it was opened; the /proc check then proves that it is still our
     (live) child and not a stranger that reused the PID, and the signal goes through the pidfd.
-    Returns whether a live worker was killed.
+    Returns whether a live worker got the signal.
     """
     try:
         pidfd = os.pidfd_open(pid)
@@ -245,7 +251,7 @@ def sigkill_child(pid: int) -> bool:
         stat = _proc_stat(pid)
         if stat is None or stat[1] != os.getpid() or stat[0] in ("Z", "X"):
             return False
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        signal.pidfd_send_signal(pidfd, signum)
         return True
     except ProcessLookupError:
         return False

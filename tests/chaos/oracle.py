@@ -8,7 +8,7 @@ dead-letter stream read back at the end through the worker's own envelope parser
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ class Call:
     deliveries: int
     outcome: str  # ok | fail | permanent | timeout | hold (see recorder.py)
     source: str  # the record file (consumer name and PID)
+    started: int = 0  # CLOCK_MONOTONIC ns when the call began (one clock for all processes)
 
 
 def read_calls(directory: Path) -> list[Call]:
@@ -35,8 +36,8 @@ def read_calls(directory: Path) -> list[Call]:
         lines = text.split("\n")
         # A line is written by one write(2); a missing final newline can only mean a torn last write.
         for line in lines[:-1]:
-            n, entry_id, deliveries, outcome = line.split(" ")
-            calls.append(Call(int(n), entry_id, int(deliveries), outcome, path.stem))
+            n, entry_id, deliveries, outcome, started = line.split(" ")
+            calls.append(Call(int(n), entry_id, int(deliveries), outcome, path.stem, int(started)))
     return calls
 
 
@@ -91,3 +92,27 @@ def judge(produced: Iterable[int], calls: Iterable[Call], dead: Iterable[DeadLet
         processed_and_dead=sorted(set(ok) & set(dead_counts)),
         unknown=sorted(handled - wanted),
     )
+
+
+def key_order_violations(calls: Iterable[Call], key_of: Callable[[int], str]) -> list[tuple[str, int, int]]:
+    """Per-key order: within each key, every entry is first handled after every older entry (smaller
+    ``n``, produced earlier) of that key was first handled. A redelivery of an entry not yet acked may
+    repeat it later; that is a repeat, not a first call, so it never counts here. Returns (key, older,
+    newer) for each newer entry whose first call began before an older one's first call."""
+    first: dict[int, int] = {}
+    for call in calls:
+        if call.outcome != "hold" and (call.n not in first or call.started < first[call.n]):
+            first[call.n] = call.started
+    by_key: dict[str, list[tuple[int, int]]] = {}
+    for n, started in first.items():
+        by_key.setdefault(key_of(n), []).append((n, started))
+    violations = []
+    for key, entries in by_key.items():
+        entries.sort()  # by n: production order within the key
+        latest_n, latest_at = entries[0]
+        for n, started in entries[1:]:
+            if started < latest_at:
+                violations.append((key, latest_n, n))
+            if started >= latest_at:
+                latest_n, latest_at = n, started
+    return violations

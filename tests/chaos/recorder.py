@@ -1,10 +1,12 @@
 """The fault suite's handler (``STREAMPIPE_HANDLER=tests.chaos.recorder:handle``), run by real workers.
 
-Every handler call appends one line ``<n> <entry id> <deliveries> <outcome>`` to a file of its own
-process (``$CHAOS_RECORD_DIR/<consumer>-<pid>.log``), with one ``write(2)`` per call, before it returns
-or raises. ``n`` is the producer's sequence number (field ``n``): the oracle's identity of an entry,
-because an entry ID can be generated twice (a failed-over primary that lost the tail of the stream
-hands out the same IDs again).
+Every handler call appends one line ``<n> <entry id> <deliveries> <outcome> <started>`` to a file of
+its own process (``$CHAOS_RECORD_DIR/<consumer>-<pid>.log``), with one ``write(2)`` per call, before it
+returns or raises. ``n`` is the producer's sequence number (field ``n``): the oracle's identity of an
+entry, because an entry ID can be generated twice (a failed-over primary that lost the tail of the
+stream hands out the same IDs again). ``started`` is CLOCK_MONOTONIC in ns when the call began: one
+clock for every process of the machine, so the per-key order oracle can order calls of different
+workers.
 
 Why a file per process, and what survives which fault:
 
@@ -53,33 +55,34 @@ _side_effects = (
 )
 
 
-def record(entry: Entry, outcome: str) -> None:
+def record(entry: Entry, outcome: str, started: int) -> None:
     """Append one call to this process's record file (one write(2))."""
-    line = f"{entry.fields.get('n', '-')} {entry.id} {entry.deliveries} {outcome}\n"
+    line = f"{entry.fields.get('n', '-')} {entry.id} {entry.deliveries} {outcome} {started}\n"
     os.write(_FD, line.encode())
 
 
 def handle(entry: Entry) -> None:
     """Record the call, then succeed or fail as the entry's ``behaviour`` says."""
+    started = time.monotonic_ns()
     if _DELAY:
         time.sleep(_DELAY)
     behaviour = entry.fields.get("behaviour", "ok")
     if behaviour.startswith("hold:"):
-        record(entry, "hold")
+        record(entry, "hold", started)
         time.sleep(float(behaviour.split(":", 1)[1]))
     if behaviour == "permanent":
-        record(entry, "permanent")
+        record(entry, "permanent", started)
         raise PermanentError("this entry is poison by design (chaos suite)")
     if behaviour == "fail" or (
         behaviour.startswith("flaky:") and entry.deliveries <= int(behaviour.split(":", 1)[1])
     ):
-        record(entry, "fail")
+        record(entry, "fail", started)
         raise RuntimeError(f"designed failure at delivery {entry.deliveries}")
     if _side_effects is not None:
         try:
             _side_effects.sadd(_SIDE_EFFECT_KEY, entry.fields.get("n", entry.id))
         except redis.RedisError as exc:
             # Ambiguous: the SADD may have happened. The entry must not be acked on it: raise.
-            record(entry, "timeout")
+            record(entry, "timeout", started)
             raise RuntimeError(f"side effect unconfirmed: {exc}") from exc
-    record(entry, "ok")
+    record(entry, "ok", started)
