@@ -599,3 +599,50 @@ async def test_on_a_cluster_two_workers_own_the_partitions_on_every_primary(
         client.close()
     finally:
         cluster.stop()
+
+
+PERKEY_ACL = Path(__file__).resolve().parents[2] / "docs" / "acl" / "worker-perkey.acl"
+
+
+async def test_the_documented_acl_user_suffices(redis_url: str, redis_client: redis.Redis) -> None:
+    # docs/acl/worker-perkey.acl as it is (a real password): reads, acks, retries, a dead-letter move,
+    # the leases and the registry all work, and the server logs no refusal for the user.
+    [line] = [line for line in PERKEY_ACL.read_text().splitlines() if line.startswith("user ")]
+    name, *rules = line.removeprefix("user ").replace(">CHANGE-ME", ">pw").split()
+    redis_client.execute_command("ACL", "SETUSER", name, "reset", *rules)
+    redis_client.execute_command("ACL", "LOG", "RESET")
+    layout = PartitionLayout(BASE, 2, key=KEY)
+    Producer(redis_client, layout).send_many(keyed_events(keys=6, per_key=5))
+    handled: Handled = []
+
+    def poison(entry: Entry) -> None:
+        if (entry.fields[KEY], entry.fields["seq"]) == ("c-1", "2"):
+            raise ValueError("poison")
+
+    url = redis_url.replace("redis://", f"redis://{name}:pw@")
+    worker = OrderedConsumer(settings_for(url, "w1", 2), recorder(handled, "w1", poison))
+    async with fleet([worker]):
+        await eventually_async(
+            lambda: worker.stats.dead_lettered == 1, within=30, what="the dead-letter move"
+        )
+        await eventually_async(
+            lambda: all(group_state(redis_client, stream) == (0, 0) for stream in layout.streams),
+            within=30,
+            what="everything acked",
+        )
+    assert {(key, seq) for _, key, seq in handled} == {(f"c-{k}", s) for k in range(6) for s in range(5)}
+    # redis-py sends CLIENT SETINFO on connect (servers >= 7.2) and ignores a refusal: not needed.
+    refused = [
+        _field(entry, "object")
+        for entry in redis_client.execute_command("ACL", "LOG")
+        if _field(entry, "username") == name and _field(entry, "object") != "client|setinfo"
+    ]
+    assert refused == []
+
+
+def _field(entry: Any, name: str) -> Any:
+    """A field of an ACL LOG entry (a flat list on RESP2, a mapping on RESP3)."""
+    if isinstance(entry, dict):
+        return entry.get(name)
+    pairs = dict(zip(entry[::2], entry[1::2], strict=True))
+    return pairs.get(name)

@@ -268,9 +268,8 @@ async def _run_partitioned_pass(
         await steps.retain()
         await steps.clean_consumers()
         report.partitions.append(part.observation)
-        if spec.partitions.ordering == "PerKey":
-            holder = await admin.value(part_spec.stream + OWNER_SUFFIX)
-            report.owners.append(holder.rpartition("|")[0] if holder else None)
+        if spec.partitions.ordering == "PerKey" and len(report.owners) == index:
+            await _read_owner(admin, part_spec.stream, report.owners)
         report.events.extend(part.events)
         for group, problem in part.group_problems.items():
             report.group_problems.setdefault(group, f"{part_spec.stream}: {problem}")
@@ -291,6 +290,16 @@ async def _run_partitioned_pass(
     await _Steps(spec, admin, backend, memory, report, clock, consumer_idle_floor).scale()
     report.retention = memory.retention
     return report
+
+
+async def _read_owner(admin: RedisAdmin, stream: str, owners: list[str | None]) -> None:
+    """Append the consumer holding ``stream``'s partition lease (None: nobody). A user without GET
+    (docs/reliability.md, ACL) leaves the owners unreported: nothing is appended."""
+    try:
+        holder = await admin.value(stream + OWNER_SUFFIX)
+    except RedisAuthError:
+        return
+    owners.append(holder.rpartition("|")[0] if holder else None)
 
 
 def _coalesced(events: Sequence[PassEvent]) -> list[PassEvent]:
