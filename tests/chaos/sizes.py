@@ -41,6 +41,8 @@ class ChaosSizes:
     network_resets: int
     # 6. Sentinel failover
     failover_entries: int
+    # 12. Cluster failover under a partitioned pipeline
+    cluster_failover_entries: int
     # 7. trim safety under live consumers
     trim_examples: int
     trim_entries: int
@@ -72,6 +74,7 @@ SMALL = ChaosSizes(
     network_blackhole_seconds=3.0,
     network_resets=4,
     failover_entries=2_000,
+    cluster_failover_entries=6_000,
     trim_examples=2,
     trim_entries=3_000,
     model_examples=8,
@@ -98,6 +101,7 @@ FULL = ChaosSizes(
     network_blackhole_seconds=15.0,
     network_resets=25,
     failover_entries=20_000,
+    cluster_failover_entries=30_000,
     trim_examples=8,
     trim_entries=30_000,
     model_examples=60,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 import redis
 from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
@@ -101,6 +102,35 @@ async def test_cluster_of_three_masters(tmp_path: Path) -> None:
         assert client.xpending(STREAM, GROUP)["pending"] == 0
         assert client.get_node_from_key(DLQ).name == client.get_node_from_key(STREAM).name
         client.close()
+    finally:
+        cluster.stop()
+
+
+# Adds an entry, then keeps the server busy for 1 s: the client's 0.5 s socket timeout expires after
+# the command has run, as when a reply is lost to a failover.
+ADD_THEN_SPIN = """
+redis.call('XADD', KEYS[1], '*', 'n', '1')
+local s = redis.call('TIME')
+repeat local t = redis.call('TIME') until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 1000000
+return 1
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_the_cluster_client_never_sends_a_command_again_behind_the_consumer(tmp_path: Path) -> None:
+    """The consumer decides what is safe to repeat (a dead-letter move only after reading the PEL);
+    redis-py's cluster client used to re-send on its own: this command ran 3 times, over 10 s."""
+    cluster = start_cluster("valkey9", tmp_path)
+    try:
+        client: Any = create_async_client(
+            ConnectionSettings(url=cluster.url, mode="cluster", socket_timeout=0.5)
+        )
+        with pytest.raises(redis.TimeoutError):
+            await client.eval(ADD_THEN_SPIN, 1, STREAM)
+        await client.aclose()
+        with cluster.primary_for_slot(key_slot(STREAM.encode())).client(socket_timeout=10) as node:
+            node.ping()  # answered once the script has finished, and any re-sent copy after it
+            assert node.xlen(STREAM) == 1
     finally:
         cluster.stop()
 

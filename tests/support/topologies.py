@@ -138,7 +138,7 @@ def start_sentinel_set(
 
 @dataclass
 class Cluster:
-    """A Redis Cluster of masters only (no replicas), made with ``redis-cli --cluster create``."""
+    """A Redis Cluster made with ``redis-cli --cluster create``: primaries, and replicas if asked."""
 
     nodes: list[ServerProcess] = field(default_factory=list)
 
@@ -146,9 +146,89 @@ class Cluster:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.nodes[0].port}/0"
 
+    def node(self, port: int) -> ServerProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def live_nodes(self) -> list[ServerProcess]:
+        return [node for node in self.nodes if node.proc is not None and node.proc.poll() is None]
+
+    def slot_owner(self, slot: int) -> ServerProcess | None:
+        """The primary serving ``slot`` as the live nodes agree (CLUSTER NODES); None while they differ
+        or none of them claims it."""
+        owners = set()
+        for node in self.live_nodes():
+            try:
+                with node.client() as client:
+                    owners.add(_slot_owner_port(str(client.execute_command("CLUSTER", "NODES")), slot))
+            except redis.RedisError:
+                return None
+        if len(owners) != 1 or None in owners:
+            return None
+        [port] = owners
+        return self.node(port) if port is not None else None
+
+    def primary_for_slot(self, slot: int) -> ServerProcess:
+        owner = self.slot_owner(slot)
+        if owner is None:
+            raise AssertionError(f"the live nodes do not agree on the owner of slot {slot}")
+        return owner
+
+    def replicas_of(self, primary: ServerProcess) -> list[ServerProcess]:
+        """The nodes whose replication link to ``primary`` is up (INFO replication)."""
+        following = []
+        for node in self.live_nodes():
+            try:
+                with node.client() as client:
+                    info = client.info("replication")
+            except redis.RedisError:
+                continue
+            if info.get("master_port") == primary.port and info.get("master_link_status") == "up":
+                following.append(node)
+        return following
+
+    def ok(self) -> bool:
+        """Every live node says cluster_state:ok."""
+        try:
+            for node in self.live_nodes():
+                with node.client() as client:
+                    if "cluster_state:ok" not in str(client.execute_command("CLUSTER", "INFO")):
+                        return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def wait_promoted(self, slot: int, old: ServerProcess, timeout: float = 30.0) -> ServerProcess:
+        """Wait until a node other than ``old`` serves ``slot`` as a primary that accepts writes, and
+        the cluster state is ok on every live node; return the new primary."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            owner = self.slot_owner(slot)
+            if owner is not None and owner.port != old.port and self.ok():
+                with contextlib.suppress(redis.RedisError), owner.client() as client:
+                    if client.info("replication")["role"] == "master":
+                        return owner
+            time.sleep(0.05)
+        raise AssertionError(f"slot {slot} not served by a promoted replica within {timeout}s")
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _slot_owner_port(nodes: str, slot: int) -> int | None:
+    """The port of the primary that CLUSTER NODES output ``nodes`` names for ``slot`` (failed nodes
+    are skipped: a dead primary keeps its slots in the table until a replica takes them)."""
+    for line in nodes.splitlines():
+        parts = line.split()
+        if len(parts) < 9 or "master" not in parts[2].split(",") or "fail" in parts[2].split(","):
+            continue
+        for item in parts[8:]:
+            if item.startswith("["):  # a slot being migrated or imported
+                continue
+            low, _, high = item.partition("-")
+            if int(low) <= slot <= int(high or low):
+                return int(parts[1].split("@")[0].rpartition(":")[2])
+    return None
 
 
 def free_cluster_port() -> int:
@@ -165,17 +245,32 @@ def free_cluster_port() -> int:
         return port
 
 
-def start_cluster(kind: str, workdir: Path, masters: int = 3, timeout: float = 30.0) -> Cluster:
+def start_cluster(
+    kind: str,
+    workdir: Path,
+    masters: int = 3,
+    timeout: float = 30.0,
+    *,
+    replicas_per_master: int = 0,
+    node_timeout_ms: int = 5000,
+) -> Cluster:
+    """A cluster of ``masters`` primaries with ``replicas_per_master`` replicas each (assigned by
+    ``redis-cli --cluster create``), returned once every node says cluster_state:ok and every replica
+    has synced. A low ``node_timeout_ms`` (1000) makes a replica take over a dead primary within a few
+    seconds: for fault tests."""
     cluster = Cluster()
     try:
-        for index in range(masters):
+        for index in range(masters * (1 + replicas_per_master)):
             args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "5000",
+                str(node_timeout_ms),
+                # Replicas sync at once (the default waits 5 s for more replicas to share a sync).
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             for attempt in range(3):
                 try:
@@ -194,7 +289,7 @@ def start_cluster(kind: str, workdir: Path, masters: int = 3, timeout: float = 3
                 "create",
                 *addresses,
                 "--cluster-replicas",
-                "0",
+                str(replicas_per_master),
                 "--cluster-yes",
             ],
             check=True,
@@ -207,13 +302,25 @@ def start_cluster(kind: str, workdir: Path, masters: int = 3, timeout: float = 3
             for node in cluster.nodes:
                 with node.client() as client:
                     states.append(client.execute_command("CLUSTER", "INFO"))
-            if all("cluster_state:ok" in str(state) for state in states):
+            if all("cluster_state:ok" in str(state) for state in states) and _replicas_synced(
+                cluster, masters * replicas_per_master
+            ):
                 return cluster
             time.sleep(0.1)
         raise ServerStartError(f"cluster not ok within {timeout}s")
     except BaseException:
         cluster.stop()
         raise
+
+
+def _replicas_synced(cluster: Cluster, expected: int) -> bool:
+    """``expected`` nodes are replicas whose link to their primary is up (the full sync is done)."""
+    synced = 0
+    for node in cluster.nodes:
+        with node.client() as client:
+            info = client.info("replication")
+        synced += info["role"] == "slave" and info.get("master_link_status") == "up"
+    return synced == expected
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The one Redis client factory: standalone, Sentinel or Cluster; TLS; ACL user and password.
 
-Clients are made with redis-py's own retries switched off. The consumer decides what is safe to
-repeat (an XACK is; a dead-letter XADD is only after checking the PEL), so a command is never re-sent
-behind its back.
+The worker's clients (``create_async_client``, Cluster included) are made with redis-py's own retries
+switched off. The consumer decides what is safe to repeat (an XACK is; a dead-letter XADD is only after
+checking the PEL), so a command is never re-sent behind its back. The synchronous cluster client
+(producers, CLI) keeps redis-py's cluster retries: a re-sent XADD is a duplicate, as a retry by the
+caller would be.
 """
 
 from __future__ import annotations
@@ -235,13 +237,15 @@ def create_async_client(cs: ConnectionSettings) -> AsyncClient:
     """A ``redis.asyncio`` client for the configured mode (connections are opened lazily)."""
     parsed = parse_url(cs.url, default_port=26379 if cs.mode == "sentinel" else 6379)
     options = _common_options(cs, parsed)
-    if cs.mode == "cluster":
-        host, port = parsed.hosts[0]
-        options.pop("retry")
-        return redis.asyncio.cluster.RedisCluster(host=host, port=port, **options)
     # The same policy (no retries inside redis-py) in redis.asyncio's own class: given the sync one,
     # redis-py converts it and warns at every client's first connection.
     options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    if cs.mode == "cluster":
+        host, port = parsed.hosts[0]
+        # The cluster client's default retries (10, through a topology refresh) re-sent a dead-letter
+        # MULTI/EXEC whose reply was lost, past the consumer's PEL check: two envelopes. A failed
+        # command still asks for the refresh, so the consumer's own retry finds the promoted replica.
+        return redis.asyncio.cluster.RedisCluster(host=host, port=port, **options)
     if cs.mode == "sentinel":
         if not cs.sentinel_master:
             raise ValueError("sentinel mode needs a master name (STREAMPIPE_SENTINEL_MASTER)")
