@@ -36,7 +36,7 @@ def read_calls(directory: Path) -> list[Call]:
         lines = text.split("\n")
         # A line is written by one write(2); a missing final newline can only mean a torn last write.
         for line in lines[:-1]:
-            n, entry_id, deliveries, outcome, started = line.split(" ")
+            n, entry_id, deliveries, started, outcome = line.split(" ")
             calls.append(Call(int(n), entry_id, int(deliveries), outcome, path.stem, int(started)))
     return calls
 

@@ -1,6 +1,6 @@
 """The fault suite's handler (``STREAMPIPE_HANDLER=tests.chaos.recorder:handle``), run by real workers.
 
-Every handler call appends one line ``<n> <entry id> <deliveries> <outcome> <started>`` to a file of
+Every handler call appends one line ``<n> <entry id> <deliveries> <started> <outcome>`` to a file of
 its own process (``$CHAOS_RECORD_DIR/<consumer>-<pid>.log``), with one ``write(2)`` per call, before it
 returns or raises. ``n`` is the producer's sequence number (field ``n``): the oracle's identity of an
 entry, because an entry ID can be generated twice (a failed-over primary that lost the tail of the
@@ -57,7 +57,8 @@ _side_effects = (
 
 def record(entry: Entry, outcome: str, started: int) -> None:
     """Append one call to this process's record file (one write(2))."""
-    line = f"{entry.fields.get('n', '-')} {entry.id} {entry.deliveries} {outcome} {started}\n"
+    # The outcome last: tests count successes as lines ending in " ok".
+    line = f"{entry.fields.get('n', '-')} {entry.id} {entry.deliveries} {started} {outcome}\n"
     os.write(_FD, line.encode())
 
 

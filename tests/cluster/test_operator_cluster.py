@@ -628,7 +628,7 @@ def test_printer_columns_show_the_status(install: Install) -> None:
     from_crd = [(c["name"], c["type"], c.get("priority", 0)) for c in printer]
     assert defined == [("Name", "string", 0), *from_crd]
     assert [name for name, _, priority in defined if priority == 0] == [
-        "Name", "Stream", "Backlog", "DLQ", "Ready", "Age"
+        "Name", "Stream", "Partitions", "Backlog", "DLQ", "Ready", "Age"
     ]  # fmt: skip
     cells = dict(zip([name for name, _, _ in defined], body["rows"][0]["cells"], strict=True))
     assert (cells["Name"], cells["Stream"]) == (PIPELINE, STREAM)
