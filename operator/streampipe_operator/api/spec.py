@@ -39,7 +39,7 @@ from streampipe_operator.api.fields import (
     refuse_duplicates,
 )
 from streampipe_operator.api.pod_template import PodTemplateSpec
-from streampipe_worker.ownership import GENERATION_SUFFIX, OWNER_SUFFIX, members_key
+from streampipe_worker.ownership import generation_key, members_key, owner_key
 from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
 
 # --------------------------------------------------------------------------------------------- redis
@@ -528,8 +528,8 @@ class StreamPipelineSpec(SpecModel):
             (
                 layout.stream(i),
                 layout.dead_letter(i),
-                layout.stream(i) + OWNER_SUFFIX,
-                layout.stream(i) + GENERATION_SUFFIX,
+                owner_key(layout, i),
+                generation_key(layout, i),
             )
             for i in range(layout.count)
         )

@@ -53,7 +53,7 @@ from streampipe_operator.streams.admin import (
     RedisUnreachableError,
 )
 from streampipe_worker.capabilities import ServerCapabilities
-from streampipe_worker.ownership import OWNER_SUFFIX
+from streampipe_worker.ownership import owner_key
 
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
 DEFAULT_RETENTION_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
@@ -246,6 +246,8 @@ async def _run_partitioned_pass(
     Group positions are remembered per partition in memory only: after a restart a vanished group is
     recreated at its startId."""
     assert spec.partitions is not None
+    layout = spec.partition_layout
+    assert layout is not None
     server = await admin.capabilities()
     report = PassReport(
         observation=StreamObservation(stream_key=spec.stream, exists=False),
@@ -269,7 +271,7 @@ async def _run_partitioned_pass(
         await steps.clean_consumers()
         report.partitions.append(part.observation)
         if spec.partitions.ordering == "PerKey" and len(report.owners) == index:
-            await _read_owner(admin, part_spec.stream, report.owners)
+            await _read_owner(admin, owner_key(layout, index), report.owners)
         report.events.extend(part.events)
         for group, problem in part.group_problems.items():
             report.group_problems.setdefault(group, f"{part_spec.stream}: {problem}")
@@ -292,11 +294,11 @@ async def _run_partitioned_pass(
     return report
 
 
-async def _read_owner(admin: RedisAdmin, stream: str, owners: list[str | None]) -> None:
-    """Append the consumer holding ``stream``'s partition lease (None: nobody). A user without GET
+async def _read_owner(admin: RedisAdmin, lease: str, owners: list[str | None]) -> None:
+    """Append the consumer holding the partition ``lease`` (None: nobody). A user without GET
     (docs/reliability.md, ACL) leaves the owners unreported: nothing is appended."""
     try:
-        holder = await admin.value(stream + OWNER_SUFFIX)
+        holder = await admin.value(lease)
     except RedisAuthError:
         return
     owners.append(holder.rpartition("|")[0] if holder else None)
