@@ -211,3 +211,33 @@ async def test_dead_letter_mover_moves_atomically_and_leaves_a_peers_entry(
     # Moving again writes nothing: the id is no longer pending here.
     assert await mover.move([DeadLetter(batch[0], ValueError("broken"), rejected=False)]) == 0
     assert redis_client.xlen(DLQ) == 2
+
+
+async def test_leases_do_not_report_an_entry_acked_and_trimmed_while_its_lease_renewal_was_on_its_way(
+    redis_client: redis.Redis, client: Any
+) -> None:
+    """The race behind a false 'trimmed' count: renew() sends XCLAIM for an entry whose ack is buffered;
+    meanwhile the reader sends that ack and the retention (rightly) trims the acked entry. XCLAIM then
+    drops the id and XRANGE finds no entry, but it was processed here: not a loss. The interleaving is
+    forced by running the real XACK and XDEL just before the claim's own round trip."""
+    ids = delivered(redis_client, 2)
+    stats = Stats()
+    leases = leases_of(client, stats)
+    leases.acks.add([ids[0]], [])
+    claim = leases.pel.claim
+
+    async def claim_after_the_ack_and_the_trim(by_idle: Any, retrycount: int | None = None) -> list[str]:
+        await leases.acks.flush()
+        redis_client.xdel(STREAM, ids[0])
+        return await claim(by_idle, retrycount)
+
+    leases.pel.claim = claim_after_the_ack_and_the_trim  # type: ignore[method-assign]
+    assert await leases.renew()
+    assert stats.trimmed == 0
+    assert set(owners(redis_client)) == {ids[1]}
+    # An entry deleted while still pending and unprocessed here is still reported.
+    token = leases.start(entries_of([ids[1]]))
+    redis_client.xdel(STREAM, ids[1])
+    assert await leases.renew()
+    assert stats.trimmed == 1
+    leases.finish(token)

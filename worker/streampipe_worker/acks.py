@@ -11,6 +11,7 @@ harmless (``XACK`` is idempotent). With dedupe on, a marker and its ack land in 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any, NamedTuple
 
 from streampipe_worker.producer import DEDUPE_KEY_FIELD
@@ -19,6 +20,7 @@ from streampipe_worker.router import Entry
 log = logging.getLogger("streampipe.worker")
 
 SEND_CHUNK = 10_000  # ids per XACK (and its MULTI of markers) outside the hot path
+TAKEN_HISTORY = 256  # takes remembered by processed_since
 
 
 class TakenAcks(NamedTuple):
@@ -51,6 +53,10 @@ class AckBuffer:
         self.dedupe_ms = dedupe_ms
         self.ids: list[str] = []
         self.markers: list[str] = []
+        # The ids of the last takes, numbered: an id that left the buffer (acked, or being acked) while
+        # a hand-back was on its way is still known as processed here (``processed_since``).
+        self.takes = 0
+        self._taken: deque[tuple[int, list[str]]] = deque(maxlen=TAKEN_HISTORY)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,7 +75,20 @@ class AckBuffer:
             return None
         taken = TakenAcks(self.ids, self.markers)
         self.ids, self.markers = [], []
+        self.takes += 1
+        self._taken.append((self.takes, taken.ids))
         return taken
+
+    def processed_since(self, mark: int) -> set[str]:
+        """The ids buffered now and those taken after take number ``mark`` (``takes`` read earlier):
+        everything processed here that may have been acked since then. Only the last
+        ``TAKEN_HISTORY`` takes are kept, far more than happen during one hand-back's round trips."""
+        processed = set(self.ids)
+        for number, ids in reversed(self._taken):
+            if number <= mark:
+                break
+            processed.update(ids)
+        return processed
 
     def restore(self, taken: TakenAcks) -> None:
         """Put acks whose fate is unknown back in front of what was buffered since."""

@@ -122,11 +122,14 @@ class Leases:
     async def hand_back(self, by_idle: Mapping[int, list[str]], retrycount: int | None = None) -> None:
         """XCLAIM with IDLE; ids XCLAIM dropped because their stream entry is gone are reported like
         XAUTOCLAIM's deleted ids (the others were acked meanwhile), except ids processed here whose
-        ack is still buffered."""
+        ack is still buffered or was taken for sending since this call began."""
+        mark = self.acks.takes
         missing = await self.pel.claim(by_idle, retrycount)
         if not missing:
             return
-        processed = set(self.acks.ids)
+        # Ids processed here, whether their ack is still buffered or was sent during the round trip:
+        # an entry acked (by every group) can be trimmed before we look, and is not a loss.
+        processed = self.acks.processed_since(mark)
         gone = [
             entry_id for entry_id in await self.pel.gone_from_stream(missing) if entry_id not in processed
         ]
