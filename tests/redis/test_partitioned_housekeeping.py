@@ -136,3 +136,35 @@ async def test_idle_consumers_are_removed_from_every_partition(
     assert reasons(report) == ["ConsumerRemoved"]
     for stream in LAYOUT.streams:
         assert redis_client.xinfo_consumers(stream, "billing") == []
+
+
+async def test_one_entry_on_any_partition_activates_from_zero_and_a_null_lag_is_counted(
+    admin: RedisAdmin, redis_client: redis.Redis
+) -> None:
+    spec = partitioned_spec({"name": "billing", "startId": "0"})
+    workers = Workers(replicas={"billing": 0})
+    clock = StepClock()
+    memory = PipelineMemory()
+    await run_pass(spec, admin, workers, memory, clock=clock)
+    assert workers.changes == []
+
+    fill(redis_client, [0, 0, 0, 1])  # the last partition's first entry
+    clock.now += 1
+    await run_pass(spec, admin, workers, memory, clock=clock)
+    assert workers.changes == [("billing", 0, 1)]
+
+    # An XDEL after the group's position leaves the server's lag NULL on that partition: it is counted,
+    # not read as 0 (nor does it make the pipeline's lag unknown).
+    fill(redis_client, [0, 5, 0, 0])
+    delivered = redis_client.xreadgroup("billing", "pod-a", {LAYOUT.stream(1): ">"}, count=1)
+    assert len(delivered[0][1]) == 1
+    third = redis_client.xrange(LAYOUT.stream(1))[2][0]
+    redis_client.xdel(LAYOUT.stream(1), third)
+    clock.now += 1
+    report = await run_pass(spec, admin, workers, memory, clock=clock)
+    lags = [p.group("billing").lag for p in report.partitions]  # type: ignore[union-attr]
+    assert [lag.value for lag in lags] == [0, 3, 0, 1]
+    assert lags[1].source == "counted"
+    billing = report.observation.group("billing")
+    assert billing is not None
+    assert (billing.lag.value, billing.lag.source, billing.pending) == (4, "counted", 1)
