@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -32,11 +33,11 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 import redis
-from harness import WORKER_COMMAND, BenchServer, log_tail, progress, spawn, stop, worker_env
+from harness import WORKER_COMMAND, BenchServer, log_tail, progress, running_server, spawn, stop, worker_env
 from latency import Route, percentile, producer_stats, start_producer
 from partition_cost import acked
 from probe_handlers import COMPLETION
-from streampipe_worker.ownership import owner_key
+from streampipe_worker.ownership import generation_key, members_key, owner_key
 from streampipe_worker.partitions import PartitionLayout
 
 EVENTS = ("join", "leave", "kill")
@@ -189,6 +190,23 @@ def summarize(
     )
 
 
+def summarize_run(
+    completions: Sequence[Completion],
+    events: Sequence[tuple[str, int]],
+    seconds: float,
+    setup: RebalanceSetup,
+) -> list[RebalancePause]:
+    """Each event's figures: its phase runs to the next event, the last one's to the end of the load
+    (``seconds`` after the first entry's schedule)."""
+    first = min(c.scheduled_ns for c in completions)
+    steady = window_latencies(completions, first + int(STEADY_FROM_S * 1e9), events[0][1] - EDGE_NS)
+    ends = [at for _, at in events[1:]] + [first + int(seconds * 1e9)]
+    return [
+        summarize(completions, event, (at, until), steady, setup)
+        for (event, at), until in zip(events, ends, strict=True)
+    ]
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 
@@ -264,6 +282,7 @@ def measure(
 
     workers = [start(f"w{i + 1}") for i in range(WORKERS)]
     events: list[tuple[str, int]] = []
+    producer: subprocess.Popen[str] | None = None
     try:
         _wait_owned_by(client, layout, {w.name for w in workers}, workers)
         producer = start_producer(server.url, routes(layout, keys), rate, seconds)
@@ -286,25 +305,21 @@ def measure(
                 )
             time.sleep(0.05)
     finally:
+        if producer is not None and producer.poll() is None:  # a failure mid-run: stop the load too
+            producer.kill()
+            producer.wait()
         for worker in workers:
             stop(worker.proc)
             worker.log.close()
-        client.delete(*layout.streams, *(f"{s}:dlq" for s in layout.streams))
-        client.delete(*(owner_key(layout, i) for i in range(partitions)))
+        client.delete(*layout.streams, *(f"{s}:dlq" for s in layout.streams), members_key(layout))
+        client.delete(*(key(layout, i) for i in range(partitions) for key in (owner_key, generation_key)))
         client.close()
     completions = [c for w in workers for c in read_completions(w.records.read_bytes(), w.name)]
-    for worker in workers:
-        worker.records.unlink()
-    first = min(c.scheduled_ns for c in completions)
-    steady = window_latencies(completions, first + int(STEADY_FROM_S * 1e9), events[0][1] - EDGE_NS)
-    ends = [at for _, at in events[1:]] + [first + int(seconds * 1e9)]
+    shutil.rmtree(workdir, ignore_errors=True)
     setup = RebalanceSetup(
         partitions=partitions, keys=keys, workers=WORKERS, rate=rate, lease_ttl_s=lease_ttl_s, round=round_no
     )
-    return [
-        summarize(completions, event, (at, until), steady, setup)
-        for (event, at), until in zip(events, ends, strict=True)
-    ]
+    return summarize_run(completions, events, seconds, setup)
 
 
 def describe(found: RebalancePause) -> str:
@@ -317,8 +332,6 @@ def describe(found: RebalancePause) -> str:
 
 
 def main() -> None:
-    from harness import running_server
-
     with running_server("valkey9") as server:
         for found in measure(server):
             progress("  " + describe(found))

@@ -138,9 +138,10 @@ def projection_lines(results: Results) -> list[str]:
         "them), and with `PerKey` each partition has one owner, so the count caps the busy workers.",
         "",
         *table(["target entries/s", "primaries", "worker cores", "partitions, at least"], rows),
-        "Not in the projection: a `PerKey` worker's CPU per entry (one handler call per key at a time) "
-        "is higher than this `ordering: None` worker's; network round trips between hosts; a cluster "
-        "client's routing. Treat the rows as a lower bound to size a test, not a capacity plan.",
+        "Not in the projection, because not measured here: a `PerKey` worker's CPU per entry (its reads "
+        "and acks are fenced scripts, and a handler call takes one entry per key), network round trips "
+        "between hosts, a cluster client's routing. Treat the rows as a lower bound to size a test, not "
+        "a capacity plan.",
         "",
     ]
 

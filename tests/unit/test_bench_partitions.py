@@ -22,6 +22,7 @@ try:
         owners_at,
         read_completions,
         summarize,
+        summarize_run,
         window_latencies,
     )
     from report_partitions import primary_rate, project
@@ -94,6 +95,14 @@ def test_summarize_reports_the_moved_partitions_pause_next_to_the_unmoved_gap() 
     assert found.max_ms == pytest.approx(1.0)  # every entry here took 1 ms from its schedule
     assert found.steady_p99_ms == pytest.approx(1.0)
     assert found.phase_s == pytest.approx(4.0)
+
+
+def test_each_events_phase_runs_to_the_next_event_and_the_last_to_the_end_of_the_load() -> None:
+    setup = RebalanceSetup(partitions=2, keys=2, workers=2, rate=20, lease_ttl_s=3.0)
+    found = summarize_run(HANDOVER, [("join", 500 * MS), ("leave", 3000 * MS)], 5.0, setup)
+    assert [(e.event, e.workers_before, e.workers_after) for e in found] == [("join", 2, 3), ("leave", 3, 2)]
+    assert [e.phase_s for e in found] == [pytest.approx(2.5), pytest.approx(1.999)]  # first entry at -1 ms
+    assert [e.moved for e in found] == [1, 0]  # partition 0 went from w1 to w2 during the join's phase
 
 
 @pytest.mark.parametrize(
