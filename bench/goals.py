@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from latency import Latency
-from partition_cost import lowest
+from partition_cost import lowest, lowest_p99
 from results_model import Goal, Ratio, Results
 from worker_throughput import Sample, best_rates
 
@@ -141,6 +141,13 @@ def ratios(results: Results) -> list[Ratio]:
                 "entries/s",
             ),
         ]
+    found += _partition_ratios(results)
+    return [r for r in found if r is not None]
+
+
+def _partition_ratios(results: Results) -> list[Ratio | None]:
+    """Partitioned layouts against one stream: CPU per entry, and p99 at one offered rate."""
+    found: list[Ratio | None] = []
     one = lowest(results.partitions, 0)
     for count in sorted({s.partitions for s in results.partitions} - {0}):
         many = lowest(results.partitions, count)
@@ -154,7 +161,13 @@ def ratios(results: Results) -> list[Ratio]:
                     True,
                 )
             )
-    return [r for r in found if r is not None]
+    one_p99 = lowest_p99(results.partition_latency, 0)
+    for count in sorted({s.partitions for s in results.partition_latency} - {0}):
+        many_p99 = lowest_p99(results.partition_latency, count)
+        if one_p99 is not None and many_p99 is not None:
+            name = f"p99 latency at {many_p99.rate:,}/s, {count} partitions vs one stream"
+            found.append(_ratio(name, many_p99.p99_ms, one_p99.p99_ms, "ms", True))
+    return found
 
 
 def _goal(name: str, target: str, measured: float | None, unit: str, limit: float, *, at_most: bool) -> Goal:

@@ -40,6 +40,7 @@ from harness import (
     stop,
     worker_env,
 )
+from streampipe_worker.partitions import PartitionLayout
 
 RATES = (1_000, 10_000, 50_000)
 WARMUP_S = 1.0
@@ -67,14 +68,33 @@ class Latency:
     p99_ms: float
     p999_ms: float
     max_ms: float
+    partitions: int = 0  # 0: one stream; N: the same load spread over N partitions, one worker
 
 
 # --- the producer (its own process) ---------------------------------------------------------------
 
 
-def _paced_chunks(stream: str, rate: int, seconds: float, stats: dict[str, float]) -> Iterator[bytes]:
-    key = stream.encode()
-    head = b"*11\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n" % (len(key), key)
+Route = tuple[str, dict[str, str]]  # a stream key and the fields an entry sent there carries first
+
+
+def _xadd_heads(routes: Sequence[Route]) -> list[bytes]:
+    """Each route's XADD up to the fields every entry carries (type, version, payload, t)."""
+    heads = []
+    for stream, fields in routes:
+        key = stream.encode()
+        extra = b"".join(
+            b"$%d\r\n%s\r\n" % (len(part), part) for pair in fields.items() for part in map(str.encode, pair)
+        )
+        heads.append(
+            b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n%s" % (11 + 2 * len(fields), len(key), key, extra)
+        )
+    return heads
+
+
+def _paced_chunks(
+    routes: Sequence[Route], rate: int, seconds: float, stats: dict[str, float]
+) -> Iterator[bytes]:
+    heads = _xadd_heads(routes)  # entry k takes route k mod len(routes)
     fixed = b"$4\r\ntype\r\n$13\r\norder.created\r\n$7\r\nversion\r\n$1\r\n1\r\n$7\r\npayload\r\n"
     interval = 1e9 / rate
     total = int(rate * seconds)
@@ -94,7 +114,7 @@ def _paced_chunks(stream: str, rate: int, seconds: float, stats: dict[str, float
             payload = example_payload(k).encode()
             parts.append(
                 b"%s%s$%d\r\n%s\r\n$1\r\nt\r\n$%d\r\n%s\r\n"
-                % (head, fixed, len(payload), payload, len(scheduled), scheduled)
+                % (heads[k % len(heads)], fixed, len(payload), payload, len(scheduled), scheduled)
             )
         sent += len(parts)
         yield b"".join(parts)
@@ -103,14 +123,35 @@ def _paced_chunks(stream: str, rate: int, seconds: float, stats: dict[str, float
     stats["max_lag_ms"] = max_lag / 1e6
 
 
-def produce(url: str, stream: str, rate: int, seconds: float) -> dict[str, float]:
-    """Offer ``rate`` entries per second for ``seconds``; return what was sent and the worst lag."""
+def produce(url: str, routes: Sequence[Route], rate: int, seconds: float) -> dict[str, float]:
+    """Offer ``rate`` entries per second for ``seconds``, entry k to route k mod len(routes); return
+    what was sent and the worst lag."""
     stats: dict[str, float] = {}
     pipe = RawPipeline(url)
     try:
-        pipe.run(_paced_chunks(stream, rate, seconds, stats))
+        pipe.run(_paced_chunks(routes, rate, seconds, stats))
     finally:
         pipe.close()
+    return stats
+
+
+def start_producer(url: str, routes: Sequence[Route], rate: int, seconds: float) -> subprocess.Popen[str]:
+    """The open-loop producer in a process of its own; ``producer_stats`` waits for its figures."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--produce", url, str(rate), str(seconds)]
+    return subprocess.Popen(
+        [*command, json.dumps(routes)],
+        env=bench_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def producer_stats(producer: subprocess.Popen[str], timeout: float) -> dict[str, float]:
+    out, err = producer.communicate(timeout=timeout)
+    if producer.returncode:
+        raise RuntimeError(f"the producer exited with {producer.returncode}: {err[-2000:]}")
+    stats: dict[str, float] = json.loads(out)
     return stats
 
 
@@ -140,25 +181,35 @@ def bare_loop(url: str, stream: str, group: str, output: str, expected: int) -> 
 # --- one measurement ------------------------------------------------------------------------------
 
 
-def _percentile(ordered: Sequence[int], fraction: float) -> float:
+def percentile(ordered: Sequence[int], fraction: float) -> float:
+    """The ``fraction`` quantile (nearest rank) of sorted nanoseconds, in milliseconds."""
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
     return ordered[index] / 1e6
 
 
-def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seconds: float) -> Latency:
+def measure(
+    consumer: str, server: BenchServer | None, url: str, rate: int, seconds: float, *, partitions: int = 0
+) -> Latency:
+    """One consumer at one offered rate; with ``partitions`` (worker consumers only) the same load is
+    spread evenly over that many partitions, read by one worker (``STREAMPIPE_PARTITIONS``)."""
     client = redis.Redis.from_url(url, decode_responses=True)
     stream = f"bench:latency:{rate}:{secrets.token_hex(3)}"
+    streams = PartitionLayout(stream, partitions).streams if partitions else [stream]
     group = "lat"
-    client.xgroup_create(stream, group, id="$", mkstream=True)
+    for key in streams:
+        client.xgroup_create(key, group, id="$", mkstream=True)
     total = int(rate * seconds)
     workdir = Path(tempfile.mkdtemp(prefix="streampipe-bench-latency-"))
     output = workdir / "latencies.bin"
     log = (workdir / "consumer.log").open("w+b")
     if consumer in WORKER_HANDLERS:
         handler = WORKER_HANDLERS[consumer]
-        env = worker_env(url, stream, group, consumer="lat1", handler=handler, batch_size=BATCH)
+        more = {"partitions": str(partitions)} if partitions else {}
+        env = worker_env(url, stream, group, consumer="lat1", handler=handler, batch_size=BATCH, **more)
         env.update({"BENCH_LATENCY_FILE": str(output), "BENCH_LATENCY_EXPECTED": str(total)})
         command = WORKER_COMMAND
+    elif partitions:
+        raise ValueError(f"{consumer} reads one stream; partitions are for the worker")
     else:
         command = [
             sys.executable,
@@ -173,29 +224,14 @@ def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seco
         env = bench_env()
     proc = spawn(command, env, log)
     try:
-        # Ready once its first XREADGROUP has registered the consumer in the group.
+        # Ready once its first XREADGROUP on every stream has registered the consumer in the group.
         deadline = time.monotonic() + 30
-        while not client.xinfo_consumers(stream, group):
+        while not all(client.xinfo_consumers(key, group) for key in streams):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{consumer} did not start: {log_tail(log)}")
             time.sleep(0.02)
-        producer = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--produce",
-                url,
-                stream,
-                str(rate),
-                str(seconds),
-            ],
-            env=bench_env(),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        )
-        stats = json.loads(producer.stdout)
+        routes: list[Route] = [(key, {}) for key in streams]
+        stats = producer_stats(start_producer(url, routes, rate, seconds), seconds + 60)
         deadline = time.monotonic() + 30
         while not output.exists():
             if proc.poll() is not None and not output.exists():
@@ -206,7 +242,7 @@ def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seco
     finally:
         stop(proc)
         log.close()
-        client.delete(stream)
+        client.delete(*streams)
         client.close()
     latencies = array("q")
     with output.open("rb") as data:
@@ -221,24 +257,26 @@ def measure(consumer: str, server: BenchServer | None, url: str, rate: int, seco
         samples=len(ordered),
         achieved_rate=stats["sent"] / stats["seconds"],
         producer_max_lag_ms=stats["max_lag_ms"],
-        p50_ms=_percentile(ordered, 0.50),
-        p90_ms=_percentile(ordered, 0.90),
-        p99_ms=_percentile(ordered, 0.99),
-        p999_ms=_percentile(ordered, 0.999),
+        p50_ms=percentile(ordered, 0.50),
+        p90_ms=percentile(ordered, 0.90),
+        p99_ms=percentile(ordered, 0.99),
+        p999_ms=percentile(ordered, 0.999),
         max_ms=ordered[-1] / 1e6,
+        partitions=partitions,
     )
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--produce"]:
-        url, stream, rate, seconds = argv[1:5]
-        print(json.dumps(produce(url, stream, int(rate), float(seconds))))
+        url, rate, seconds, routes = argv[1:5]
+        found = [(stream, fields) for stream, fields in json.loads(routes)]
+        print(json.dumps(produce(url, found, int(rate), float(seconds))))
         return 0
     if argv[:1] == ["--consume"]:
         url, stream, group, output, expected = argv[1:6]
         bare_loop(url, stream, group, output, int(expected))
         return 0
-    print("usage: latency.py --produce URL STREAM RATE SECONDS | --consume ... (run by bench/run.py)")
+    print("usage: latency.py --produce URL RATE SECONDS ROUTES_JSON | --consume ... (run by bench/run.py)")
     return 2
 
 

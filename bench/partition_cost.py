@@ -1,4 +1,5 @@
-"""Partitions: CPU per entry of one worker reading P partitions against one reading one stream.
+"""Partitions: CPU per entry and end-to-end latency of one worker reading P partitions against one
+reading one stream.
 
     python bench/partition_cost.py [--partitions 4,16] [--entries 300000] [--batch 100] [--rounds 3]
     (in make bench: bench/run.py --only partitions)
@@ -8,6 +9,9 @@ The same entries (the example event, spread evenly by the partitioned Producer) 
 (``STREAMPIPE_PARTITIONS``: one consumer per partition in the worker's event loop). The worker's and
 the server's CPU time are taken over the middle of the run (from 10 % to 90 % acked), so start-up is
 not counted. Rounds are interleaved; the report takes each count's lowest cost.
+
+``latency_sweep`` (bench/run.py --only partition_latency) offers the same rate, open loop, to one
+worker reading one stream and P partitions, with bench/latency.py's producer and recording handler.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import latency
 import redis
 from harness import (
     WORKER_COMMAND,
@@ -36,6 +41,7 @@ from harness import (
     stop,
     worker_env,
 )
+from latency import Latency
 from streampipe_worker.connection import ConnectionSettings, create_client
 from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
@@ -43,6 +49,8 @@ from streampipe_worker.producer import Event, Producer
 COUNTS = (4, 16)
 IDLE_COUNTS = (1, 16, 64)
 BATCH = 100
+LATENCY_RATE = 10_000  # entries/s offered to every layout alike
+LATENCY_SECONDS = 5.0  # per point, the first second dropped as warm-up
 
 
 @dataclass
@@ -61,7 +69,8 @@ class PartitionCost:
         return self.worker_cpu_us + self.server_cpu_us
 
 
-def _acked(client: redis.Redis, streams: list[str], group: str) -> int:
+def acked(client: redis.Redis, streams: list[str], group: str) -> int:
+    """Entries the group acked over these streams (read minus pending); 0 until every group exists."""
     done = 0
     try:
         for stream in streams:
@@ -75,7 +84,7 @@ def _acked(client: redis.Redis, streams: list[str], group: str) -> int:
 
 def _wait_acked(client: redis.Redis, streams: list[str], group: str, count: int, proc: object) -> int:
     deadline = time.monotonic() + 300
-    while (done := _acked(client, streams, group)) < count:
+    while (done := acked(client, streams, group)) < count:
         if getattr(proc, "poll")() is not None or time.monotonic() > deadline:  # noqa: B009
             raise RuntimeError(f"the worker stopped or stalled at {done} of {count} acked")
         time.sleep(0.005)
@@ -149,6 +158,40 @@ def sweep(
             if on_sample is not None:
                 on_sample(sample)
     return found
+
+
+def latency_sweep(
+    server: BenchServer,
+    *,
+    counts: tuple[int, ...] = COUNTS,
+    rate: int = LATENCY_RATE,
+    seconds: float = LATENCY_SECONDS,
+    rounds: int = 3,
+    on_sample: Callable[[Latency], None] | None = None,
+) -> list[Latency]:
+    """End-to-end latency of one worker at one offered rate, from one stream and from each partition
+    count (bench/latency.py's open-loop producer, spreading the entries evenly); rounds interleaved."""
+    found: list[Latency] = []
+    for _ in range(rounds):
+        for partitions in (0, *counts):
+            sample = latency.measure("streampipe", server, server.url, rate, seconds, partitions=partitions)
+            found.append(sample)
+            if on_sample is not None:
+                on_sample(sample)
+    return found
+
+
+def lowest_p99(samples: Sequence[Latency], partitions: int) -> Latency | None:
+    """The round with the lowest p99 of one layout (as section 3 picks its rows)."""
+    return min((s for s in samples if s.partitions == partitions), key=lambda s: s.p99_ms, default=None)
+
+
+def describe_latency(sample: Latency) -> str:
+    what = f"{sample.partitions} partitions" if sample.partitions else "one stream"
+    return (
+        f"{what} at {sample.rate:,}/s: p50 {sample.p50_ms:.2f} ms, p99 {sample.p99_ms:.2f} ms, "
+        f"max {sample.max_ms:.1f} ms (producer lag max {sample.producer_max_lag_ms:.1f} ms)"
+    )
 
 
 @dataclass

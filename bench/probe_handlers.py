@@ -6,8 +6,12 @@ Kept apart from the benchmark modules so a worker imports nothing but this file.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
+import mmap
 import os
+import struct
+import threading
 import time
 from array import array
 from typing import Any
@@ -44,6 +48,37 @@ def _write() -> None:
 
 
 atexit.register(_write)
+
+
+COMPLETION = struct.Struct("qqq")  # done (CLOCK_MONOTONIC ns), scheduled (field t), partition (field p)
+_completions: list[mmap.mmap] = []
+_completion_slots = itertools.count()  # next() is atomic: partitions' handler threads share it
+_completion_lock = threading.Lock()
+
+
+def record_completion(entry: Any) -> None:
+    """No-op work, then one record of when the entry was done, when it was scheduled and its partition.
+
+    Records go straight into a shared memory map of ``BENCH_COMPLETIONS_FILE`` (room for
+    ``BENCH_COMPLETIONS_MAX``), so what a SIGKILLed worker did is still there: the kernel keeps the
+    written pages. An unused record is all zeros.
+    """
+    memory = _completions[0] if _completions else _map_completions()
+    offset = next(_completion_slots) * COMPLETION.size
+    if offset < len(memory):
+        COMPLETION.pack_into(
+            memory, offset, time.monotonic_ns(), int(entry.fields["t"]), int(entry.fields["p"])
+        )
+
+
+def _map_completions() -> mmap.mmap:
+    with _completion_lock:
+        if not _completions:
+            size = int(os.environ["BENCH_COMPLETIONS_MAX"]) * COMPLETION.size
+            with open(os.environ["BENCH_COMPLETIONS_FILE"], "w+b") as out:
+                out.truncate(size)
+                _completions.append(mmap.mmap(out.fileno(), size))
+    return _completions[0]
 
 
 def decode_json(entry: Any) -> None:

@@ -9,7 +9,6 @@ the reason for each miss and the change that would close it, the method, and the
 from __future__ import annotations
 
 import datetime
-import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -20,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import goals
 import machine
-import partition_cost
 from goals import SCALE_OUT_GOAL, best, best_batch, best_latencies
 from harness import ROOT
-from partition_cost import lowest
+from report_format import rate_text as _rate
+from report_format import table as _table
+from report_partitions import partitions_sections
 from results_model import Goal, Results
 from worker_throughput import CONSUMERS, DIAGNOSTIC, Sample
 
@@ -70,22 +70,6 @@ def cost_model(samples: Sequence[Sample], consumer: str) -> tuple[float, float] 
         cost[batch] = max(mine, key=lambda s: s.rate).consumer_cpu_us
     per_read = (cost[1] - cost[100]) / (1 - 1 / 100)
     return per_read, cost[100] - per_read / 100
-
-
-def _rate(value: float) -> str:
-    if value >= 100_000:
-        return f"{value / 1000:,.0f}K"
-    if value >= 10_000:
-        return f"{value / 1000:,.1f}K"
-    return f"{value:,.0f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
-    align = align or "l" + "r" * (len(header) - 1)
-    marks = {"l": ":---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def _load_line(results: Results) -> str:
@@ -355,68 +339,6 @@ def producer_section(results: Results) -> list[str]:
         "",
         *_table(["producer", "entries/s"], rows),
         *note,
-    ]
-
-
-def partitions_section(results: Results) -> list[str]:
-    samples = results.partitions
-    one = lowest(samples, 0)
-    if one is None:
-        return []
-    counts = sorted({s.partitions for s in samples} - {0})
-    rows = []
-    for count in [0, *counts]:
-        chosen = lowest(samples, count)
-        assert chosen is not None
-        rows.append(
-            [
-                f"{count} partitions" if count else "one stream",
-                _rate(chosen.rate),
-                f"{chosen.worker_cpu_us:.2f}",
-                f"{chosen.server_cpu_us:.2f}",
-                f"{chosen.cpu_us:.2f}",
-                f"{chosen.cpu_us / one.cpu_us:.2f}x",
-            ]
-        )
-    largest = lowest(samples, counts[-1]) if counts else one
-    assert largest is not None
-    projection = []
-    for rate in (100_000, 500_000, 1_000_000, 5_000_000):
-        # A primary is one core; keep 30 % of it for replication, trimming and bursts.
-        primaries = max(1, math.ceil(rate * largest.server_cpu_us / 1e6 / 0.7))
-        workers = max(1, math.ceil(rate * largest.worker_cpu_us / 1e6))
-        projection.append([_rate(rate), str(primaries), str(workers), str(max(primaries, workers))])
-    idle_rows = [
-        [str(found.partitions), f"{found.cpu_percent:.2f} %", str(found.connections)]
-        for found in results.partitions_idle
-    ]
-    at_rest = []
-    if idle_rows:
-        at_rest = [
-            "At rest (no traffic, default settings: BLOCK 2s, claimIdle 1m), one worker's CPU over "
-            f"{results.partitions_idle[0].seconds:.0f} s and its connections to the server:",
-            "",
-            *_table(["partitions", "CPU, share of a core", "connections"], idle_rows),
-        ]
-    return [
-        "## 8. Partitions: one worker over P partitions",
-        "",
-        f"One `streampipe-worker` (no-op handler, batch {partition_cost.BATCH}) reads the same entries from "
-        "one stream and from P partitions (`STREAMPIPE_PARTITIONS`: one consumer per partition in its "
-        "event loop). CPU per entry of the worker and the server over the middle 80 % of the run; the "
-        f"round with the lowest total of {results.settings.rounds} interleaved rounds.",
-        "",
-        *_table(
-            ["layout", "entries/s", "worker µs/entry", "server µs/entry", "total µs/entry", "vs one stream"],
-            rows,
-        ),
-        f"Projection from the {counts[-1] if counts else 1}-partition figures: a primary is one core "
-        "(kept at 70 %), a worker process one core. Partitions should be at least the larger of the two, "
-        "so that each primary and each worker has a partition to itself; with per-key ordering each "
-        "partition has one owner, so the count caps the worker processes.",
-        "",
-        *_table(["target entries/s", "primaries", "worker processes", "partitions, at least"], projection),
-        *at_rest,
     ]
 
 
@@ -1043,7 +965,7 @@ def markdown(results: Results, source: Path, image: str) -> str:
         *operator_section(results),
         *memory_section(results),
         *server_paths_section(results),
-        *partitions_section(results),
+        *partitions_sections(results),
         *worker_time_section(results),
         METHOD,
         *machine_section(results, source),

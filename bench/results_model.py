@@ -9,6 +9,7 @@ from memory_footprint import ServerMemory
 from operator_scaling import OperatorResult
 from partition_cost import PartitionCost, PartitionIdle
 from producer_throughput import ProducerRates
+from rebalance_pause import RebalancePause
 from scale_out import Ceiling
 from server_paths import PathCost
 from worker_profile import Profile
@@ -115,6 +116,12 @@ class Results(Model):
     producer: list[ProducerRates] = Field(default_factory=list)
     partitions: list[PartitionCost] = Field(default_factory=list, description="one worker over P partitions")
     partitions_idle: list[PartitionIdle] = Field(default_factory=list, description="the same at rest")
+    partition_latency: list[Latency] = Field(
+        default_factory=list, description="one worker, one offered rate: one stream against P partitions"
+    )
+    rebalance: list[RebalancePause] = Field(
+        default_factory=list, description="PerKey: a worker joins, leaves, is killed; the partitions' pause"
+    )
     memory: Memory | None = None
     operator: OperatorResult | None = None
     profile: Profile | None = None

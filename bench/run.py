@@ -31,6 +31,7 @@ import memory_footprint
 import operator_scaling
 import partition_cost
 import producer_throughput
+import rebalance_pause
 import scale_out
 import server_paths
 import worker_profile
@@ -45,6 +46,8 @@ BENCHMARKS = (
     "latency",
     "producer",
     "partitions",
+    "partition_latency",
+    "rebalance",
     "profile",
     "operator",
     "server_paths",
@@ -168,6 +171,32 @@ def measure_partitions(results: Results, valkey: BenchServer) -> None:
         )
 
 
+def measure_partition_latency(results: Results, valkey: BenchServer) -> None:
+    quick = results.settings.quick
+    results.partition_latency = partition_cost.latency_sweep(
+        valkey,
+        counts=(4,) if quick else partition_cost.COUNTS,
+        seconds=1.5 if quick else partition_cost.LATENCY_SECONDS,
+        rounds=results.settings.rounds,
+        on_sample=lambda sample: progress("  " + partition_cost.describe_latency(sample)),
+    )
+
+
+def measure_rebalance(results: Results, valkey: BenchServer) -> None:
+    """The whole join / leave / kill sequence once per round (a pause depends on where the owners'
+    rounds fall, so one sequence is one draw)."""
+    for round_no in range(1, results.settings.rounds + 1):
+        if results.settings.quick:
+            found = rebalance_pause.measure(
+                valkey, partitions=4, keys=32, rate=500, lease_ttl_s=1.0, phase_s=2.0, round_no=round_no
+            )
+        else:
+            found = rebalance_pause.measure(valkey, round_no=round_no)
+        results.rebalance += found
+        for event in found:
+            progress("  " + rebalance_pause.describe(event))
+
+
 def measure_profile(results: Results, valkey: BenchServer) -> None:
     if worker_profile.py_spy() is None:
         results.skipped["profile"] = "py-spy is not installed (it is in the dev extra)"
@@ -206,6 +235,8 @@ STEPS: dict[str, Callable[[Results, BenchServer], None]] = {
     "latency": measure_latency,
     "producer": measure_producer,
     "partitions": measure_partitions,
+    "partition_latency": measure_partition_latency,
+    "rebalance": measure_rebalance,
     "profile": measure_profile,
     "operator": measure_operator,
     "server_paths": measure_server_paths,

@@ -37,7 +37,10 @@ def quick_run(tmp_path: Path, only: str) -> tuple[Any, str]:
 @pytest.mark.redis
 @pytest.mark.timeout(300)
 def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
-    results, report = quick_run(tmp_path, "memory,throughput,scale_out,latency,producer,partitions,profile")
+    results, report = quick_run(
+        tmp_path,
+        "memory,throughput,scale_out,latency,producer,partitions,partition_latency,rebalance,profile",
+    )
     assert results.settings.quick
 
     samples = results.throughput.samples
@@ -56,6 +59,11 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
     [at_rest] = results.partitions_idle
     assert at_rest.partitions == 4
     assert at_rest.connections >= 4  # one reading connection per partition at least
+    assert {(s.partitions, s.rate) for s in results.partition_latency} == {(0, 10_000), (4, 10_000)}
+    assert all(s.samples > 0 for s in results.partition_latency)
+    assert [e.event for e in results.rebalance] == ["join", "leave", "kill"]
+    # Each event moves partitions between workers (4 partitions, 2 workers, then 3, 2, 1).
+    assert all(e.moved > 0 and e.pause_s > 0 and e.samples > 0 for e in results.rebalance)
     assert results.memory is not None
     assert results.profile is not None
     assert results.profile.samples > 0
@@ -73,6 +81,8 @@ def test_quick_suite_writes_results_and_report(tmp_path: Path) -> None:
         "## Goals",
         "## 1. Worker throughput",
         "## 8. Partitions",
+        "## 9. Partitions: end-to-end latency",
+        "## 10. PerKey rebalance",
         "## Machine",
     ):
         assert heading in report
