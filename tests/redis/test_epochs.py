@@ -97,6 +97,12 @@ async def test_an_old_partition_is_settled_once_its_group_processed_it_up_to_the
     assert not await settled(client, stream, GROUP, cutoff)  # delivered, still pending
     redis_client.xack(stream, GROUP, ids[0], ids[1])
     assert await settled(client, stream, GROUP, cutoff)  # the entry after the cutoff does not count
+    # Entries up to the cutoff deleted before the group read them are not waited for.
+    later = [redis_client.xadd(stream, {"n": str(n)}) for n in range(3, 5)]
+    redis_client.xack(stream, GROUP, ids[2])
+    assert not await settled(client, stream, GROUP, later[-1])
+    redis_client.xdel(stream, *later)
+    assert await settled(client, stream, GROUP, later[-1])
 
 
 async def test_a_switch_is_retired_once_every_group_settled_every_old_partition(

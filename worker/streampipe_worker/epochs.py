@@ -171,10 +171,11 @@ async def record_growth(client: Any, base: str, count: int) -> LayoutRecord:
 
 
 async def settled(client: Any, stream: str, group: str, cutoff: str) -> bool:
-    """True when ``group`` has handled every entry of ``stream`` up to ``cutoff``: its last-delivered-id
-    is at or past the cutoff and none of those entries is still pending. A cutoff of ``0-0`` (no entry
-    before the switch) and a stream that no longer exists are settled; a missing group is not (the
-    operator creates groups, and it would start before the cutoff)."""
+    """True when ``group`` has handled every entry of ``stream`` up to ``cutoff``: every one was
+    delivered (its last-delivered-id is at or past the cutoff, or no entry is left between the two:
+    the rest were trimmed or deleted unread) and none of them is still pending. A cutoff of ``0-0``
+    (no entry before the switch) and a stream that no longer exists are settled; a missing group is
+    not (the operator creates groups, and it would start before the cutoff)."""
     if EntryId.parse(cutoff) == EntryId(0, 0):
         return True
     try:
@@ -184,10 +185,25 @@ async def settled(client: Any, stream: str, group: str, cutoff: str) -> bool:
             return True
         raise
     found = next((row for row in groups if _text(row["name"]) == group), None)
-    if found is None or EntryId.parse(_text(found["last-delivered-id"])) < EntryId.parse(cutoff):
+    if found is None:
+        return False
+    delivered = _text(found["last-delivered-id"])
+    if EntryId.parse(delivered) < EntryId.parse(cutoff) and not await _none_left(
+        client, stream, delivered, cutoff
+    ):
         return False
     pending = await client.xpending_range(stream, group, "-", cutoff, 1)
     return len(pending) == 0
+
+
+async def _none_left(client: Any, stream: str, after: str, cutoff: str) -> bool:
+    """No entry between ``after`` (excluded) and ``cutoff`` (included). A plain non-blocking XREAD of
+    the first entry after ``after``: the PerKey worker's ACL has it (for the doorbell), not XRANGE."""
+    reply = await client.xread({stream: after}, count=1)
+    if not reply:
+        return True
+    [(_, entries)] = reply if isinstance(reply, list) else list(reply.items())
+    return not entries or EntryId.parse(_text(entries[0][0])) > EntryId.parse(cutoff)
 
 
 async def switch_settled(client: Any, base: str, switch: Switch, groups: Iterable[str]) -> bool:
