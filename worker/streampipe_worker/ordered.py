@@ -7,6 +7,10 @@ assigned here, renews its leases and acquires the assigned ones that are free. E
 is worked by an :class:`~streampipe_worker.ordered_partition.OrderedPartition`; partitions run
 concurrently, each with its handler calls one at a time.
 
+While the layout record (:mod:`streampipe_worker.epochs`) names fewer partitions than this worker was
+started with, it joins nothing and is not ready: the growth is not recorded yet, so there is no cutoff
+to hold moved keys behind.
+
 Hand-overs: a partition no longer assigned here (a pod joined) is first closed (no new reads, the
 running batch ends after its current call, what succeeded is acked) and only then released, so the
 next owner never runs a key's entries while this one still does. A lease lost instead (not renewed

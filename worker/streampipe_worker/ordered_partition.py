@@ -15,6 +15,10 @@ waits behind it, unacked; other keys go on. After the last delivery (or at once 
 ``PermanentError``, such as an event the Router cannot decode) it moves to the partition's
 dead-letter stream through a fenced script, and its key's next entry runs.
 
+After the layout grew (:mod:`streampipe_worker.epochs`), a key that moved here waits, head and
+successors, until its old partition is settled up to the switch's cutoff for the group; the other keys
+go on.
+
 Every read, ack and dead-letter move is fenced. On a lost lease the partition stops at once: its
 in-memory entries are dropped unacked (they stay pending, and the next owner reclaims them in id
 order), and a handler call already running finishes but is not acked.

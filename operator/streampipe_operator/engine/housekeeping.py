@@ -257,8 +257,6 @@ async def _run_partitioned_pass(
         server=server,
         server_state=await admin.server_state(),
     )
-    if spec.partitions.ordering == "PerKey":
-        await _record_layout(spec, admin, report)
     trimmed: dict[str, int] = {}
     held = []
     for index in range(spec.partitions.count):
@@ -285,6 +283,9 @@ async def _run_partitioned_pass(
             trimmed[target] = trimmed.get(target, 0) + removed
         if part_memory.retention is not None:
             held.append(part_memory.retention)
+    if spec.partitions.ordering == "PerKey":
+        # After the groups: once the switch is recorded producers may write to the new partitions.
+        await _record_layout(spec, admin, report)
     report.events = _coalesced(report.events)
     report.trimmed = trimmed or None
     report.observation = merge_observations(spec.stream, report.partitions)
