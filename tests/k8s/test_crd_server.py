@@ -19,9 +19,11 @@ from tests.support.controlplane import Kubectl, unique_name
 from tests.support.invalid_specs import (
     INVALID_CHANGES,
     INVALID_SPECS,
+    VALID_CHANGES,
     VALID_SPECS,
     InvalidChange,
     InvalidSpec,
+    ValidChange,
     ValidSpec,
     minimal_manifest,
 )
@@ -93,17 +95,19 @@ def test_invalid_change_refused_by_server(kubectl: Kubectl, namespace: str, case
     assert case.message in done.stderr, done.stderr
 
 
-def test_partitions_may_grow(kubectl: Kubectl, namespace: str) -> None:
-    # The other side of the grow-only rule: more partitions are fine.
-    shrink = next(case for case in INVALID_CHANGES if case.id == "partitions-shrink")
-    small, large = reversed(shrink.manifests())
+@pytest.mark.parametrize("case", VALID_CHANGES, ids=lambda case: case.id)
+def test_change_accepted_by_server(kubectl: Kubectl, namespace: str, case: ValidChange) -> None:
+    # The other side of the transition rules: growing is fine, under PerKey too.
+    small, large = case.manifests()
     name = unique_name("grow")
     for document in (small, large):
         document["metadata"] |= {"name": name, "namespace": namespace}
     kubectl("create", "-f", "-", input=_dump(small))
     kubectl("apply", "-f", "-", input=_dump(large))
     stored = kubectl.json("get", "streampipeline", name, "-n", namespace)
-    assert stored["spec"]["partitions"] == {"count": 8, "ordering": "None"}
+    assert stored["spec"]["partitions"] == large["spec"]["partitions"] | {
+        "ordering": large["spec"]["partitions"].get("ordering", "None")
+    }
 
 
 @pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)

@@ -1,11 +1,13 @@
 """The housekeeping pass of a partitioned pipeline (``spec.partitions``) on real servers: groups,
-retention and consumer cleanup on every partition, scaling once on the summed backlog, and one event for
-what was done on many partitions. Same test doubles as test_housekeeping.py (``Workers``, ``StepClock``).
+retention and consumer cleanup on every partition, scaling once on the summed backlog, one event for
+what was done on many partitions, and under PerKey the layout record's growth and retired switch. Same
+test doubles as test_housekeeping.py (``Workers``, ``StepClock``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import redis
 from streampipe_operator import api
 from streampipe_operator.engine.housekeeping import PipelineMemory, run_pass
 from streampipe_operator.streams.admin import RedisAdmin
+from streampipe_worker.epochs import layout_key
 from streampipe_worker.partitions import PartitionLayout
 from tests.redis.test_housekeeping import StepClock, Workers, reasons
 
@@ -168,3 +171,33 @@ async def test_one_entry_on_any_partition_activates_from_zero_and_a_null_lag_is_
     billing = report.observation.group("billing")
     assert billing is not None
     assert (billing.lag.value, billing.lag.source, billing.pending) == (4, "counted", 1)
+
+
+async def test_a_per_key_pass_records_the_growth_and_retires_the_switch_once_settled(
+    admin: RedisAdmin, redis_client: redis.Redis
+) -> None:
+    def per_key(count: int) -> api.StreamPipelineSpec:
+        return partitioned_spec(
+            {"name": "billing", "startId": "0"},
+            partitions={"count": count, "key": "customer", "ordering": "PerKey"},
+        )
+
+    memory = PipelineMemory()
+    await run_pass(per_key(2), admin, Workers(), memory, clock=StepClock())
+    assert json.loads(redis_client.get(layout_key(BASE))) == {"count": 2, "switches": []}
+    [entry] = [redis_client.xadd(LAYOUT.stream(0), {"customer": "c-1"})]
+
+    report = await run_pass(per_key(4), admin, Workers(), memory, clock=StepClock())
+
+    assert "LayoutGrown" in reasons(report)
+    assert json.loads(redis_client.get(layout_key(BASE))) == {
+        "count": 4,
+        "switches": [{"from": 2, "cutoffs": [entry, "0-0"]}],
+    }
+    report = await run_pass(per_key(4), admin, Workers(), memory, clock=StepClock())
+    assert "LayoutGrown" not in reasons(report)
+    redis_client.xreadgroup("billing", "w", {LAYOUT.stream(0): ">"})
+    redis_client.xack(LAYOUT.stream(0), "billing", entry)
+    report = await run_pass(per_key(4), admin, Workers(), memory, clock=StepClock())
+    assert "LayoutSwitchRetired" in reasons(report)
+    assert json.loads(redis_client.get(layout_key(BASE))) == {"count": 4, "switches": []}

@@ -677,11 +677,11 @@ def _per_key(count: int) -> Callable[[Manifest], None]:
 
 INVALID_CHANGES: list[InvalidChange] = [
     InvalidChange(
-        "partitions-per-key-grow",
-        _per_key(4),
+        "partitions-per-key-shrink",
         _per_key(8),
+        _per_key(4),
         "spec.partitions.count",
-        "cannot change while ordering is PerKey",
+        "may grow, never shrink (was 8)",
     ),
     InvalidChange(
         "partitions-shrink",
@@ -704,4 +704,27 @@ INVALID_CHANGES: list[InvalidChange] = [
         "spec.partitions",
         "cannot be added to or removed from an existing pipeline",
     ),
+]
+
+
+@dataclass(frozen=True)
+class ValidChange:
+    """An update the transition rules let through (the other side of :data:`INVALID_CHANGES`)."""
+
+    id: str
+    before: Callable[[Manifest], None]
+    after: Callable[[Manifest], None]
+
+    def manifests(self) -> tuple[Manifest, Manifest]:
+        old, new = minimal_manifest(), minimal_manifest()
+        self.before(old)
+        self.after(new)
+        return old, new
+
+
+VALID_CHANGES: list[ValidChange] = [
+    ValidChange("partitions-grow", _partitioned(4), _partitioned(8)),
+    # Growing under PerKey: the workers hold moved keys behind an epoch switch (docs/partitions.md).
+    ValidChange("partitions-per-key-grow", _per_key(4), _per_key(8)),
+    ValidChange("partitions-unchanged", _per_key(4), _per_key(4)),
 ]

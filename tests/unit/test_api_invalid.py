@@ -13,9 +13,11 @@ from streampipe_operator.api.validation import validate_manifest
 from tests.support.invalid_specs import (
     INVALID_CHANGES,
     INVALID_SPECS,
+    VALID_CHANGES,
     VALID_SPECS,
     InvalidChange,
     InvalidSpec,
+    ValidChange,
     ValidSpec,
     minimal_manifest,
 )
@@ -50,13 +52,10 @@ def test_change_refused_offline(case: InvalidChange) -> None:
     assert case.message in refused[0][1]
 
 
-def test_unchanged_and_grown_partitions_are_fine() -> None:
-    old, new = (
-        api.StreamPipeline.model_validate(document).spec
-        for document in next(c for c in INVALID_CHANGES if c.id == "partitions-shrink").manifests()
-    )
-    assert refused_changes(old, old) == []
-    assert refused_changes(new, old) == []  # 4 -> 8: growing
+@pytest.mark.parametrize("case", VALID_CHANGES, ids=lambda case: case.id)
+def test_change_accepted_offline(case: ValidChange) -> None:
+    old, new = (api.StreamPipeline.model_validate(document).spec for document in case.manifests())
+    assert refused_changes(old, new, "spec") == []
 
 
 @pytest.mark.parametrize("case", VALID_SPECS, ids=lambda case: case.id)

@@ -1,5 +1,6 @@
 """The per-key queues of an ordered partition (``streampipe_worker.ordered_partition.KeyQueues``): only
-a key's head may run, heads in id order, a waiting head holds only its own key."""
+a key's head may run, heads in id order, a waiting head holds only its own key, and so does a key held
+for a growth."""
 
 from __future__ import annotations
 
@@ -56,3 +57,15 @@ def test_without_a_key_field_the_partition_is_one_sequence() -> None:
     assert ids(queues.ready(now=0.0, limit=10)) == ["1-0"]
     queues.clear()
     assert (len(queues), queues.ready(now=0.0, limit=10), queues.next_ready_at()) == (0, [], None)
+
+
+def test_a_held_key_keeps_its_head_and_its_successors_back() -> None:
+    queues = KeyQueues("customer_id")
+    for item in [entry("1-0", "moved"), entry("2-0", "stays"), entry("3-0", "moved")]:
+        queues.add(item)
+    held = {"moved"}
+    assert ids(queues.ready(now=0.0, limit=10, held=lambda key: key in held)) == ["2-0"]
+    queues.settle(queues.ready(now=0.0, limit=10, held=lambda key: key in held)[0])
+    assert queues.ready(now=0.0, limit=10, held=lambda key: key in held) == []
+    held.clear()  # its old partition settled
+    assert ids(queues.ready(now=0.0, limit=10, held=lambda key: key in held)) == ["1-0"]

@@ -7,6 +7,10 @@ assigned here, renews its leases and acquires the assigned ones that are free. E
 is worked by an :class:`~streampipe_worker.ordered_partition.OrderedPartition`; partitions run
 concurrently, each with its handler calls one at a time.
 
+While the layout record (:mod:`streampipe_worker.epochs`) names fewer partitions than this worker was
+started with, it joins nothing and is not ready: the growth is not recorded yet, so there is no cutoff
+to hold moved keys behind.
+
 Hand-overs: a partition no longer assigned here (a pod joined) is first closed (no new reads, the
 running batch ends after its current call, what succeeded is acked) and only then released, so the
 next owner never runs a key's entries while this one still does. A lease lost instead (not renewed
@@ -28,6 +32,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, RedisError
 
 from streampipe_worker.connection import ConnectionSettings, create_async_client
+from streampipe_worker.epochs import LayoutEpochs, layout_key
 from streampipe_worker.groups import create_group
 from streampipe_worker.metrics import Health, MergedMetrics, OwnershipMetrics, Stats, WorkerMetrics
 from streampipe_worker.ordered_partition import OrderedPartition, PartitionParts
@@ -79,6 +84,10 @@ class OrderedConsumer:
         # The owner loop beats once a round.
         self.health.stale_after = max(self.health.stale_after, 3 * self.interval)
         self.stats = Stats()
+        # Without a key field no key moves when the layout grows, so nothing waits for a switch.
+        self.epochs = (
+            LayoutEpochs(self.client, layout, settings.group) if settings.partition_key is not None else None
+        )
         self.parts = PartitionParts(
             leases=leases,
             handler=handler,
@@ -94,6 +103,7 @@ class OrderedConsumer:
             block=settings.block.total_seconds(),
             ownership=self.ownership,
             stats=self.stats,
+            epochs=self.epochs,
         )
         self.running: dict[int, RunningPartition] = {}
         self.abandoned = 0  # entries whose handler calls were still running when the grace ended
@@ -141,6 +151,9 @@ class OrderedConsumer:
             # no longer being handed over.
             self._handing_over.clear()
             try:
+                if not await self._layout_recorded():
+                    await self._pause()
+                    continue
                 await self.owner.step()
                 self.health.set_ready(True)
             except NoPermissionError:
@@ -151,10 +164,31 @@ class OrderedConsumer:
                 if not self.health.ready:
                     self.health.set_ready(False, f"cannot join {self.owner.membership.key}: {exc}")
             self._reconcile()
-            self.health.beat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-            self._wake.clear()
+            await self._pause()
+
+    async def _pause(self) -> None:
+        self.health.beat()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+        self._wake.clear()
+
+    async def _layout_recorded(self) -> bool:
+        """Whether this worker may own partitions: not while the layout record names fewer partitions
+        than it was started with (the operator has not recorded the growth, so there is no cutoff to
+        hold moved keys behind yet). Read every round, so the partitions also see new switches."""
+        if self.epochs is None:
+            return True
+        record = await self.epochs.refresh()
+        if self.epochs.ready() or self.running or record is None:
+            return True
+        waiting = (
+            f"{layout_key(self.layout.base)} records {record.count} partitions, this worker was started "
+            f"with {self.layout.count}: waiting for the operator to record the growth"
+        )
+        if self.health.reason != waiting:
+            log.info("%s", waiting)
+        self.health.set_ready(False, waiting)
+        return False
 
     def _release_when(self, partition: int) -> bool:
         """Asked before a partition no longer assigned here is released: close it first."""

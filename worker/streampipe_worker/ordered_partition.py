@@ -15,6 +15,10 @@ waits behind it, unacked; other keys go on. After the last delivery (or at once 
 ``PermanentError``, such as an event the Router cannot decode) it moves to the partition's
 dead-letter stream through a fenced script, and its key's next entry runs.
 
+After the layout grew (:mod:`streampipe_worker.epochs`), a key that moved here waits, head and
+successors, until its old partition is settled up to the switch's cutoff for the group; the other keys
+go on.
+
 Every read, ack and dead-letter move is fenced. On a lost lease the partition stops at once: its
 in-memory entries are dropped unacked (they stay pending, and the next owner reclaims them in id
 order), and a handler call already running finishes but is not acked.
@@ -26,12 +30,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from streampipe_worker.deadletter import DeadLetter, DeadLetterEnvelope
 from streampipe_worker.entry_ids import EntryId
+from streampipe_worker.epochs import LayoutEpochs
 from streampipe_worker.handler_runner import HandlerRunner
 from streampipe_worker.metrics import OwnershipMetrics, Stats, WorkerMetrics
 from streampipe_worker.ownership import (
@@ -81,9 +86,14 @@ class KeyQueues:
         self._lines.setdefault(self.key_of(entry), KeyLine()).entries.append(entry)
         self._ids.add(entry.id)
 
-    def ready(self, now: float, limit: int) -> list[Entry]:
-        """Up to ``limit`` heads whose wait is over, in id order."""
-        heads = [line.entries[0] for line in self._lines.values() if line.ready_at <= now]
+    def ready(self, now: float, limit: int, held: Callable[[str], bool] | None = None) -> list[Entry]:
+        """Up to ``limit`` heads whose wait is over, in id order; ``held(key)`` True keeps a key's head
+        back (its older entries are still in another partition: :mod:`streampipe_worker.epochs`)."""
+        heads = [
+            line.entries[0]
+            for key, line in self._lines.items()
+            if line.ready_at <= now and (held is None or not held(key))
+        ]
         heads.sort(key=lambda entry: EntryId.parse(entry.id))
         return heads[:limit]
 
@@ -142,6 +152,7 @@ class PartitionParts:
     block: float  # the doorbell's longest wait, seconds
     ownership: OwnershipMetrics
     stats: Stats
+    epochs: LayoutEpochs | None  # None: no key field, so no key moves when the layout grows
 
 
 class OrderedPartition:
@@ -207,7 +218,9 @@ class OrderedPartition:
             await self._take_over()
             while not self._closing:
                 await self._fill()
-                batch = self.queues.ready(time.monotonic(), self.parts.batch_size)
+                if self.parts.epochs is not None:
+                    await self.parts.epochs.poll()
+                batch = self.queues.ready(time.monotonic(), self.parts.batch_size, self._held)
                 if batch:
                     await self._handle(batch)
                     if self._acks_due():
@@ -257,6 +270,8 @@ class OrderedPartition:
         self.parts.stats.reclaimed += len(claimed)
         self._ingest([*own, *claimed], await self._deliveries())
         self._cursor = await self._last_delivered()
+        if self.parts.epochs is not None:
+            await self.parts.epochs.refresh()
 
     async def _deliveries(self) -> dict[str, int]:
         """The PEL's delivery count of each entry this consumer holds (the reads above counted)."""
@@ -307,6 +322,14 @@ class OrderedPartition:
         if read:
             self._cursor = read[-1].id
             self._ingest(read, {})
+            if self.parts.epochs is not None:
+                # After the read: a producer writes with a grown count only once the switch is
+                # recorded, so a record read now knows every switch these entries may be behind.
+                await self.parts.epochs.refresh()
+
+    def _held(self, key: str) -> bool:
+        epochs = self.parts.epochs
+        return epochs is not None and epochs.held(key, self.lease.partition)
 
     async def _handle(self, batch: list[Entry]) -> None:
         dead: list[DeadLetter] = []
@@ -379,6 +402,8 @@ class OrderedPartition:
     async def _wait(self) -> None:
         """Until the doorbell rings, a waiting key's head may run, :meth:`close`, or ``block``."""
         timeout = self.parts.block
+        if self.parts.epochs is not None and self.parts.epochs.holding:
+            timeout = min(timeout, self.parts.epochs.poll_interval)
         ready_at = self.queues.next_ready_at()
         if ready_at is not None:
             timeout = min(timeout, max(ready_at - time.monotonic(), 0.001))

@@ -61,6 +61,9 @@ class Reason(StrEnum):
     CONSUMER_REMOVED = "ConsumerRemoved"
     CONSUMER_KEPT = "ConsumerKept"
     CONSUMER_CLEANUP_FAILED = "ConsumerCleanupFailed"
+    LAYOUT_GROWN = "LayoutGrown"
+    LAYOUT_SWITCH_RETIRED = "LayoutSwitchRetired"
+    LAYOUT_RECORD_FAILED = "LayoutRecordFailed"
     # Events of the controller
     DEPLOYMENT_CREATED = "DeploymentCreated"
     DEPLOYMENT_UPDATED = "DeploymentUpdated"

@@ -242,7 +242,8 @@ class PartitionsSpec(SpecModel):
 
     count: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] = Field(
         description="Number of partitions, 1..1024. May grow, never shrink: entries of a removed partition "
-        "would be stranded."
+        "would be stranded. Under `PerKey` a key that growing moves waits for its older entries in its "
+        "old partition (docs/partitions.md)."
     )
     key: Annotated[str, StringConstraints(pattern=NO_WHITESPACE, min_length=1, max_length=256)] | None = (
         Field(
@@ -269,15 +270,6 @@ class PartitionsSpec(SpecModel):
         return self.count >= old.count or (
             f"may grow, never shrink (was {old.count}): entries of a removed partition would be stranded"
         )
-
-    @cel_transition_rule(
-        "self.ordering != 'PerKey' || oldSelf.ordering != 'PerKey' || self.count == oldSelf.count",
-        message="cannot change while ordering is PerKey: growing would move keys to other partitions "
-        "before their older entries are processed (not supported yet); set ordering None first",
-        field_path=".count",
-    )
-    def _count_fixed_per_key(self, old: PartitionsSpec) -> bool:
-        return self.ordering != "PerKey" or old.ordering != "PerKey" or self.count == old.count
 
 
 # ------------------------------------------------------------------------------------------- groups

@@ -97,6 +97,9 @@ POSTED_EVENTS: frozenset[Reason] = frozenset(
         Reason.GROUP_ORPHANED,
         Reason.RETENTION_HELD,
         Reason.CONSUMER_REMOVED,
+        Reason.LAYOUT_GROWN,
+        Reason.LAYOUT_SWITCH_RETIRED,
+        Reason.LAYOUT_RECORD_FAILED,
     }
 )
 

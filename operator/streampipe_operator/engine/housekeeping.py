@@ -24,6 +24,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from streampipe_operator import api
 from streampipe_operator.api import Reason
 from streampipe_operator.engine.spec_mapping import replica_cap, retention_policy, scaling_policy
@@ -53,6 +55,7 @@ from streampipe_operator.streams.admin import (
     RedisUnreachableError,
 )
 from streampipe_worker.capabilities import ServerCapabilities
+from streampipe_worker.epochs import layout_key, read_layout, record_growth, retire_settled_switches
 from streampipe_worker.ownership import owner_key
 
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
@@ -280,6 +283,9 @@ async def _run_partitioned_pass(
             trimmed[target] = trimmed.get(target, 0) + removed
         if part_memory.retention is not None:
             held.append(part_memory.retention)
+    if spec.partitions.ordering == "PerKey":
+        # After the groups: once the switch is recorded producers may write to the new partitions.
+        await _record_layout(spec, admin, report)
     report.events = _coalesced(report.events)
     report.trimmed = trimmed or None
     report.observation = merge_observations(spec.stream, report.partitions)
@@ -292,6 +298,47 @@ async def _run_partitioned_pass(
     await _Steps(spec, admin, backend, memory, report, clock, consumer_idle_floor).scale()
     report.retention = memory.retention
     return report
+
+
+async def _record_layout(spec: api.StreamPipelineSpec, admin: RedisAdmin, report: PassReport) -> None:
+    """PerKey: make ``{B}:layout`` say the spec's count (a grown count adds an epoch switch the workers
+    hold moved keys behind, streampipe_worker.epochs), and retire the switches every group has settled.
+    One GET when nothing changed; a few reads per old partition and group while a switch is in force."""
+    layout = spec.partition_layout
+    assert layout is not None
+    key = layout_key(layout.base)
+    try:
+        before = await read_layout(admin.client, layout.base)
+        record = await record_growth(admin.client, layout.base, layout.count)
+        if before is not None and before.count < record.count:
+            cutoffs = ", ".join(record.switches[-1].cutoffs)
+            report.events.append(
+                PassEvent(
+                    Reason.LAYOUT_GROWN,
+                    f"recorded the growth from {before.count} to {record.count} partitions on {key} (cutoffs "
+                    f"{cutoffs}): a key that moved waits until its old partition is processed up to them",
+                )
+            )
+        if record.switches:
+            groups = [group.name for group in spec.groups]
+            after = await retire_settled_switches(admin.client, layout.base, groups)
+            if after is not None and len(after.switches) < len(record.switches):
+                report.events.append(
+                    PassEvent(
+                        Reason.LAYOUT_SWITCH_RETIRED,
+                        f"{key}: every group processed the old partitions up to their cutoffs; "
+                        f"{len(record.switches) - len(after.switches)} switch(es) retired",
+                    )
+                )
+    except (RedisError, OSError, ValueError) as exc:
+        report.events.append(
+            PassEvent(
+                Reason.LAYOUT_RECORD_FAILED,
+                f"could not record {layout.count} partitions on {key}: {exc}; PerKey workers started with "
+                f"{layout.count} wait until it is recorded",
+                warning=True,
+            )
+        )
 
 
 async def _read_owner(admin: RedisAdmin, lease: str, owners: list[str | None]) -> None:

@@ -87,6 +87,9 @@ _EVENT_KINDS: dict[Reason, EventKind] = {
     Reason.RETENTION_FAILED: "warning",
     Reason.CONSUMER_REMOVED: "consumer",
     Reason.CONSUMER_CLEANUP_FAILED: "warning",
+    Reason.LAYOUT_GROWN: "info",
+    Reason.LAYOUT_SWITCH_RETIRED: "info",
+    Reason.LAYOUT_RECORD_FAILED: "warning",
 }
 
 
