@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 
 import redis
-from streampipe_operator.local.processes import LocalRuntime, ReplicaSet, ReplicaSpec
+from streampipe_operator.local.processes import LocalRuntime, ReplicaSet, ReplicaSpec, ReplicaStatus
 from streampipe_worker.ownership import owner_key
 from tests.chaos.harness import drained, signal_child, storm_replicas, wait_until
 from tests.chaos.oracle import dead_letters, judge, key_order_violations, read_calls
 from tests.chaos.test_partitioned_storm import GROUP, LAYOUT, KeyedProducer, poison
+from tests.support.polling import eventually
 from tests.support.servers import ServerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
@@ -48,6 +49,19 @@ def all_drained(client: redis.Redis) -> bool:
 def owners(client: redis.Redis) -> list[str | None]:
     values = [client.get(owner_key(LAYOUT, index)) for index in range(LAYOUT.count)]
     return [value.rpartition("|")[0] if value else None for value in values]
+
+
+Owners = list[str | None]
+
+
+def owned_by_replica(client: redis.Redis, workers: ReplicaSet) -> tuple[Owners, ReplicaStatus] | None:
+    """The partitions' owners and partition 0's owner, a running replica; None while a partition has
+    no owner (mid hand-over) or partition 0's owner is not one of ``workers``."""
+    held = owners(client)
+    if None in held:
+        return None
+    replica = next((r for r in workers.status().replicas if r.name == held[0] and r.pid is not None), None)
+    return (held, replica) if replica is not None else None
 
 
 def ordered_workers(name: str, url: str, records: Path) -> ReplicaSpec:
@@ -103,8 +117,9 @@ def test_a_frozen_lease_holder_loses_its_partitions_and_order_holds(
         producer = KeyedProducer(server.url, ENTRIES, 100, 0.2)
         producer.start()
         time.sleep(1.0)
-        held = owners(client)
-        victim = next(r for r in workers.status().replicas if r.name == held[0])
+        # Shares still move while the workers join (a hand-over leaves a partition without an owner
+        # for up to a third of the ttl): pick the victim from a moment when every partition has one.
+        held, victim = eventually(lambda: owned_by_replica(client, workers), "every partition owned", 30)
         assert victim.pid is not None
         taken = [index for index, owner in enumerate(held) if owner == victim.name]
         assert signal_child(victim.pid, signal.SIGSTOP)
