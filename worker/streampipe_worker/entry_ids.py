@@ -89,3 +89,11 @@ class EntryId:
 
 ZERO = EntryId(0, 0)
 """``0-0``: before every entry. A group at ``0-0`` has read nothing."""
+
+
+def order_key(entry_id: str) -> tuple[int, int]:
+    """A sort key for an ID the server handed out (``"5-3"`` -> ``(5, 3)``), ordered as
+    :class:`EntryId` orders: the hot path's cheaper twin of :meth:`EntryId.parse`, with no checks,
+    for IDs that came from a reply (a hand-written ID goes through ``parse``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq) if seq else 0

@@ -280,6 +280,11 @@ class LayoutEpochs:
             self._waiting &= live
         return self.record
 
+    @property
+    def switching(self) -> bool:
+        """Whether a switch is recorded: without one :meth:`held` is False for every key."""
+        return self.record is not None and bool(self.record.switches)
+
     def held(self, key: str, partition: int) -> bool:
         """Whether an entry of ``key`` in ``partition`` must wait for its key's older entries elsewhere."""
         if self.record is None or not self.record.switches:

@@ -32,10 +32,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from streampipe_worker.deadletter import DeadLetter, DeadLetterEnvelope
-from streampipe_worker.entry_ids import EntryId
+from streampipe_worker.entry_ids import order_key
 from streampipe_worker.epochs import LayoutEpochs
 from streampipe_worker.handler_runner import HandlerRunner
 from streampipe_worker.metrics import OwnershipMetrics, Stats, WorkerMetrics
@@ -53,6 +54,7 @@ log = logging.getLogger("streampipe.worker")
 
 ACK_DELAY = 0.05  # seconds an ack may wait for others to share its round trip
 BUFFER_BATCHES = 10  # entries held in memory per partition: this many batches (at least MAX_PAGE)
+_first = itemgetter(0)
 
 
 @dataclass
@@ -70,21 +72,22 @@ class KeyQueues:
     def __init__(self, key_field: str | None) -> None:
         self.key_field = key_field
         self._lines: dict[str, KeyLine] = {}
-        self._ids: set[str] = set()
+        self._order: dict[str, tuple[int, int]] = {}  # every entry held: its id's sort key
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._order)
 
     def __contains__(self, entry_id: str) -> bool:
-        return entry_id in self._ids
+        return entry_id in self._order
 
     def key_of(self, entry: Entry) -> str:
         return entry.fields.get(self.key_field, "") if self.key_field else ""
 
-    def add(self, entry: Entry) -> None:
-        """Append ``entry`` behind its key's entries (the caller adds them in id order)."""
+    def add(self, entry: Entry, order: tuple[int, int] | None = None) -> None:
+        """Append ``entry`` behind its key's entries (the caller adds them in id order; ``order`` is
+        its id's :func:`order_key` if the caller has it already)."""
         self._lines.setdefault(self.key_of(entry), KeyLine()).entries.append(entry)
-        self._ids.add(entry.id)
+        self._order[entry.id] = order if order is not None else order_key(entry.id)
 
     def ready(self, now: float, limit: int, held: Callable[[str], bool] | None = None) -> list[Entry]:
         """Up to ``limit`` heads whose wait is over, in id order; ``held(key)`` True keeps a key's head
@@ -94,7 +97,8 @@ class KeyQueues:
             for key, line in self._lines.items()
             if line.ready_at <= now and (held is None or not held(key))
         ]
-        heads.sort(key=lambda entry: EntryId.parse(entry.id))
+        order = self._order
+        heads.sort(key=lambda entry: order[entry.id])
         return heads[:limit]
 
     def next_ready_at(self) -> float | None:
@@ -106,7 +110,7 @@ class KeyQueues:
         key = self.key_of(entry)
         line = self._lines[key]
         line.entries.popleft()
-        self._ids.discard(entry.id)
+        self._order.pop(entry.id, None)
         if line.entries:
             line.ready_at = 0.0
         else:
@@ -118,7 +122,7 @@ class KeyQueues:
 
     def clear(self) -> None:
         self._lines.clear()
-        self._ids.clear()
+        self._order.clear()
 
 
 class LeasedRunner(HandlerRunner):
@@ -218,9 +222,11 @@ class OrderedPartition:
             await self._take_over()
             while not self._closing:
                 await self._fill()
-                if self.parts.epochs is not None:
-                    await self.parts.epochs.poll()
-                batch = self.queues.ready(time.monotonic(), self.parts.batch_size, self._held)
+                epochs = self.parts.epochs
+                if epochs is not None:
+                    await epochs.poll()
+                held = self._held if epochs is not None and epochs.switching else None
+                batch = self.queues.ready(time.monotonic(), self.parts.batch_size, held)
                 if batch:
                     await self._handle(batch)
                     if self._acks_due():
@@ -293,7 +299,7 @@ class OrderedPartition:
         return "0-0"
 
     def _ingest(self, entries: Iterable[PartitionEntry], deliveries: dict[str, int]) -> None:
-        for item in sorted(entries, key=lambda entry: EntryId.parse(entry.id)):
+        for order, item in sorted(((order_key(entry.id), entry) for entry in entries), key=_first):
             if item.id in self.queues or item.id in self._acks:
                 continue
             if item.fields is None:  # deleted (trimmed) while pending: nothing to run
@@ -302,7 +308,7 @@ class OrderedPartition:
                 self._ack_later(item.id)
                 continue
             entry = Entry(item.id, item.fields, deliveries.get(item.id, 1), self.stream, self.leases.group)
-            self.queues.add(entry)
+            self.queues.add(entry, order)
 
     async def _fill(self) -> None:
         """Read more while there is room: own pending pages first (rare: over MAX_PAGE of them), then
@@ -353,15 +359,17 @@ class OrderedPartition:
         self.metrics.handler_duration.observe_many(result.durations)
         failures = dict(result.failures)
         now = time.monotonic()
+        processed = 0
         for position, entry in enumerate(runnable[: result.started]):
             error = failures.get(position)
             if error is None:
                 self.queues.settle(entry)
                 self._ack_later(entry.id)
-                self.metrics.processed.inc()
-                self.parts.stats.processed += 1
+                processed += 1
             else:
                 await self._failed(entry, error, now)
+        self.metrics.processed.inc(processed)
+        self.parts.stats.processed += processed
 
     async def _failed(self, entry: Entry, error: BaseException, now: float) -> None:
         self.metrics.failed.inc()

@@ -277,7 +277,8 @@ def _entries(rows: Any) -> list[PartitionEntry]:
     for entry_id, flat in rows or ():
         fields = None
         if flat:
-            values = [_text(item) for item in flat]
+            # The worker's client decodes replies (all str); a bytes client's are decoded here.
+            values = flat if type(flat[0]) is str else [_text(item) for item in flat]
             fields = dict(zip(values[::2], values[1::2], strict=True))
         entries.append(PartitionEntry(_text(entry_id), fields))
     return entries
