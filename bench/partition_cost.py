@@ -1,12 +1,14 @@
 """Partitions: CPU per entry and end-to-end latency of one worker reading P partitions against one
 reading one stream.
 
-    python bench/partition_cost.py [--partitions 4,16] [--entries 300000] [--batch 100] [--rounds 3]
+    python bench/partition_cost.py [--partitions 4,16] [--perkey 4,16] [--entries 300000] [--rounds 3]
     (in make bench: bench/run.py --only partitions)
 
 The same entries (the example event, spread evenly by the partitioned Producer) are consumed by one
 ``streampipe-worker`` with a no-op handler at batch 100: once from one stream, once per partition count
-(``STREAMPIPE_PARTITIONS``: one consumer per partition in the worker's event loop). The worker's and
+(``STREAMPIPE_PARTITIONS``: one consumer per partition in the worker's event loop), and once per count
+with ``ordering: PerKey`` (entries routed by a key field; the worker owns every partition through its
+fenced lease and hands a call at most one entry per key). The worker's and
 the server's CPU time are taken over the middle of the run (from 10 % to 90 % acked), so start-up is
 not counted. Rounds are interleaved; the report takes each count's lowest cost.
 
@@ -47,6 +49,8 @@ from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Event, Producer
 
 COUNTS = (4, 16)
+PERKEY_KEYS = 1024  # distinct key values in the PerKey runs (64 a partition at 16)
+KEY_FIELD = "k"
 IDLE_COUNTS = (1, 16, 64)
 BATCH = 100
 LATENCY_RATE = 10_000  # entries/s offered to every layout alike
@@ -63,6 +67,7 @@ class PartitionCost:
     rate: float  # entries/s over the measured window
     worker_cpu_us: float  # per entry
     server_cpu_us: float  # per entry
+    ordering: str = "None"  # PerKey: routed by a key field, one owner per partition (fenced leases)
 
     @property
     def cpu_us(self) -> float:
@@ -91,22 +96,38 @@ def _wait_acked(client: redis.Redis, streams: list[str], group: str, count: int,
     return done
 
 
-def measure(server: BenchServer, partitions: int, entries: int, round_no: int) -> PartitionCost:
+def measure(
+    server: BenchServer, partitions: int, entries: int, round_no: int, *, ordering: str = "None"
+) -> PartitionCost:
+    """One worker over one stream (``partitions`` 0) or P partitions. ``ordering="PerKey"`` routes the
+    entries by a key field (PERKEY_KEYS values) and runs the worker with per-key ordering: it takes
+    every partition's lease, reads and acks through the fenced scripts, and a handler call gets at
+    most one entry per key."""
     url = server.url
     base = f"bench-part-{secrets.token_hex(3)}"
     client = redis.Redis.from_url(url, decode_responses=True)
+    keyed = ordering == "PerKey"
     events = [
         Event(
-            type="order.created", payload={"order_id": i, "total": (i % 1000) * 1.37 + 5, "currency": "EUR"}
+            type="order.created",
+            payload={"order_id": i, "total": (i % 1000) * 1.37 + 5, "currency": "EUR"},
+            fields={KEY_FIELD: f"c-{i % PERKEY_KEYS}"} if keyed else {},
         )
         for i in range(entries)
     ]
-    target: str | PartitionLayout = PartitionLayout(base, partitions) if partitions else base
+    target: str | PartitionLayout = (
+        PartitionLayout(base, partitions, key=KEY_FIELD if keyed else None) if partitions else base
+    )
     streams = target.streams if isinstance(target, PartitionLayout) else [base]
+    if keyed:  # the PerKey worker reads only groups that exist
+        for stream in streams:
+            client.xgroup_create(stream, "g", id="0", mkstream=True)
     producer_client = create_client(ConnectionSettings(url=url))
     Producer(producer_client, target).send_many(events)
     producer_client.close()
     more = {"partitions": str(partitions)} if partitions else {}
+    if keyed:
+        more.update(ordering="PerKey", partition_key=KEY_FIELD)
     env = worker_env(
         url,
         base,
@@ -129,7 +150,12 @@ def measure(server: BenchServer, partitions: int, entries: int, round_no: int) -
             finally:
                 stop(proc)
     finally:
+        # The streams, their dead-letter streams and (PerKey) the layout's lease, generation and
+        # registry keys: every key of the run has the base name in it.
         client.delete(*streams, *(f"{stream}:dlq" for stream in streams))
+        leftover = list(client.scan_iter(match=f"*{base}*", count=1000))
+        if leftover:
+            client.delete(*leftover)
         client.close()
     moved = done - done0
     return PartitionCost(
@@ -139,6 +165,7 @@ def measure(server: BenchServer, partitions: int, entries: int, round_no: int) -
         rate=moved / seconds,
         worker_cpu_us=worker_cpu / moved * 1e6,
         server_cpu_us=server_cpu / moved * 1e6,
+        ordering=ordering,
     )
 
 
@@ -146,14 +173,21 @@ def sweep(
     server: BenchServer,
     *,
     counts: tuple[int, ...] = COUNTS,
+    perkey_counts: tuple[int, ...] = COUNTS,
     entries: int = 300_000,
     rounds: int = 3,
     on_sample: Callable[[PartitionCost], None] | None = None,
 ) -> list[PartitionCost]:
+    """Every layout once a round (one stream, each count, each count with PerKey); rounds interleaved."""
+    layouts = [
+        (0, "None"),
+        *((count, "None") for count in counts),
+        *((count, "PerKey") for count in perkey_counts),
+    ]
     found: list[PartitionCost] = []
     for round_no in range(1, rounds + 1):
-        for partitions in (0, *counts):
-            sample = measure(server, partitions, entries, round_no)
+        for partitions, ordering in layouts:
+            sample = measure(server, partitions, entries, round_no, ordering=ordering)
             found.append(sample)
             if on_sample is not None:
                 on_sample(sample)
@@ -238,13 +272,19 @@ def idle(server: BenchServer, partitions: int, seconds: float) -> PartitionIdle:
     )
 
 
-def lowest(samples: list[PartitionCost], partitions: int) -> PartitionCost | None:
-    """The round with the lowest worker + server CPU per entry."""
-    return min((s for s in samples if s.partitions == partitions), key=lambda s: s.cpu_us, default=None)
+def lowest(samples: list[PartitionCost], partitions: int, ordering: str = "None") -> PartitionCost | None:
+    """The round with the lowest worker + server CPU per entry of one layout."""
+    return min(
+        (s for s in samples if s.partitions == partitions and s.ordering == ordering),
+        key=lambda s: s.cpu_us,
+        default=None,
+    )
 
 
 def describe(sample: PartitionCost) -> str:
     what = f"{sample.partitions} partitions" if sample.partitions else "one stream"
+    if sample.ordering != "None":
+        what += f", {sample.ordering}"
     return (
         f"round {sample.round}: {what}: {sample.rate:,.0f}/s, worker {sample.worker_cpu_us:.2f} µs/entry, "
         f"server {sample.server_cpu_us:.2f} µs/entry"
@@ -256,6 +296,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--partitions", default=",".join(map(str, COUNTS)))
+    parser.add_argument(
+        "--perkey", default=",".join(map(str, COUNTS)), help="counts also run with PerKey ('' = none)"
+    )
     parser.add_argument("--entries", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -264,6 +307,7 @@ def main() -> None:
         samples = sweep(
             server,
             counts=counts,
+            perkey_counts=tuple(int(p) for p in args.perkey.split(",") if p),
             entries=args.entries,
             rounds=args.rounds,
             on_sample=lambda s: progress("  " + describe(s)),

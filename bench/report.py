@@ -1,6 +1,10 @@
 """docs/benchmarks.md and docs/benchmarks.png from one run's results (bench/results/<date>.json).
 
     python bench/report.py bench/results/2026-11-27.json     # re-render without re-measuring
+    python bench/report.py MAIN.json EXTRA.json...           # EXTRA's benchmarks in place of MAIN's
+
+A later file's benchmarks (a ``bench/run.py --only ...`` run) replace the same benchmarks of the files
+before it; the page names the run each such section comes from, so no figure is edited in by hand.
 
 Ratios against same-run baselines come first, then each benchmark's absolute figures, the goals with
 the reason for each miss and the change that would close it, the method, and the machine.
@@ -24,7 +28,7 @@ from harness import ROOT
 from report_format import rate_text as _rate
 from report_format import table as _table
 from report_partitions import partitions_sections
-from results_model import Goal, Results
+from results_model import Goal, Results, Supplement
 from worker_throughput import CONSUMERS, DIAGNOSTIC, Sample
 
 GROWTH_IMAGE = "benchmarks-operator.png"
@@ -939,9 +943,57 @@ def machine_section(results: Results, source: Path) -> list[str]:
                 else ""
             ),
         ],
-        ["raw results", f"`{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`"],
+        [
+            "raw results",
+            ", ".join(f"`{name}`" for name in [_shown(source), *(x.source for x in results.supplements)]),
+        ],
     ]
     return ["## Machine", "", *_table(["", ""], rows, "ll")]
+
+
+def _shown(source: Path) -> str:
+    return str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+
+
+def _supplement_lines(results: Results) -> list[str]:
+    lines = []
+    for extra in results.supplements:
+        when = datetime.datetime.fromtimestamp(extra.started_at).strftime("%Y-%m-%d %H:%M")
+        lines.append(
+            f"From a run of its own, measured {when} (`{extra.command}`, `{extra.source}`): "
+            f"{', '.join(f'`{field}`' for field in extra.fields)}; its sections say so."
+        )
+    return [*lines, ""] if lines else []
+
+
+# The Results fields a later run's file may fill in place of the main run's.
+MERGEABLE = (
+    "throughput", "scale_out", "latency", "producer", "partitions", "partitions_idle", "partition_latency",
+    "rebalance", "memory", "operator", "profile", "server_paths",
+)  # fmt: skip
+
+
+def merge(results: Results, extra: Results, source: Path) -> None:
+    """``extra``'s measured benchmarks in place of ``results``', recorded as a supplement."""
+    taken = [name for name in MERGEABLE if getattr(extra, name)]
+    if not taken:
+        raise ValueError(f"{_shown(source)} holds no benchmark to take")
+    for name in taken:
+        setattr(results, name, getattr(extra, name))
+    results.supplements = [
+        *(
+            old.model_copy(update={"fields": [f for f in old.fields if f not in taken]})
+            for old in results.supplements
+        ),
+        Supplement(
+            source=_shown(source),
+            command=extra.command,
+            started_at=extra.started_at,
+            fields=taken,
+            load=extra.load,
+        ),
+    ]
+    results.supplements = [old for old in results.supplements if old.fields]
 
 
 def markdown(results: Results, source: Path, image: str) -> str:
@@ -954,6 +1006,7 @@ def markdown(results: Results, source: Path, image: str) -> str:
         "",
         f"Measured {when} on {_machine_line(results)}. {_load_line(results)}.{quick}",
         "",
+        *_supplement_lines(results),
         f"![benchmarks]({image})",
         "",
         *ratio_section(results),
@@ -1149,11 +1202,13 @@ def write(results: Results, docs: Path, source: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python bench/report.py bench/results/<date>.json", file=sys.stderr)
+    if not argv:
+        print("usage: python bench/report.py bench/results/<date>.json [EXTRA.json...]", file=sys.stderr)
         return 2
-    source = Path(argv[0]).resolve()
+    source, *extras = (Path(arg).resolve() for arg in argv)
     results = Results.model_validate_json(source.read_text(encoding="utf-8"))
+    for extra in extras:
+        merge(results, Results.model_validate_json(extra.read_text(encoding="utf-8")), extra)
     # Ratios and goals are derived: recompute them, so a re-render follows this file's rules.
     results.ratios, results.goals = goals.ratios(results), goals.goals(results)
     write(results, ROOT / "docs" / "benchmarks.md", source)

@@ -4,6 +4,7 @@ offered rate (9), and the PerKey rebalance pause (10). bench/report.py puts them
 
 from __future__ import annotations
 
+import datetime
 import math
 from dataclasses import dataclass
 
@@ -44,16 +45,28 @@ def primary_rate(server_cpu_us: float, ceiling: float | None) -> float:
 
 
 def _load_before(results: Results, name: str) -> str:
-    found = next((load for load in results.load if load.label == f"before {name}"), None)
-    return f" The 1-minute load average was {found.load1:.2f} when it started." if found else ""
+    """The load when benchmark ``name`` began and, if its figures come from another run (a supplement:
+    bench/report.py MAIN EXTRA), which one; ``name`` is also the Results field it fills."""
+    extra = results.supplement_of(name)
+    samples = extra.load if extra is not None else results.load
+    found = next((load for load in samples if load.label == f"before {name}"), None)
+    text = f" The 1-minute load average was {found.load1:.2f} when it started." if found else ""
+    if extra is not None:
+        when = datetime.datetime.fromtimestamp(extra.started_at).strftime("%Y-%m-%d %H:%M")
+        text += (
+            f" Measured {when} in a run of its own (`{extra.source}`, `{extra.command}`), not in the run "
+            "of the rest of this page; the ratios within it are what to compare."
+        )
+    return text
 
 
 def _times(count: int) -> str:
     return {1: "once", 2: "twice"}.get(count, f"{count} times")
 
 
-def _layout(partitions: int) -> str:
-    return f"{partitions} partitions" if partitions else "one stream"
+def _layout(partitions: int, ordering: str = "None") -> str:
+    what = f"{partitions} partitions" if partitions else "one stream"
+    return f"{what}, {ordering}" if ordering != "None" else what
 
 
 def cost_section(results: Results) -> list[str]:
@@ -61,14 +74,15 @@ def cost_section(results: Results) -> list[str]:
     one = lowest(samples, 0)
     if one is None:
         return []
-    counts = sorted({s.partitions for s in samples} - {0})
+    counts = sorted({s.partitions for s in samples if s.ordering == "None"} - {0})
+    perkey = sorted({s.partitions for s in samples if s.ordering == "PerKey"})
     rows = []
-    for count in [0, *counts]:
-        chosen = lowest(samples, count)
+    for count, ordering in [(0, "None"), *((c, "None") for c in counts), *((c, "PerKey") for c in perkey)]:
+        chosen = lowest(samples, count, ordering)
         assert chosen is not None
         rows.append(
             [
-                _layout(count),
+                _layout(count, ordering),
                 rate_text(chosen.rate),
                 f"{chosen.worker_cpu_us:.2f}",
                 f"{chosen.server_cpu_us:.2f}",
@@ -94,7 +108,9 @@ def cost_section(results: Results) -> list[str]:
         f"One `streampipe-worker` (no-op handler, batch {partition_cost.BATCH}) reads the same entries from "
         "one stream and from P partitions (`STREAMPIPE_PARTITIONS`: one consumer per partition in its "
         "event loop). CPU per entry of the worker and the server over the middle 80 % of the run; the "
-        f"round with the lowest total of {results.settings.rounds} interleaved rounds.",
+        f"round with the lowest total of {len({s.round for s in samples})} interleaved rounds."
+        f"{_load_before(results, 'partitions')}",
+        *(perkey_lines() if perkey else []),
         "",
         *table(
             ["layout", "entries/s", "worker µs/entry", "server µs/entry", "total µs/entry", "vs one stream"],
@@ -105,30 +121,64 @@ def cost_section(results: Results) -> list[str]:
     ]
 
 
+def perkey_lines() -> list[str]:
+    return [
+        "",
+        f"The `PerKey` rows route the same entries by a key field ({partition_cost.PERKEY_KEYS:,} keys) "
+        "and run the worker with `ordering: PerKey`: it holds every partition's fenced lease, each read, "
+        "ack and reclaim is a script that checks the lease first (the server converts every entry it "
+        "returns through Lua), and a handler call gets at most one entry per key. That is the price of "
+        "per-key order with fencing, paid by the worker and the server alike.",
+    ]
+
+
 def projection_lines(results: Results) -> list[str]:
-    counts = sorted({s.partitions for s in results.partitions} - {0})
+    counts = sorted({s.partitions for s in results.partitions if s.ordering == "None"} - {0})
     basis = lowest(results.partitions, counts[-1] if counts else 0)
     if basis is None:
         return []
+    perkey_counts = sorted({s.partitions for s in results.partitions if s.ordering == "PerKey"})
+    ordered = lowest(results.partitions, perkey_counts[-1], "PerKey") if perkey_counts else None
     ceiling = max((c.rate for c in results.scale_out.ceilings), default=0.0) if results.scale_out else 0.0
     per_primary = primary_rate(basis.server_cpu_us, ceiling or None)
+    ordered_primary = primary_rate(ordered.server_cpu_us, ceiling or None) if ordered else 0.0
     rows = []
     for rate in TARGETS:
         found = project(rate, primary_rate=per_primary, worker_cpu_us=basis.worker_cpu_us)
-        rows.append([rate_text(rate), str(found.primaries), str(found.worker_cores), str(found.partitions)])
-    ceiling_text = (
-        f"; the server's own ceiling for the workers' commands (section 2) is {rate_text(ceiling)}/s a core, "
-        "so the CPU per entry with partitions is what binds"
-        if ceiling and ceiling > 1e6 / basis.server_cpu_us
-        else ""
-    )
+        row = [rate_text(rate), str(found.primaries), str(found.worker_cores), str(found.partitions)]
+        if ordered is not None:
+            keyed = project(rate, primary_rate=ordered_primary, worker_cpu_us=ordered.worker_cpu_us)
+            row += [str(keyed.primaries), str(keyed.worker_cores), str(keyed.partitions)]
+        rows.append(row)
+    headers = ["target entries/s", "primaries", "worker cores", "partitions, at least"]
+    ordered_text = ""
+    if ordered is not None:
+        headers += ["PerKey: primaries", "PerKey: worker cores", "PerKey: partitions, at least"]
+        ordered_text = (
+            f" With `PerKey` ({_layout(ordered.partitions, 'PerKey')}: server "
+            f"{ordered.server_cpu_us:.2f} µs, worker {ordered.worker_cpu_us:.2f} µs an entry) a primary "
+            f"takes {rate_text(ordered_primary)}/s and a worker core "
+            f"{rate_text(1e6 / ordered.worker_cpu_us)}/s; the last three columns."
+        )
+    ceiling_text = ""
+    if ceiling:
+        binds = (
+            "so the CPU per entry with partitions is what binds"
+            if ceiling > 1e6 / basis.server_cpu_us
+            else "lower, so that ceiling is what binds"
+        )
+        ceiling_text = (
+            f"; the server's own ceiling for the workers' commands (section 2) is {rate_text(ceiling)}/s a "
+            f"core, {binds}"
+        )
     what = _layout(basis.partitions)
     return [
         f"**Projection**, from this one machine's figures for {what} (not measured on a cluster): "
         f"one primary core takes 1 / {basis.server_cpu_us:.2f} µs = {rate_text(1e6 / basis.server_cpu_us)}/s"
         f"{ceiling_text}. Kept at {SERVER_HEADROOM:.0%} (replication, trimming, bursts), a primary takes "
         f"{rate_text(per_primary)}/s. A worker core moves 1 / {basis.worker_cpu_us:.2f} µs = "
-        f"{rate_text(1e6 / basis.worker_cpu_us)}/s with a no-op handler. So, for a target rate R:",
+        f"{rate_text(1e6 / basis.worker_cpu_us)}/s with a no-op handler.{ordered_text} So, for a target "
+        "rate R:",
         "",
         f"- primaries = ceil(R / {rate_text(per_primary)});",
         f"- worker cores = ceil(R times {basis.worker_cpu_us:.2f} µs), plus your handler's own CPU per "
@@ -137,11 +187,10 @@ def projection_lines(results: Results) -> list[str]:
         "primary holds as many partitions as the next (place their slots, `streampipe status` shows "
         "them), and with `PerKey` each partition has one owner, so the count caps the busy workers.",
         "",
-        *table(["target entries/s", "primaries", "worker cores", "partitions, at least"], rows),
-        "Not in the projection, because not measured here: a `PerKey` worker's CPU per entry (its reads "
-        "and acks are fenced scripts, and a handler call takes one entry per key), network round trips "
-        "between hosts, a cluster client's routing. Treat the rows as a lower bound to size a test, not "
-        "a capacity plan.",
+        *table(headers, rows),
+        "Not in the projection, because not measured here: network round trips between hosts, a cluster "
+        "client's routing, and (`PerKey`) keys so few or so skewed that a call gets fewer entries than a "
+        "batch. Treat the rows as a lower bound to size a test, not a capacity plan.",
         "",
     ]
 

@@ -100,6 +100,17 @@ class Goal(Model):
     shortfall: str = ""
 
 
+class Supplement(Model):
+    """Benchmarks of another run that a report shows in place of this run's (``bench/report.py MAIN
+    EXTRA...``): each section they fill says when and how they were measured."""
+
+    source: str  # the results file, relative to the repository
+    command: str
+    started_at: float
+    fields: list[str]  # the Results fields taken from it
+    load: list[LoadSample] = Field(default_factory=list)  # its samples, for the "load before" lines
+
+
 class Results(Model):
     schema_version: int = SCHEMA_VERSION
     date: str
@@ -130,3 +141,10 @@ class Results(Model):
     failed: dict[str, str] = Field(default_factory=dict, description="benchmark -> the error that stopped it")
     ratios: list[Ratio] = Field(default_factory=list)
     goals: list[Goal] = Field(default_factory=list)
+    supplements: list[Supplement] = Field(
+        default_factory=list, description="set by a report that merges other runs (never by a run)"
+    )
+
+    def supplement_of(self, field: str) -> Supplement | None:
+        """The run ``field``'s figures came from, if not this one."""
+        return next((extra for extra in self.supplements if field in extra.fields), None)

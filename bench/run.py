@@ -158,6 +158,7 @@ def measure_partitions(results: Results, valkey: BenchServer) -> None:
     results.partitions = partition_cost.sweep(
         valkey,
         counts=(4,) if quick else partition_cost.COUNTS,
+        perkey_counts=(4,) if quick else partition_cost.COUNTS,
         entries=30_000 if quick else 300_000,
         rounds=results.settings.rounds,
         on_sample=lambda sample: progress("  " + partition_cost.describe(sample)),
