@@ -12,7 +12,6 @@ the reason for each miss and the change that would close it, the method, and the
 
 from __future__ import annotations
 
-import datetime
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from goals import SCALE_OUT_GOAL, best, best_batch, best_latencies
 from harness import ROOT
 from report_format import rate_text as _rate
 from report_format import table as _table
+from report_format import when_text
 from report_partitions import partitions_sections
 from results_model import Goal, Results, Supplement
 from worker_throughput import CONSUMERS, DIAGNOSTIC, Sample
@@ -958,9 +958,9 @@ def _shown(source: Path) -> str:
 def _supplement_lines(results: Results) -> list[str]:
     lines = []
     for extra in results.supplements:
-        when = datetime.datetime.fromtimestamp(extra.started_at).strftime("%Y-%m-%d %H:%M")
         lines.append(
-            f"From a run of its own, measured {when} (`{extra.command}`, `{extra.source}`): "
+            f"From a run of its own, measured {when_text(extra.started_at)} "
+            f"(`{extra.command}`, `{extra.source}`): "
             f"{', '.join(f'`{field}`' for field in extra.fields)}; its sections say so."
         )
     return [*lines, ""] if lines else []
@@ -980,11 +980,13 @@ def merge(results: Results, extra: Results, source: Path) -> None:
         raise ValueError(f"{_shown(source)} holds no benchmark to take")
     for name in taken:
         setattr(results, name, getattr(extra, name))
+    # An earlier supplement keeps only the benchmarks this one does not replace.
+    earlier = [
+        old.model_copy(update={"fields": [f for f in old.fields if f not in taken]})
+        for old in results.supplements
+    ]
     results.supplements = [
-        *(
-            old.model_copy(update={"fields": [f for f in old.fields if f not in taken]})
-            for old in results.supplements
-        ),
+        *(old for old in earlier if old.fields),
         Supplement(
             source=_shown(source),
             command=extra.command,
@@ -993,11 +995,10 @@ def merge(results: Results, extra: Results, source: Path) -> None:
             load=extra.load,
         ),
     ]
-    results.supplements = [old for old in results.supplements if old.fields]
 
 
 def markdown(results: Results, source: Path, image: str) -> str:
-    when = datetime.datetime.fromtimestamp(results.started_at).strftime("%Y-%m-%d %H:%M")
+    when = when_text(results.started_at)
     quick = " **Quick mode: tiny sizes, not for comparison.**" if results.settings.quick else ""
     lines = [
         "# Benchmarks",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
+
+
+def when_text(unix_seconds: float) -> str:
+    """When a run started, as the report shows it: ``2026-12-05 03:52`` (local time)."""
+    return datetime.datetime.fromtimestamp(unix_seconds).strftime("%Y-%m-%d %H:%M")
 
 
 def rate_text(value: float) -> str:

@@ -4,14 +4,13 @@ offered rate (9), and the PerKey rebalance pause (10). bench/report.py puts them
 
 from __future__ import annotations
 
-import datetime
 import math
 from dataclasses import dataclass
 
 import partition_cost
 import rebalance_pause
 from partition_cost import lowest, lowest_p99
-from report_format import rate_text, table
+from report_format import rate_text, table, when_text
 from results_model import Results
 
 TARGETS = (100_000, 500_000, 1_000_000, 2_000_000)
@@ -52,10 +51,10 @@ def _load_before(results: Results, name: str) -> str:
     found = next((load for load in samples if load.label == f"before {name}"), None)
     text = f" The 1-minute load average was {found.load1:.2f} when it started." if found else ""
     if extra is not None:
-        when = datetime.datetime.fromtimestamp(extra.started_at).strftime("%Y-%m-%d %H:%M")
         text += (
-            f" Measured {when} in a run of its own (`{extra.source}`, `{extra.command}`), not in the run "
-            "of the rest of this page; the ratios within it are what to compare."
+            f" Measured {when_text(extra.started_at)} in a run of its own (`{extra.source}`, "
+            f"`{extra.command}`), not in the run of the rest of this page; the ratios within it are what "
+            "to compare."
         )
     return text
 

@@ -154,17 +154,14 @@ def test_a_partitioned_pipeline_survives_a_cluster_primary_failover(
         cluster.stop()
 
 
-def ordering_env(ordering: str, url: str) -> dict[str, Any]:
-    """The PerKey workers' settings; their groups are made first (a PerKey worker makes none)."""
-    if ordering == "None":
-        return {}
+def create_groups(url: str) -> None:
+    """Every partition's group, for PerKey workers (they create none)."""
     admin: Any = create_client(ConnectionSettings(url=url, mode="cluster"))
     try:
         for stream in LAYOUT.streams:
             admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
     finally:
         admin.close()
-    return {"ordering": "PerKey", "partition_key": LAYOUT.key, "lease_ttl": LEASE_TTL}
 
 
 def fail_over(kind: str, ordering: str, cluster: Cluster, tmp_path: Path, began: float) -> None:
@@ -175,6 +172,11 @@ def fail_over(kind: str, ordering: str, cluster: Cluster, tmp_path: Path, began:
     assert len(cluster.replicas_of(victim)) == 1, "the victim's replica is in sync"
     records = tmp_path / "records"
     records.mkdir()
+    perkey = (
+        {"ordering": "PerKey", "partition_key": LAYOUT.key, "lease_ttl": LEASE_TTL}
+        if ordering == "PerKey"
+        else {}
+    )
     env = worker_env(
         cluster.url,
         records,
@@ -184,8 +186,10 @@ def fail_over(kind: str, ordering: str, cluster: Cluster, tmp_path: Path, began:
         create_group="0",
         batch_size=BATCH,
         claim_idle="2s",
-        **ordering_env(ordering, cluster.url),
+        **perkey,
     )
+    if perkey:
+        create_groups(cluster.url)
     env["CHAOS_HANDLER_DELAY"] = str(HANDLER_DELAY)
     total = SIZES.cluster_failover_entries
     chunk = 60
