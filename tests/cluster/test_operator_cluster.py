@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -51,7 +52,11 @@ DONE = STREAM + ":done"  # quickstart_shop.completions.SUFFIX
 DEAD_LETTERS = STREAM + ":dlq"
 MAX_REPLICAS = 3
 CLAIM_IDLE_SECONDS = 4
-WORK_MS = 100  # per order: a batch of 10 keeps a worker busy for a second
+WORK_MS = 100  # per order, one at a time: a batch keeps a worker busy for BATCH_SIZE / 10 seconds
+# A worker stopped mid-batch hands back the entries it has not started; it has none only while it
+# runs a batch's last entry (1 in BATCH_SIZE of the time).
+BATCH_SIZE = 20
+BACKLOG_AT_SCALE_DOWN = 200  # undelivered orders when maxReplicas drops: ~7 s of work for 3 workers
 PIPELINE_CRD = "streampipelines.streampipe.dev"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
@@ -270,7 +275,7 @@ def pipeline_spec(cluster: Cluster) -> dict[str, Any]:
                 "startId": "0",
                 "handler": "quickstart_shop.fulfilment:router",
                 "image": cluster.images["quickstart"],
-                "batchSize": 10,
+                "batchSize": BATCH_SIZE,
                 "scaling": scaling(MAX_REPLICAS),
                 "template": {
                     "env": [{"name": "QUICKSTART_WORK_MS", "value": str(WORK_MS)}],
@@ -481,6 +486,17 @@ class PendingRecorder:
             self._thread.join(10)
 
 
+@contextmanager
+def max_replicas_lowered(install: Install, count: int) -> Iterator[None]:
+    """``maxReplicas`` at ``count`` inside the block, back at ``MAX_REPLICAS`` after it, even on a
+    failure: the later tests of the module need their three workers."""
+    install.set_max_replicas(count)
+    try:
+        yield
+    finally:
+        install.set_max_replicas(MAX_REPLICAS)
+
+
 def test_scale_down_hands_unstarted_entries_back(install: Install) -> None:
     install.wait_scaled_to_zero()
     with PendingRecorder(install.valkey) as recorder:
@@ -491,15 +507,22 @@ def test_scale_down_hands_unstarted_entries_back(install: Install) -> None:
             return install.ready_workers() == MAX_REPLICAS and len(held) == MAX_REPLICAS
 
         install.wait(all_busy, f"{MAX_REPLICAS} Ready workers, each holding entries", within=POD_START)
+        # The pods start one by one; on a slow node the first ones may have read most of the backlog
+        # before the last is Ready. Top the undelivered backlog up so that every worker is still in
+        # the middle of a batch, with entries not yet started, when the kubelet stops it.
+        lag, _ = group_state(install.redis)
+        top_up = max(0, BACKLOG_AT_SCALE_DOWN - (lag or 0))
+        if top_up:
+            produced |= install.produce(range(1241, 1241 + top_up))
         before = {pod["metadata"]["name"] for pod in install.workers()}
-        install.set_max_replicas(1)
-        install.wait(
-            lambda: install.replicas() == 1 and len(install.workers()) == 1,
-            "the Deployment scaled down to 1 and the other pods gone",
-        )
-        terminated = before - {pod["metadata"]["name"] for pod in install.workers()}
-        assert len(terminated) == MAX_REPLICAS - 1
-        done, dead = install.wait_settled(produced)
+        with max_replicas_lowered(install, 1):
+            install.wait(
+                lambda: install.replicas() == 1 and len(install.workers()) == 1,
+                "the Deployment scaled down to 1 and the other pods gone",
+            )
+            terminated = before - {pod["metadata"]["name"] for pod in install.workers()}
+            assert len(terminated) == MAX_REPLICAS - 1
+            done, dead = install.wait_settled(produced)
     assert_accounted(produced, done, dead)
 
     # Nothing stays under a stopped worker's name: what it held was finished, dead-lettered or given back.
@@ -520,7 +543,6 @@ def test_scale_down_hands_unstarted_entries_back(install: Install) -> None:
     assert {entry: d[0] for entry, d in handed_back.items()} == dict.fromkeys(handed_back, 1), (
         f"held by {terminated}: {recorder.seen}"
     )
-    install.set_max_replicas(MAX_REPLICAS)
     install.wait_scaled_to_zero()
 
 
