@@ -269,10 +269,12 @@ async def test_a_joining_worker_takes_its_share_and_nothing_is_handled_twice(
     count = 6
     layout = PartitionLayout(BASE, count, key=KEY)
     handled: Handled = []
+    deliveries: set[int] = set()
 
     def slow(name: str) -> Any:
         async def handle(entry: Entry) -> None:
             handled.append((name, entry.fields[KEY], int(entry.fields["seq"])))
+            deliveries.add(entry.deliveries)
             await asyncio.sleep(0.002)
 
         return classify_handler(handle)
@@ -291,6 +293,9 @@ async def test_a_joining_worker_takes_its_share_and_nothing_is_handled_twice(
     assert by_key(handled) == {f"c-{k}": list(range(50)) for k in range(24)}
     assert {name for name, _, _ in handled} == {"w1", "w2"}
     assert first.ownership.leases_lost._value.get() == second.ownership.leases_lost._value.get() == 0
+    # w1 had read entries it never started when it handed partitions over: they came back with the
+    # deliveries they really had, so w2 ran them on their first delivery too.
+    assert deliveries == {1}
 
 
 async def test_a_worker_whose_lease_is_taken_acks_nothing_more_there(

@@ -19,6 +19,10 @@ After the layout grew (:mod:`streampipe_worker.epochs`), a key that moved here w
 successors, until its old partition is settled up to the switch's cutoff for the group; the other keys
 go on.
 
+A hand-over (:meth:`OrderedPartition.close`: a pod joined, or a stop) ends the running handler call,
+acks, and then hands the entries still waiting back with the attempts they really had, so the next
+owner's claim does not count a delivery that never ran.
+
 Every read, ack and dead-letter move is fenced. On a lost lease the partition stops at once: its
 in-memory entries are dropped unacked (they stay pending, and the next owner reclaims them in id
 order), and a handler call already running finishes but is not acked.
@@ -30,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -119,6 +123,11 @@ class KeyQueues:
     def postpone(self, entry: Entry, until: float) -> None:
         """Hold ``entry``'s key (the entry stays its head) until ``until``."""
         self._lines[self.key_of(entry)].ready_at = until
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry held, key by key."""
+        for line in self._lines.values():
+            yield from line.entries
 
     def clear(self) -> None:
         self._lines.clear()
@@ -235,6 +244,7 @@ class OrderedPartition:
                 await self.flush()
                 await self._wait()
             await self.flush()
+            await self._hand_back()
         except LeaseFencedError as exc:
             self.lose(str(exc))
         finally:
@@ -248,6 +258,18 @@ class OrderedPartition:
             return
         ids, self._acks = self._acks, []
         await self.leases.ack(self.lease, ids)
+
+    async def _hand_back(self) -> None:
+        """Closing (a hand-over or a stop), with no handler call running: the entries still waiting
+        here go back with the deliveries they really had (an entry's ``deliveries`` is the number of
+        its next attempt), so the next owner's claim counts one delivery, not two."""
+        if self.lost or not len(self.queues):
+            return
+        attempts: dict[int, list[str]] = {}
+        for entry in self.queues.entries():
+            attempts.setdefault(entry.deliveries - 1, []).append(entry.id)
+        await self.leases.hand_back(self.lease, attempts)
+        self.queues.clear()
 
     def _acks_due(self) -> bool:
         return len(self._acks) >= self.parts.batch_size or (

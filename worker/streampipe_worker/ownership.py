@@ -146,6 +146,23 @@ redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
 return 1
 """
 
+# KEYS[1] owner, KEYS[2] stream; ARGV[1] consumer|generation, ARGV[2] group, ARGV[3] consumer,
+# ARGV[4] delivery count, ARGV[5..] ids this consumer holds. Sets their delivery count (XCLAIM to
+# itself, RETRYCOUNT, JUSTID) and returns how many were still pending.
+_HAND_BACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.status_reply('FENCED')
+end
+local args = {}
+for index = 5, #ARGV do
+  args[#args + 1] = ARGV[index]
+end
+args[#args + 1] = 'RETRYCOUNT'
+args[#args + 1] = ARGV[4]
+args[#args + 1] = 'JUSTID'
+return #redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, unpack(args))
+"""
+
 # KEYS[1] members; ARGV[1] member, ARGV[2] ttl ms. Scores are the server's clock, so pods whose
 # clocks disagree still agree on who is alive. Returns the live members.
 _HEARTBEAT = """
@@ -317,6 +334,7 @@ class PartitionLeases:
         self._ack = client.register_script(_ACK)
         self._reclaim = client.register_script(_RECLAIM)
         self._dead_letter = client.register_script(_DEAD_LETTER)
+        self._hand_back = client.register_script(_HAND_BACK)
 
     async def acquire(self, partition: int) -> PartitionLease | HeldElsewhere:
         """Take ``partition`` if its lease is free (a new generation), renew it if this consumer holds
@@ -398,6 +416,25 @@ class PartitionLeases:
         if _is_fenced(reply):
             raise LeaseFencedError(lease, "the server's fence refused the dead-letter move")
         return int(reply) == 1
+
+    async def hand_back(self, lease: PartitionLease, attempts: Mapping[int, Sequence[str]]) -> int:
+        """Before a hand-over: set the delivery count of entries read here and not started to the
+        attempts they really had (``attempts``: count -> ids), so that the next owner's claim counts
+        only its own delivery. Reading an entry is not trying it: without this, every graceful
+        hand-over would count one more delivery for each entry waiting in memory, and a few
+        rebalances would dead-letter healthy entries. Returns how many were still pending."""
+        kept = 0
+        for count, ids in attempts.items():
+            for start in range(0, len(ids), ACK_CHUNK):
+                keys = self._fenced_keys(lease)
+                chunk = ids[start : start + ACK_CHUNK]
+                reply = await self._hand_back(
+                    keys=keys, args=[lease.value, self.group, lease.consumer, count, *chunk]
+                )
+                if _is_fenced(reply):
+                    raise LeaseFencedError(lease, "the server's fence refused the hand-back")
+                kept += int(reply)
+        return kept
 
     async def reclaim(
         self, lease: PartitionLease, *, count: int = 100, start: str | None = None
