@@ -86,13 +86,14 @@ def test_per_key_ordering_caps_workers_and_reports_each_partitions_owner(
         for n in range(20):
             redis_client.xadd(LAYOUT.stream(index), {"customer": f"c{n}"})
     manifest = partitioned("orders", namespace, redis_url)
-    manifest["spec"]["partitions"]["ordering"] = "PerKey"  # type: ignore[index]
+    manifest["spec"]["partitions"] |= {"ordering": "PerKey", "leaseDuration": "4s"}  # type: ignore[index]
     kubectl.apply(manifest)
     eventually(lambda: cluster.replicas(namespace, "orders-billing") == 4, what="4 replicas (the count)")
     deployment = cluster.deployment(namespace, "orders-billing")
     assert deployment is not None
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert (env["STREAMPIPE_ORDERING"], env["STREAMPIPE_PARTITION_KEY"]) == ("PerKey", "customer")
+    ordering = ("STREAMPIPE_ORDERING", "STREAMPIPE_PARTITION_KEY", "STREAMPIPE_LEASE_TTL")
+    assert [env[name] for name in ordering] == ["PerKey", "customer", "4s"]
 
     # A worker (here the lease primitive itself, as a worker pod would use it) takes partition 2.
     async def take() -> None:

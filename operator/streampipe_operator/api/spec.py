@@ -259,6 +259,13 @@ class PartitionsSpec(SpecModel):
         "owner at a time (a fenced lease), which handles each key's entries in order; workers are capped "
         "at count.",
     )
+    lease_duration: Annotated[Duration, DurationRange("1s", "5m")] = Field(
+        default=Duration("10s"),
+        description="With `PerKey`: how long a partition's lease lasts unless its owner renews it (every "
+        "third of it). A worker that dies without stopping holds its partitions this long, so a kill "
+        "pauses them for 2/3 to 4/3 of it; a shorter lease fails over sooner, but a pod stalled longer "
+        "(a long GC or CPU throttling) loses its partitions.",
+    )
 
     @cel_transition_rule(
         "self.count >= oldSelf.count",

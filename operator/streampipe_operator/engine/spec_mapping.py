@@ -76,7 +76,11 @@ def _ordering(spec: StreamPipelineSpec) -> dict[str, Any]:
     partitions = spec.partitions
     if partitions is None or partitions.ordering != "PerKey":
         return {}
-    return {"ordering": "PerKey", "partition_key": partitions.key}
+    return {
+        "ordering": "PerKey",
+        "partition_key": partitions.key,
+        "lease_ttl": partitions.lease_duration.delta,
+    }
 
 
 def replica_cap(spec: StreamPipelineSpec) -> int | None:
