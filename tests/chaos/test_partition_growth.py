@@ -30,8 +30,8 @@ import pytest
 import redis
 from streampipe_operator.local.processes import LocalRuntime, ReplicaSet, ReplicaSpec
 from streampipe_worker.connection import ConnectionSettings, create_async_client, create_client
-from streampipe_worker.epochs import LayoutRecord, layout_key, record_growth, retire_settled_switches
-from streampipe_worker.partitions import PartitionLayout
+from streampipe_worker.epochs import LayoutRecord, record_growth, retire_settled_switches
+from streampipe_worker.partitions import PartitionLayout, layout_key
 from streampipe_worker.producer import Event, Producer
 from tests.chaos.harness import drained, storm_replicas, wait_until
 from tests.chaos.oracle import dead_letters, judge, key_order_violations, read_calls

@@ -16,8 +16,7 @@ import redis
 from streampipe_operator import api
 from streampipe_operator.engine.housekeeping import PipelineMemory, run_pass
 from streampipe_operator.streams.admin import RedisAdmin
-from streampipe_worker.epochs import layout_key
-from streampipe_worker.partitions import PartitionLayout
+from streampipe_worker.partitions import PartitionLayout, layout_key
 from tests.redis.test_housekeeping import StepClock, Workers, reasons
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from streampipe_worker.epochs import LayoutRecord, Switch, layout_key
+from streampipe_worker.epochs import LayoutRecord, Switch
+from streampipe_worker.partitions import layout_key
 
 
 def test_the_record_is_the_json_the_docs_describe() -> None:

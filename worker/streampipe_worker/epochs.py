@@ -28,9 +28,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from streampipe_worker.entry_ids import EntryId
-from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout, partition_of
+from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout, layout_key, partition_of
 
-LAYOUT_SUFFIX = ":layout"
 NO_ENTRY = "0-0"  # the cutoff of a partition that had no stream at the switch
 POLL_INTERVAL = 0.2  # seconds between two looks at the old partitions a held key waits for
 RECORD_ATTEMPTS = 10  # compare-and-set rounds before a concurrent writer is reported
@@ -54,11 +53,6 @@ class LayoutShrinkError(ValueError):
 
 class LayoutRecordConflictError(RuntimeError):
     """Another writer kept changing the layout record while this one tried to update it."""
-
-
-def layout_key(base: str) -> str:
-    """The layout record of base name ``base``: ``{B}:layout``."""
-    return "{" + base + "}" + LAYOUT_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,12 @@ from typing import Any
 from redis.exceptions import NoPermissionError, RedisError
 
 from streampipe_worker.connection import ConnectionSettings, create_async_client
-from streampipe_worker.epochs import LayoutEpochs, layout_key
+from streampipe_worker.epochs import LayoutEpochs
 from streampipe_worker.groups import create_group
 from streampipe_worker.metrics import Health, MergedMetrics, OwnershipMetrics, Stats, WorkerMetrics
 from streampipe_worker.ordered_partition import OrderedPartition, PartitionParts
 from streampipe_worker.ownership import Membership, PartitionLeases, PartitionOwner
+from streampipe_worker.partitions import layout_key
 from streampipe_worker.retry import RetryPolicy
 from streampipe_worker.router import LoadedHandler
 from streampipe_worker.settings import WorkerSettings

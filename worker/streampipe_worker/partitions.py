@@ -24,6 +24,7 @@ from functools import lru_cache
 
 MAX_PARTITIONS = 1024
 DEAD_LETTER_SUFFIX = ":dlq"
+LAYOUT_SUFFIX = ":layout"
 
 
 def partition_of(key: str | bytes, count: int) -> int:
@@ -59,6 +60,12 @@ def _check(base: str, count: int) -> None:
         )
     if not 1 <= count <= MAX_PARTITIONS:
         raise ValueError(f"partition count {count} is outside 1..{MAX_PARTITIONS}")
+
+
+def layout_key(base: str) -> str:
+    """The layout record of base name ``base`` (ordering PerKey, :mod:`streampipe_worker.epochs`):
+    ``{B}:layout``."""
+    return "{" + base + "}" + LAYOUT_SUFFIX
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from streampipe_operator.api.fields import (
 )
 from streampipe_operator.api.pod_template import PodTemplateSpec
 from streampipe_worker.ownership import generation_key, members_key, owner_key
-from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout
+from streampipe_worker.partitions import MAX_PARTITIONS, PartitionLayout, layout_key
 
 # --------------------------------------------------------------------------------------------- redis
 
@@ -522,7 +522,7 @@ class StreamPipelineSpec(SpecModel):
         layout = self.partition_layout
         if layout is None:
             return (self.stream, self.dead_letter_stream)
-        # With the partitions' lease keys (PerKey ordering) and the workers' registry.
+        # With the partitions' lease keys (PerKey ordering), the workers' registry and the layout record.
         per_partition = (
             (
                 layout.stream(i),
@@ -532,7 +532,11 @@ class StreamPipelineSpec(SpecModel):
             )
             for i in range(layout.count)
         )
-        return (*(key for keys in per_partition for key in keys), members_key(layout))
+        return (
+            *(key for keys in per_partition for key in keys),
+            members_key(layout),
+            layout_key(layout.base),
+        )
 
     @property
     def data_description(self) -> str:

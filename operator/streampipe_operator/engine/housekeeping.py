@@ -55,8 +55,9 @@ from streampipe_operator.streams.admin import (
     RedisUnreachableError,
 )
 from streampipe_worker.capabilities import ServerCapabilities
-from streampipe_worker.epochs import layout_key, read_layout, record_growth, retire_settled_switches
+from streampipe_worker.epochs import read_layout, record_growth, retire_settled_switches
 from streampipe_worker.ownership import owner_key
+from streampipe_worker.partitions import layout_key
 
 CONSUMER_IDLE_FLOOR = 5.0  # never remove a consumer idle for less than this many seconds
 DEFAULT_RETENTION_INTERVAL = api.RetentionSpec.model_fields["interval"].default.total_seconds()
