@@ -2,7 +2,8 @@
 
 One Helm install per module (the chart's default image, two peered replicas) into a namespace that
 enforces Pod Security ``restricted``, and one StreamPipeline in another such namespace: the quickstart
-image's fulfilment handler (slow on purpose: ``QUICKSTART_WORK_MS``), scaling 0 -> 3 on backlog. Each
+image's fulfilment handler (slow on purpose: ``QUICKSTART_WORK_MS``), scaling 0 -> 3 on backlog. A
+second, partitioned pipeline with per-key ordering lives through one test of its own (section 7). Each
 test produces its own range of order numbers (streampipe_operator.local.demo decides what each one
 is: fine, flaky once, or poison) and checks the outcome on Valkey: every order has a completion record
 (``<stream>:done``, quickstart_shop/completions.py) or a dead-letter envelope, and the group ends with
@@ -11,6 +12,7 @@ nothing pending and no lag. The tests run in file order and share the install; t
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -30,6 +32,8 @@ from streampipe_operator import api
 from streampipe_operator.kube.deployments import deployment_name
 from streampipe_operator.local.demo import order_event, order_kind
 from streampipe_worker.deadletter import DeadLetterEnvelope, exception_name
+from streampipe_worker.ownership import owner_key
+from streampipe_worker.partitions import PartitionLayout
 from streampipe_worker.producer import Producer
 from streampipe_worker.router import InvalidEventError, PermanentError
 from tests.support.cluster import Cluster, expose_on_node
@@ -48,7 +52,8 @@ PIPELINE = "orders"
 GROUP = "fulfilment"
 WORKERS = deployment_name(PIPELINE, GROUP)
 STREAM = "{cluster}:orders"
-DONE = STREAM + ":done"  # quickstart_shop.completions.SUFFIX
+DONE_SUFFIX = ":done"  # quickstart_shop.completions.SUFFIX
+DONE = STREAM + DONE_SUFFIX
 DEAD_LETTERS = STREAM + ":dlq"
 MAX_REPLICAS = 3
 CLAIM_IDLE_SECONDS = 4
@@ -127,15 +132,17 @@ def dead_letters(valkey: redis.Redis) -> dict[str, DeadLetterEnvelope]:
     }
 
 
-def group_state(valkey: redis.Redis) -> tuple[int | None, int]:
+def group_state(valkey: redis.Redis, stream: str = STREAM, name: str = GROUP) -> tuple[int | None, int]:
     """(lag, pending) of the group, as XINFO GROUPS has them."""
-    group = next(g for g in valkey.xinfo_groups(STREAM) if g["name"] == GROUP)
+    group = next(g for g in valkey.xinfo_groups(stream) if g["name"] == name)
     lag = group.get("lag")
     return (None if lag is None else int(lag), int(group["pending"]))
 
 
-def pending_by_consumer(valkey: redis.Redis) -> dict[str, list[str]]:
-    rows = valkey.xpending_range(STREAM, GROUP, "-", "+", 10_000)
+def pending_by_consumer(
+    valkey: redis.Redis, stream: str = STREAM, group: str = GROUP
+) -> dict[str, list[str]]:
+    rows = valkey.xpending_range(stream, group, "-", "+", 10_000)
     held: dict[str, list[str]] = {}
     for row in rows:
         held.setdefault(str(row["consumer"]), []).append(str(row["message_id"]))
@@ -315,7 +322,7 @@ def clean_up(cluster: Cluster, valkey: redis.Redis) -> None:
                 "-p", '{"metadata":{"finalizers":null}}', check=False,
             )  # fmt: skip
     kubectl("delete", "namespace", SHOP, OPERATOR_NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
-    valkey.delete(STREAM, DONE, DEAD_LETTERS)
+    valkey.delete(STREAM, DONE, DEAD_LETTERS, *valkey.keys(f"*{ORDERED}*"))  # section 7's pipeline too
 
 
 @pytest.fixture(scope="module")
@@ -598,7 +605,237 @@ def test_standby_operator_takes_over_and_keeps_scaling(install: Install) -> None
     assert active not in {pod["metadata"]["name"] for pod in install.operator_pods()}
 
 
-# --- 7: what kubectl shows ------------------------------------------------------------------------
+# --- 7: a partitioned PerKey pipeline under a worker-pod kill storm -------------------------------
+
+ORDERED = "shipments"  # a second pipeline, beside the first, in the same namespace
+ORDERED_GROUP = "dispatch"
+ORDERED_WORKERS = deployment_name(ORDERED, ORDERED_GROUP)
+ORDERED_SELECTOR = f"streampipe.dev/pipeline={ORDERED},streampipe.dev/group={ORDERED_GROUP}"
+PARTITION_COUNT = 3
+ORDERED_MAX_REPLICAS = 5  # above the count: PerKey caps the Deployment at PARTITION_COUNT
+KEY_FIELD = "customer"
+LEASE_DURATION = "3s"  # a killed lease holder stalls its partitions 2-4 s
+KILLS = 3
+WAVE = 300  # orders produced to wake the group, before each kill, and once more after the last
+
+
+def customer_of(order_id: int) -> str:
+    return f"c-{order_id % 23}"
+
+
+def ordered_manifest(cluster: Cluster) -> api.StreamPipeline:
+    group = pipeline_spec(cluster)["groups"][0] | {
+        "name": ORDERED_GROUP,
+        "concurrency": 2,
+        "scaling": scaling(ORDERED_MAX_REPLICAS),
+        "template": {
+            "env": [{"name": "QUICKSTART_WORK_MS", "value": "40"}],
+            "terminationGracePeriodSeconds": 15,
+        },
+    }
+    spec = pipeline_spec(cluster) | {
+        "stream": ORDERED,
+        # Each kill counts a delivery for every entry its victim had read (started or not): up to
+        # KILLS + 1 for an entry the storm keeps hitting, under the crash-loop guard at 5.
+        "retry": pipeline_spec(cluster)["retry"] | {"maxDeliveries": KILLS + 2},
+        "partitions": {
+            "count": PARTITION_COUNT,
+            "key": KEY_FIELD,
+            "ordering": "PerKey",
+            "leaseDuration": LEASE_DURATION,
+        },
+        "deletionPolicy": "Delete",
+        "groups": [group],
+    }
+    return api.StreamPipeline.model_validate(
+        {
+            "apiVersion": "streampipe.dev/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"name": ORDERED, "namespace": SHOP},
+            "spec": spec,
+        }
+    )
+
+
+def ordered_layout() -> PartitionLayout:
+    return PartitionLayout(ORDERED, PARTITION_COUNT, KEY_FIELD)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where an order went: its partition and its entry id there (ids repeat across partitions)."""
+
+    partition: int
+    entry_id: str
+
+
+def lease_holders(valkey: redis.Redis, layout: PartitionLayout) -> list[str | None]:
+    """Each partition's lease holder (its consumer name, the pod's), None while it has none."""
+    values = [valkey.get(owner_key(layout, index)) for index in range(layout.count)]
+    return [str(value).rpartition("|")[0] if value else None for value in values]
+
+
+def test_perkey_partitions_survive_a_worker_pod_kill_storm(install: Install) -> None:
+    """Three partitions, ordering PerKey, as real pods: every few hundred orders a worker that holds a
+    lease and has entries in flight is force-deleted (SIGKILL, no grace). Nothing is lost, the poison
+    orders are dead-lettered in their own partitions, duplicates stay under kills x batch x count, and
+    every customer's orders finish in the order they were produced."""
+    kubectl, valkey, layout = install.kubectl, install.redis, ordered_layout()
+    manifest = ordered_manifest(install.cluster)
+    assert manifest.spec.partition_layout == layout
+    kubectl.apply(manifest.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    def ready() -> bool:
+        obj = kubectl.json("get", "streampipeline", ORDERED, "-n", SHOP)
+        return (condition(obj, api.ConditionType.READY) or {}).get("status") == "True"
+
+    install.wait(ready, f"the pipeline {ORDERED} Ready")
+    producer = Producer(valkey, layout)
+    produced: dict[int, Placed] = {}
+    replicas_seen: set[int] = set()
+
+    def workers() -> list[dict[str, Any]]:
+        return pods(kubectl, SHOP, ORDERED_SELECTOR)
+
+    def produce(count: int) -> None:
+        """The next ``count`` order numbers, each routed by its customer."""
+        first = 5001 + len(produced)
+        order_ids = range(first, first + count)
+        events = [
+            order_event(order_id).model_copy(update={"fields": {KEY_FIELD: customer_of(order_id)}})
+            for order_id in order_ids
+        ]
+        ids = producer.send_many(events)
+        for order_id, entry_id in zip(order_ids, ids, strict=True):
+            produced[order_id] = Placed(layout.partition_for(customer_of(order_id)), entry_id)
+
+    def busy_holder() -> str | None:
+        """A Ready pod that holds a partition's lease and has entries of it pending."""
+        deployment = get(kubectl, "deployment", ORDERED_WORKERS, "-n", SHOP)
+        if deployment is not None:
+            replicas_seen.add(int(deployment["spec"]["replicas"]))
+        ready = {pod["metadata"]["name"] for pod in workers() if pod_ready(pod)}
+        for index, holder in enumerate(lease_holders(valkey, layout)):
+            if holder in ready and valkey.xpending_range(
+                layout.stream(index), ORDERED_GROUP, "-", "+", 1, holder
+            ):
+                return holder
+        return None
+
+    def owners_shown() -> bool:
+        """status.partitions[].owner names each partition's lease holder, a Ready worker pod."""
+        status = kubectl.json("get", "streampipeline", ORDERED, "-n", SHOP).get("status") or {}
+        shown = [partition.get("owner") for partition in status.get("partitions") or []]
+        ready = {pod["metadata"]["name"] for pod in workers() if pod_ready(pod)}
+        return shown == lease_holders(valkey, layout) and set(shown) <= ready
+
+    killed: list[str] = []
+    produce(WAVE)  # wakes the group from zero
+    install.wait(owners_shown, "each partition's owner in the status, a Ready worker pod", POD_START)
+    for _ in range(KILLS):
+        produce(WAVE)
+        victim = install.wait(
+            busy_holder, f"a Ready worker holding a lease, with entries pending (killed: {killed})", POD_START
+        )
+        kubectl("delete", "pod", victim, "-n", SHOP, "--force", "--grace-period=0", "--wait=false")
+        killed.append(victim)
+    produce(WAVE)
+
+    def settled() -> bool:
+        busy_holder()  # keeps sampling the Deployment's replicas
+        done, dead = partition_completions(valkey, layout), partition_dead_letters(valkey, layout)
+        missing = [o for o, placed in produced.items() if placed not in done and placed not in dead]
+        assert not missing, f"{len(missing)} orders neither processed nor dead-lettered: {missing[:10]}"
+        groups = [group_state(valkey, stream, ORDERED_GROUP) for stream in layout.streams]
+        assert groups == [(0, 0)] * layout.count, f"(lag, pending) per partition: {groups}"
+        return True
+
+    install.wait(settled, f"{len(produced)} orders processed or dead-lettered, every partition drained")
+    done, dead = partition_completions(valkey, layout), partition_dead_letters(valkey, layout)
+
+    poison = {order for order in produced if order_kind(order) in ("too_expensive", "cursed", "invalid")}
+    unexpected = {
+        order: (dead[placed].deliveries, dead[placed].exception, dead[placed].error)
+        for order, placed in produced.items()
+        if placed in dead and order not in poison
+    }
+    assert unexpected == {}, f"killed {killed}"
+    assert {order for order, placed in produced.items() if placed in dead} == poison
+    assert not [order for order in poison if produced[order] in done], "a poison order was processed"
+    duplicates = sum(len(records) - 1 for records in done.values())
+    assert duplicates <= len(killed) * BATCH_SIZE * layout.count, duplicates
+    # Per customer, each order's first completion comes after the first completion of every older one.
+    assert key_order_violations(produced, done) == []
+    # The operator capped the Deployment at the partition count, though the backlog asked for more.
+    assert max(replicas_seen) == PARTITION_COUNT, replicas_seen
+    # The killed pods' names hold nothing: no lease and no pending entry.
+    assert not set(lease_holders(valkey, layout)) & set(killed)
+    for stream in layout.streams:
+        assert not set(pending_by_consumer(valkey, stream, ORDERED_GROUP)) & set(killed)
+
+    # deletionPolicy Delete, once the workers are gone (scaled to zero): the operator removes every key
+    # of the pipeline (streams, dead-letter streams, leases, generations, registry, layout record);
+    # only the quickstart handler's own completion streams stay.
+    install.wait(
+        lambda: (
+            int(get(kubectl, "deployment", ORDERED_WORKERS, "-n", SHOP)["spec"]["replicas"]) == 0
+            and not workers()
+        ),
+        "the worker Deployment scaled to 0 and its pods gone",
+    )
+    kubectl("delete", "streampipeline", ORDERED, "-n", SHOP, "--wait=true", timeout=120)
+    install.wait(
+        lambda: get(kubectl, "deployment", ORDERED_WORKERS, "-n", SHOP) is None, "the worker Deployment gone"
+    )
+    completion_streams = {stream + DONE_SUFFIX for stream in layout.streams}
+    assert [key for key in manifest.spec.data_keys if valkey.exists(key)] == []
+    assert set(valkey.keys(f"*{ORDERED}*")) == completion_streams
+    valkey.delete(*completion_streams)
+
+
+def partition_completions(valkey: redis.Redis, layout: PartitionLayout) -> dict[Placed, list[str]]:
+    """(partition, entry id) -> the ids of its completion records, in the order the partition's done
+    stream has them (one partition's entries finish in that order)."""
+    done: dict[Placed, list[str]] = {}
+    for index, stream in enumerate(layout.streams):
+        for record_id, fields in valkey.xrange(stream + DONE_SUFFIX):
+            done.setdefault(Placed(index, fields["id"]), []).append(str(record_id))
+    return done
+
+
+def partition_dead_letters(valkey: redis.Redis, layout: PartitionLayout) -> dict[Placed, DeadLetterEnvelope]:
+    dead: dict[Placed, DeadLetterEnvelope] = {}
+    for index in range(layout.count):
+        for fields in stream_fields(valkey, layout.dead_letter(index)):
+            envelope = DeadLetterEnvelope.from_fields(fields)
+            dead[Placed(index, envelope.original_id)] = envelope
+    return dead
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence)
+
+
+def key_order_violations(produced: dict[int, Placed], done: dict[Placed, list[str]]) -> list[tuple[int, int]]:
+    """(older, newer) order pairs of one customer whose first completions came the other way round.
+    A customer's orders share a partition, whose done stream orders its completion records; a repeat
+    of an entry not yet acked comes later and is not a first completion, so it never counts."""
+    by_customer: dict[str, list[tuple[tuple[int, int], tuple[int, int], int]]] = {}
+    for order, placed in produced.items():
+        if placed in done:
+            first = min(map(stream_id, done[placed]))
+            by_customer.setdefault(customer_of(order), []).append((stream_id(placed.entry_id), first, order))
+    violations = []
+    for orders in by_customer.values():
+        orders.sort()  # by entry id: production order within the partition
+        for (_, older_done, older), (_, newer_done, newer) in itertools.pairwise(orders):
+            if newer_done < older_done:
+                violations.append((older, newer))
+    return violations
+
+
+# --- 8: what kubectl shows ------------------------------------------------------------------------
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
@@ -672,7 +909,7 @@ def test_kubectl_explain_lists_the_spec_fields(install: Install) -> None:
     assert explain_fields(done.stdout) == expected, done.stdout
 
 
-# --- 8: uninstall (last) --------------------------------------------------------------------------
+# --- 9: uninstall (last) --------------------------------------------------------------------------
 
 
 def test_helm_uninstall_keeps_the_crd_and_the_pipelines(install: Install) -> None:
