@@ -18,6 +18,7 @@ from streampipe_worker.ownership import (
     HeldElsewhere,
     LeaseFencedError,
     Membership,
+    NoStream,
     PartitionLease,
     PartitionLeases,
     PartitionOwner,
@@ -40,10 +41,18 @@ SHORT_TTL_MS = 300
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Any]:
+async def client(redis_url: str, redis_client: redis.Redis) -> AsyncIterator[Any]:
+    """A client of a server where every partition's stream exists with the group (a free lease is
+    taken only then)."""
+    create_groups(redis_client)
     connection = create_async_client(ConnectionSettings(url=redis_url))
     yield connection
     await connection.aclose()
+
+
+def create_groups(redis_client: Any) -> None:
+    for stream in LAYOUT.streams:
+        redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
 
 
 def leases(client: Any, consumer: str, ttl_ms: int = LONG_TTL_MS, **kwargs: Any) -> PartitionLeases:
@@ -51,9 +60,9 @@ def leases(client: Any, consumer: str, ttl_ms: int = LONG_TTL_MS, **kwargs: Any)
 
 
 def add_entries(redis_client: redis.Redis, partition: int, count: int) -> list[str]:
-    """A group on the partition's stream and ``count`` new entries; their ids."""
+    """``count`` new entries on the partition's stream (the ``client`` fixture made its group); their
+    ids."""
     stream = LAYOUT.stream(partition)
-    redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     return [str(redis_client.xadd(stream, {"n": str(n)})) for n in range(count)]
 
 
@@ -80,7 +89,7 @@ async def test_of_two_contenders_exactly_one_acquires(client: Any, redis_client:
     assert (won.generation, won.valid()) == (1, True)
     assert lost == HeldElsewhere(partition=0, holder=won.consumer, generation=1)
     assert redis_client.get(owner_key(LAYOUT, 0)) == f"{won.consumer}|1"
-    assert sorted(redis_client.keys("*")) == ["{orders:0}:generation", "{orders:0}:owner"]
+    assert sorted(redis_client.keys("{orders:0}:*")) == ["{orders:0}:generation", "{orders:0}:owner"]
 
 
 async def test_each_new_acquisition_gets_the_next_generation(client: Any, redis_client: redis.Redis) -> None:
@@ -244,6 +253,33 @@ async def test_members_split_the_partitions_and_hand_them_over(
     await a.release_all()
     assert redis_client.zrange(members_key(LAYOUT), 0, -1) == ["b"]
     assert await b.step() == [0, 1, 2, 3]
+
+
+async def test_a_deleted_pipelines_keys_are_not_written_again(client: Any, redis_client: redis.Redis) -> None:
+    """What a worker still running after its pipeline was deleted (deletionPolicy Delete) writes: no
+    lease, no generation, and a registry that expires with its last member."""
+    ttl_ms = 1000
+    owner = PartitionOwner(leases(client, "a", ttl_ms=ttl_ms), Membership(client, LAYOUT, "a", ttl_ms=ttl_ms))
+    assert await owner.step() == [0, 1, 2, 3]
+    assert 0 < redis_client.pttl(members_key(LAYOUT)) <= ttl_ms
+    keys = [
+        key
+        for p in range(LAYOUT.count)
+        for key in (LAYOUT.stream(p), owner_key(LAYOUT, p), generation_key(LAYOUT, p))
+    ]
+    redis_client.delete(*keys, members_key(LAYOUT))  # the operator's teardown
+    await asyncio.sleep(ttl_ms / 2000)  # past the renewals' due time (a third of the ttl)
+    assert await owner.step() == []  # the renewals fail, and the free leases are not taken again
+    assert await owner.step() == []
+    assert redis_client.exists(*keys) == 0
+    assert isinstance(await leases(client, "b").acquire(0), NoStream)
+    assert redis_client.exists(*keys) == 0
+    # Its own registry entry is back (the heartbeat cannot tell), but the key expires with it.
+    assert 0 < redis_client.pttl(members_key(LAYOUT)) <= ttl_ms
+    await eventually_async(lambda: redis_client.exists(members_key(LAYOUT)) == 0, what="registry expired")
+    # A partition whose stream exists again (created again) is taken, with a new count from 1.
+    create_groups(redis_client)
+    assert taken(await leases(client, "b").acquire(0)).generation == 1
 
 
 async def test_running_owners_split_the_partitions_and_one_stopping_hands_its_share_over(

@@ -10,7 +10,11 @@ cluster everything one partition's scripts touch lives in that partition's slot:
 - ``{T(i)}:generation`` is a counter, INCRed on every new acquisition and never reset, so each
   acquisition of a partition has a number no earlier one had.
 - ``{B}:members`` (its own slot; no partition script touches it) is a sorted set of live members
-  scored by the server time (ms) at which each one's heartbeat runs out.
+  scored by the server time (ms) at which each one's heartbeat runs out; the key expires with its
+  last member.
+
+A free lease is taken only while the partition's stream exists, so workers that outlive their
+pipeline's deletion (``deletionPolicy: Delete``) do not write its lease keys again.
 
 Fencing: every read, ack and reclaim of a partition runs as a script that first checks the owner key
 still holds the caller's ``consumer|generation`` and does nothing (it answers ``FENCED``) otherwise.
@@ -50,8 +54,10 @@ ACK_CHUNK = 1000  # ids per fenced XACK (Lua's unpack has a stack limit)
 MAX_PAGE = 1000  # entries per fenced read or reclaim page, for the same reason
 MIN_MARGIN_MS = 50
 
-# KEYS[1] owner, KEYS[2] generation; ARGV[1] consumer, ARGV[2] ttl ms.
-# {1, generation} when the caller holds the lease now (taken or renewed), {0, holder value} otherwise.
+# KEYS[1] owner, KEYS[2] generation, KEYS[3] the partition's stream; ARGV[1] consumer, ARGV[2] ttl ms.
+# {1, generation} when the caller holds the lease now (taken or renewed), {0, holder value} when
+# another consumer does, {2, ''} when it is free but the stream does not exist (not created yet, or
+# deleted with its pipeline: taking it would write the lease keys again).
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
 if held then
@@ -61,6 +67,9 @@ if held then
     return {1, tonumber(generation)}
   end
   return {0, held}
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {2, ''}
 end
 local generation = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. generation, 'PX', ARGV[2])
@@ -164,12 +173,16 @@ return #redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, unpack(args))
 """
 
 # KEYS[1] members; ARGV[1] member, ARGV[2] ttl ms. Scores are the server's clock, so pods whose
-# clocks disagree still agree on who is alive. Returns the live members.
+# clocks disagree still agree on who is alive. The key lives as long as its longest-lived member, so
+# a registry nobody renews (its pipeline deleted) goes by itself. Returns the live members.
 _HEARTBEAT = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
@@ -272,6 +285,14 @@ class HeldElsewhere:
 
 
 @dataclass(frozen=True)
+class NoStream:
+    """An acquire that found the partition free but its stream missing: not created yet, or deleted
+    with its pipeline. Nothing was written; the owner asks again next round."""
+
+    partition: int
+
+
+@dataclass(frozen=True)
 class PartitionEntry:
     """One entry read or claimed under a lease; ``fields`` is None when the stream entry was deleted
     while it was pending."""
@@ -336,12 +357,18 @@ class PartitionLeases:
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._hand_back = client.register_script(_HAND_BACK)
 
-    async def acquire(self, partition: int) -> PartitionLease | HeldElsewhere:
-        """Take ``partition`` if its lease is free (a new generation), renew it if this consumer holds
-        it already (same generation), or report who holds it."""
-        keys = [owner_key(self.layout, partition), generation_key(self.layout, partition)]
+    async def acquire(self, partition: int) -> PartitionLease | HeldElsewhere | NoStream:
+        """Take ``partition`` if its lease is free (a new generation) and its stream exists, renew it
+        if this consumer holds it already (same generation), or report who holds it."""
+        keys = [
+            owner_key(self.layout, partition),
+            generation_key(self.layout, partition),
+            self.layout.stream(partition),
+        ]
         sent_at = self.clock()
         taken, value = await self._acquire(keys=keys, args=[self.consumer, self.ttl_ms])
+        if int(taken) == 2:
+            return NoStream(partition)
         if int(taken) != 1:
             holder, _, generation = _text(value).rpartition("|")
             return HeldElsewhere(partition, holder, int(generation))
