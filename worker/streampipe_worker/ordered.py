@@ -212,6 +212,8 @@ class OrderedConsumer:
                 self._finished(partition, part)
             elif partition not in owned:
                 part.worker.lose("the lease was not renewed in time")
+        # _finished drops the lease of a partition whose worker lost it: ask again before starting.
+        owned = set(self.owner.owned())
         for partition in sorted(owned - set(self.running) - self._handing_over):
             self._start(partition)
         self.ownership.partitions_owned.set(len(owned))
