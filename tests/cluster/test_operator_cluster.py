@@ -125,10 +125,11 @@ def completions(valkey: redis.Redis) -> dict[str, list[Completion]]:
     return done
 
 
-def dead_letters(valkey: redis.Redis) -> dict[str, DeadLetterEnvelope]:
+def dead_letters(valkey: redis.Redis, key: str = DEAD_LETTERS) -> dict[str, DeadLetterEnvelope]:
+    """Original entry id -> its envelope in the dead-letter stream ``key``."""
     return {
         envelope.original_id: envelope
-        for envelope in map(DeadLetterEnvelope.from_fields, stream_fields(valkey, DEAD_LETTERS))
+        for envelope in map(DeadLetterEnvelope.from_fields, stream_fields(valkey, key))
     }
 
 
@@ -803,12 +804,11 @@ def partition_completions(valkey: redis.Redis, layout: PartitionLayout) -> dict[
 
 
 def partition_dead_letters(valkey: redis.Redis, layout: PartitionLayout) -> dict[Placed, DeadLetterEnvelope]:
-    dead: dict[Placed, DeadLetterEnvelope] = {}
-    for index in range(layout.count):
-        for fields in stream_fields(valkey, layout.dead_letter(index)):
-            envelope = DeadLetterEnvelope.from_fields(fields)
-            dead[Placed(index, envelope.original_id)] = envelope
-    return dead
+    return {
+        Placed(index, entry_id): envelope
+        for index in range(layout.count)
+        for entry_id, envelope in dead_letters(valkey, layout.dead_letter(index)).items()
+    }
 
 
 def stream_id(text: str) -> tuple[int, int]:
